@@ -1,0 +1,304 @@
+"""Typed run configuration: the schema of every YAML file under configs/.
+
+YAML only fills these objects; `key=value` overrides (dotted paths, values parsed as YAML)
+are applied before validation. Unknown or mistyped keys fail at once with the key's path and
+a suggestion. `section_hash` gives a stable hash of one section for cache keys.
+
+    from distill.config import load_config
+    cfg = load_config(yaml_text, overrides=["teacher.sampling.n=2"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Strategy = Literal["cot", "l2m", "pot"]
+ALL_STRATEGIES: tuple[str, ...] = ("cot", "l2m", "pot")
+BenchmarkName = Literal["gsm8k", "svamp", "asdiv", "multiarith", "dss_svamp", "dss_cqa", "arith"]
+BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted path of the offending key."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class BenchmarkRef(Section):
+    name: BenchmarkName = "arith"
+    """Benchmark to load (see `siked data list`)."""
+    split: str = "test"
+    """Split: `train` or `test` (GSM8K, arith, dss_*); SVAMP/ASDiv/MultiArith have `test` only."""
+    limit: int | None = Field(default=None, ge=1)
+    """Keep the first `limit` problems after a seeded shuffle (a stable subset); None keeps all."""
+    source: Literal["local", "hub"] = "local"
+    """`local` reads the original files in the data folder; `hub` loads through `datasets`."""
+    difficulty: int = Field(default=1, ge=1, le=4)
+    """arith only: number of operations per problem (1 to 4)."""
+    size: int = Field(default=200, ge=1)
+    """arith only: number of problems generated for the split."""
+    seed: int = 0
+    """Seed of the arith generator and of the subset shuffle."""
+
+
+class SamplingConfig(Section):
+    n: int = Field(default=10, ge=1)
+    """Samples per (question, strategy) prompt."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1)
+    """Maximum new tokens per sample."""
+    stop: list[str] = Field(default_factory=lambda: ["### Instruction", "\n\n\n"])
+    """Stop strings: the next exemplar boundary of the few-shot format."""
+
+
+class EngineConfig(Section):
+    kind: Literal["vllm", "openai", "file", "transformers"] = "vllm"
+    """`vllm` (offline vllm.LLM), `openai` (an OpenAI-compatible endpoint), `file` (pre-generated
+    rationales), `transformers` (batched generate, for comparison and tiny test models)."""
+    model: str = BUILTIN_MODEL
+    """Local folder, `builtin:smollm2-135m-instruct`, or a Hugging Face Hub id."""
+    chat_template: Literal["auto", "always", "never"] = "auto"
+    """Render prompts through the tokenizer's chat template (`auto`: when the model has one)."""
+    seed: int = 0
+    """Engine-level seed (vLLM on CPU rejects per-request seeds)."""
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
+    """On GPUs the share of device memory; on vLLM-CPU the share of host RAM for the KV cache."""
+    max_model_len: int | None = 4096
+    enable_lora: bool = False
+    vllm_args: dict[str, Any] = Field(default_factory=dict)
+    """Extra `vllm.LLM` keyword arguments, passed through untouched."""
+    base_url: str | None = None
+    """openai: endpoint such as http://127.0.0.1:8000/v1."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: name of the environment variable holding the API key (never the key itself)."""
+    concurrency: int = Field(default=16, ge=1)
+    max_retries: int = Field(default=5, ge=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    files: list[str] = Field(default_factory=list)
+    """file: rationale files (relative paths resolve against the data folder)."""
+    replicas: int = Field(default=1, ge=1)
+    """Engine replicas (Ray) for sharded generation; 1 runs in one child process."""
+    ray_address: str | None = None
+
+
+class TeacherConfig(Section):
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    strategies: list[Strategy] = Field(default_factory=lambda: list(ALL_STRATEGIES))
+    shard_size: int = Field(default=64, ge=1)
+    """Questions per Parquet shard: a crash loses at most one shard."""
+    biased: Strategy | None = None
+    """Keep one row per question by this strategy's priority (e.g. cot: cot > pot > l2m)."""
+
+
+class VerifyConfig(Section):
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Wall-clock limit per PoT program."""
+    cpu_seconds: int = Field(default=5, ge=1)
+    memory_mb: int = Field(default=1024, ge=64)
+    max_output_kb: int = Field(default=64, ge=1)
+    workers: int = Field(default=2, ge=1)
+    rel_tol: float = 1e-6
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    r: int = Field(default=16, ge=1)
+    alpha: int = 32
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class LossConfig(Section):
+    kind: Literal["sft", "dss", "dss_mi", "dss_infonce"] = "dss_mi"
+    """`sft`: rationale task only; `dss`: alpha*label + (1-alpha)*rationale; `dss_mi`: + beta * MI
+    (parameter-free, as the MI reference code); `dss_infonce`: + beta * learned InfoNCE bound."""
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    beta: float = Field(default=0.1, ge=0.0)
+    chunk_size: int = Field(default=64, ge=1)
+    """Sequence positions per chunk when pooling softmax maxima (bounds MI memory)."""
+    infonce_dim: int = Field(default=128, ge=1)
+    infonce_temperature: float = Field(default=0.1, gt=0)
+
+
+class TrainConfig(Section):
+    model: str = BUILTIN_MODEL
+    """Student to start from (iteration 0); later iterations continue from the previous student."""
+    loss: LossConfig = Field(default_factory=LossConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lr: float = Field(default=2e-4, gt=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(default=5, ge=0)
+    weight_decay: float = 0.01
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs when set)."""
+    max_length: int = Field(default=1024, ge=16)
+    packing: bool = False
+    grad_clip: float | None = 1.0
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(default=50, ge=1)
+    eval_every: int | None = None
+    """Validate every N steps (None: at the end of each epoch)."""
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Share of training question ids held out for validation and checkpoint selection."""
+    seed: int = 42
+    distributed: Literal["none", "ddp", "fsdp"] = "none"
+    nproc: int = Field(default=1, ge=1)
+    tensorboard: bool = False
+    continue_from_previous: bool = True
+    """Iterations >= 1 start from the previous student (LoRA merged); False restarts from `model`."""
+
+
+class SikedConfig(Section):
+    iterations: int = Field(default=3, ge=0)
+    """Self-generation iterations after the teacher-data round (iteration 0)."""
+    mixing: Literal["adaptive", "all", "standard", "alpha"] = "adaptive"
+    alpha_schedule: list[float] = Field(default_factory=lambda: [0.9, 0.5, 0.2])
+    """`alpha` mixing: target teacher fraction for iterations 1, 2, ... (last value repeats)."""
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Student self-generation sampling (n samples per training question)."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Engine settings for student generation; its `model` is replaced by the current student."""
+
+
+class EvalConfig(Section):
+    benchmarks: list[BenchmarkRef] = Field(default_factory=list)
+    modes: list[Literal["rationale", "label"]] = Field(default_factory=lambda: ["rationale", "label"])
+    max_tokens: int = Field(default=512, ge=1)
+    evaluate_base: bool = True
+    """Also evaluate the untrained student, as the baseline of the report."""
+
+
+class RunConfig(Section):
+    name: str = "siked"
+    """Run name; the run folder is `<runs_root>/<name>-<config hash>`."""
+    seed: int = 42
+    runs_root: str | None = None
+    """Where runs are written (a path or fsspec URL); default `$SIKED_HOME/runs`."""
+    data_dir: str | None = None
+    """Folder with the original benchmark files; default `$SIKED_DATA_DIR`."""
+    train_data: BenchmarkRef = Field(default_factory=lambda: BenchmarkRef(name="arith", split="train"))
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    siked: SikedConfig = Field(default_factory=SikedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        if not value or any(c in value for c in "/\\: ") or value.startswith("."):
+            raise ValueError(f"run name {value!r} must be a plain folder name (no '/', ':', spaces)")
+        return value
+
+    @model_validator(mode="after")
+    def _alpha_schedule_needed(self) -> "RunConfig":
+        if self.siked.mixing == "alpha":
+            bad = [a for a in self.siked.alpha_schedule if not 0.0 <= a <= 1.0]
+            if not self.siked.alpha_schedule or bad:
+                raise ValueError("siked.alpha_schedule must hold teacher fractions in [0, 1]")
+        return self
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        path = key.strip().split(".")
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config class that holds the key at `path` (None when the path leaves the schema)."""
+    model: Any = RunConfig
+    for part in path[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _explain(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            known = list(owner.model_fields) if owner else []
+            guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean {'.'.join(str(p) for p in loc[:-1] + (guess[0],))!r}?" if guess else ""
+            lines.append(f"unknown key {dotted!r}{hint} (known here: {', '.join(known)})")
+        else:
+            lines.append(f"{dotted}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: list[str] | None = None,
+                source: str = "<config>") -> RunConfig:
+    """Build a RunConfig from YAML text (or a dict) plus overrides; raise ConfigError on any problem."""
+    if isinstance(text_or_data, str):
+        try:
+            data = yaml.safe_load(text_or_data) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    else:
+        data = dict(text_or_data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n{_explain(exc)}") from None
+
+
+def section_hash(section: BaseModel | Any, length: int = 16) -> str:
+    """Stable hash of a config section (or any JSON-able value) for cache keys."""
+    value = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (saved with every run)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Prefect flows and the `siked` command line: composition only."""

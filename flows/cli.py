@@ -1,0 +1,129 @@
+"""The `siked` command line.
+
+    siked model prepare              # embedded SmolLM2-135M-Instruct -> safetensors folder
+    siked data list --json           # problems loaded / excluded per benchmark and split
+    siked config show CONFIG [k=v]   # the resolved configuration
+    siked sandbox run FILE.py        # run one PoT program in the sandbox
+    siked teacher CONFIG [k=v ...]   # teacher generation + verification + distillation set
+    siked train CONFIG [k=v ...]     # student training
+
+Each subcommand imports what it needs when it runs, so `siked --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_model_prepare(args: argparse.Namespace) -> int:
+    from distill.models import prepare_builtin_model
+    from storage.paths import models_dir
+
+    path = prepare_builtin_model(models_dir(), force=args.force)
+    print(path)
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from flows.data_listing import list_benchmarks
+
+    report = list_benchmarks(data_dir=args.data_dir, source=args.source)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for row in report["benchmarks"]:
+            reasons = ", ".join(f"{k}: {v}" for k, v in row["excluded_reasons"].items())
+            print(f"{row['benchmark']:<12} {row['split']:<6} loaded {row['loaded']:>6}  "
+                  f"excluded {row['excluded']:>4}  {reasons}")
+        for err in report.get("errors", []):
+            print(f"error: {err}", file=sys.stderr)
+    return 1 if report.get("errors") else 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from distill.config import to_yaml
+    from flows.config_files import read_config
+
+    print(to_yaml(read_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_sandbox_run(args: argparse.Namespace) -> int:
+    from distill.sandbox import SandboxLimits, run_program
+
+    with open(args.file, encoding="utf-8") as handle:
+        code = handle.read()
+    result = run_program(code, SandboxLimits(timeout_s=args.timeout))
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from flows.teacher import run_teacher_cli
+
+    return run_teacher_cli(args.config, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flows.train_cli import run_train_cli
+
+    return run_train_cli(args.config, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="prepare models").add_subparsers(dest="action", required=True)
+    prepare = model.add_parser("prepare", help="turn the embedded SmolLM2 GGUF into a safetensors folder")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    prepare.set_defaults(func=_cmd_model_prepare)
+
+    data = sub.add_parser("data", help="benchmarks").add_subparsers(dest="action", required=True)
+    listing = data.add_parser("list", help="problems loaded and excluded per benchmark and split")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--data-dir", default=None, help="default: $SIKED_DATA_DIR")
+    listing.add_argument("--source", choices=["local", "hub"], default="local")
+    listing.set_defaults(func=_cmd_data_list)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved configuration")
+    show.add_argument("config")
+    show.add_argument("overrides", nargs="*", metavar="key=value")
+    show.set_defaults(func=_cmd_config_show)
+
+    sandbox = sub.add_parser("sandbox", help="PoT sandbox").add_subparsers(dest="action", required=True)
+    run = sandbox.add_parser("run", help="run one program and print its result as JSON")
+    run.add_argument("file")
+    run.add_argument("--timeout", type=float, default=5.0)
+    run.set_defaults(func=_cmd_sandbox_run)
+
+    for name, func, text in [
+        ("teacher", _cmd_teacher, "teacher generation, verification and the distillation set"),
+        ("train", _cmd_train, "train a student"),
+    ]:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("config")
+        cmd.add_argument("overrides", nargs="*", metavar="key=value")
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distill.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"siked: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("siked: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

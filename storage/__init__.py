@@ -1,0 +1,1 @@
+"""Artifact storage: the only code that knows paths, Parquet, schemas, manifests and fsspec URLs."""

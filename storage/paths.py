@@ -1,0 +1,104 @@
+"""Where things live: the home folder, the data folder, and a run's layout.
+
+`SIKED_HOME` (default: the user's cache directory, `~/.cache/siked`) holds prepared models and
+runs; `SIKED_DATA_DIR` points at the original benchmark files. Every path of a run is defined
+here, so the layout can be read in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+def siked_home() -> Path:
+    """The folder for caches, prepared models and runs."""
+    env = os.environ.get("SIKED_HOME")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("siked"))
+
+
+def models_dir() -> Path:
+    return siked_home() / "models"
+
+
+def default_runs_root() -> str:
+    return str(siked_home() / "runs")
+
+
+class DataDirMissing(FileNotFoundError):
+    pass
+
+
+def data_dir(configured: str | None = None) -> Path:
+    """The folder holding the original benchmark files (config value, else `SIKED_DATA_DIR`)."""
+    value = configured or os.environ.get("SIKED_DATA_DIR")
+    if not value:
+        raise DataDirMissing(
+            "no data folder: set SIKED_DATA_DIR (or data_dir in the config) to the folder holding "
+            "gsm8k/, svamp/, asdiv/, multiarith/ and distilling_step_by_step/"
+        )
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataDirMissing(f"data folder {path} does not exist (from SIKED_DATA_DIR or data_dir)")
+    return path
+
+
+def join(root: str, *parts: str) -> str:
+    """Join an fsspec URL or local path with relative parts."""
+    root = root.rstrip("/")
+    return "/".join([root, *[p.strip("/") for p in parts]])
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every artifact path of one run, `<runs_root>/<run_id>/...`."""
+
+    root: str
+    run_id: str
+
+    @property
+    def run_dir(self) -> str:
+        return join(self.root, self.run_id)
+
+    def path(self, *parts: str) -> str:
+        return join(self.run_dir, *parts)
+
+    @property
+    def config(self) -> str:
+        return self.path("config.yaml")
+
+    # Problems each run uses, frozen at the start so later steps read the same questions.
+    def problems(self, name: str) -> str:
+        return self.path("problems", f"{name}.parquet")
+
+    def iteration_dir(self, iteration: int) -> str:
+        return self.path(f"iter-{iteration:02d}")
+
+    def samples(self, iteration: int) -> str:
+        """Sharded generation output: teacher samples for iteration 0, self samples after."""
+        name = "teacher_samples" if iteration == 0 else "self_samples"
+        return join(self.iteration_dir(iteration), name)
+
+    def verified(self, iteration: int) -> str:
+        return join(self.iteration_dir(iteration), "verified.parquet")
+
+    def distill_set(self, iteration: int) -> str:
+        return join(self.iteration_dir(iteration), "distill_set.parquet")
+
+    def train_set(self, iteration: int) -> str:
+        return join(self.iteration_dir(iteration), "train_set.parquet")
+
+    def student(self, iteration: int) -> str:
+        return join(self.iteration_dir(iteration), "student")
+
+    def train_metrics(self, iteration: int) -> str:
+        return join(self.iteration_dir(iteration), "train_metrics.parquet")
+
+    def predictions(self, iteration: int, benchmark: str, mode: str) -> str:
+        return join(self.iteration_dir(iteration), "eval", f"{benchmark}-{mode}.parquet")
+
+    def report(self) -> str:
+        return self.path("report", "report.md")

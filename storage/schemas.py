@@ -1,0 +1,128 @@
+"""Declared pyarrow schemas, one per artifact kind, with a version each.
+
+Bump a kind's version when its columns change: manifests record it, and readers refuse an
+artifact written under another version instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One problem of a benchmark. `id` is derived from the source (file + native id or line),
+# never from a row number after shuffling.
+PROBLEMS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("benchmark", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),  # file name or hub dataset it came from
+        ("question", pa.string()),
+        ("answer", pa.float64()),  # numeric gold answer
+        ("answer_text", pa.string()),  # the gold answer as written in the source
+        ("reference", pa.string()),  # reference solution / rationale when the source has one
+    ]
+)
+
+# One generated sample with its provenance.
+SAMPLE_COLUMNS = [
+    ("question_id", pa.string()),
+    ("strategy", pa.string()),  # cot | l2m | pot (the tag the sample carries)
+    ("sample_index", pa.int32()),
+    ("prompt_hash", pa.string()),  # version hash of the rendered prompt template
+    ("text", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("finish_reason", pa.string()),  # stop | length | ...
+    ("model", pa.string()),
+    ("engine", pa.string()),
+    ("engine_version", pa.string()),
+    ("sampling", pa.string()),  # JSON of the sampling parameters
+    ("seed", pa.int64()),
+    ("iteration", pa.int32()),
+    ("source", pa.string()),  # teacher | student
+]
+SAMPLES = pa.schema(SAMPLE_COLUMNS)
+
+# A sample with its verdict (METHOD.md section 3).
+VERIFIED = pa.schema(
+    SAMPLE_COLUMNS
+    + [
+        ("gold", pa.float64()),
+        ("predicted", pa.float64()),  # null when no answer could be extracted
+        ("verdict", pa.string()),  # correct | wrong | no_answer | bad_format | exec_error | timeout | truncated
+        ("reason", pa.string()),  # human-readable detail
+        ("rule", pa.string()),  # which extraction rule fired (final_answer | the_answer_is | last_number | program)
+        ("parser_version", pa.string()),
+        ("exec_seconds", pa.float64()),  # PoT only
+    ]
+)
+
+# Training examples: one verified solution per (question, strategy) with its question text.
+TRAIN_EXAMPLES = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("gold", pa.float64()),
+        ("strategy", pa.string()),
+        ("text", pa.string()),  # the solution, without the strategy tag
+        ("sample_index", pa.int32()),
+        ("source", pa.string()),  # teacher | student
+        ("iteration", pa.int32()),
+        ("model", pa.string()),
+    ]
+)
+
+# Per-step training metrics.
+TRAIN_METRICS = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("epoch", pa.float64()),
+        ("split", pa.string()),  # train | val
+        ("loss", pa.float64()),
+        ("loss_label", pa.float64()),
+        ("loss_rationale", pa.float64()),
+        ("loss_mi", pa.float64()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("tokens", pa.int64()),
+        ("seconds", pa.float64()),
+        ("val_accuracy", pa.float64()),
+    ]
+)
+
+# Per-question evaluation predictions.
+PREDICTIONS = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("benchmark", pa.string()),
+        ("mode", pa.string()),  # rationale | label
+        ("strategy", pa.string()),  # the strategy the student chose (null in label mode)
+        ("text", pa.string()),
+        ("gold", pa.float64()),
+        ("predicted", pa.float64()),
+        ("verdict", pa.string()),
+        ("rule", pa.string()),
+        ("finish_reason", pa.string()),
+        ("model", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("parser_version", pa.string()),
+        ("decoding", pa.string()),  # JSON of the decoding parameters
+    ]
+)
+
+SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
+    "problems": (1, PROBLEMS),
+    "samples": (1, SAMPLES),
+    "verified": (1, VERIFIED),
+    "train_examples": (1, TRAIN_EXAMPLES),
+    "train_metrics": (1, TRAIN_METRICS),
+    "predictions": (1, PREDICTIONS),
+}
+
+
+def schema_for(kind: str) -> tuple[int, pa.Schema]:
+    """(version, schema) of an artifact kind; a KeyError names the known kinds."""
+    try:
+        return SCHEMAS[kind]
+    except KeyError:
+        raise KeyError(f"unknown artifact kind {kind!r}; known: {', '.join(sorted(SCHEMAS))}") from None

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: cache key, skip when done, one distill call, write through storage."""

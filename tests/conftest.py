@@ -1,0 +1,54 @@
+"""Test isolation: every session gets its own SIKED_HOME and PREFECT_HOME, the shared data folder,
+and a small vLLM CPU KV cache so several engines fit in memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    # Set before anything imports prefect, so its settings see the temporary home.
+    base = Path(os.environ.get("SIKED_TEST_TMP") or config._tmp_path_factory.getbasetemp()
+                if hasattr(config, "_tmp_path_factory") else "/tmp")
+    os.environ.setdefault("SIKED_DATA_DIR", str(DEFAULT_DATA_DIR))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    session_home = Path(base) / "siked-home"
+    session_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SIKED_HOME", str(session_home))
+    prefect_home = Path(base) / "prefect-home"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ["SIKED_DATA_DIR"])
+    if not path.is_dir():
+        pytest.skip(f"data folder {path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def builtin_model_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder (prepared once per session)."""
+    from distill.models import prepare_builtin_model
+    from storage.paths import models_dir
+
+    return Path(prepare_builtin_model(models_dir()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(builtin_model_path: Path, tmp_path_factory) -> Path:
+    """A two-layer Llama built from a config, with the SmolLM2 tokenizer (random weights)."""
+    from tests.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(builtin_model_path, tmp_path_factory.mktemp("tiny-llama"))

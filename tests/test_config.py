@@ -1,0 +1,91 @@
+"""Config: YAML + overrides -> typed objects; unknown keys fail with path and suggestion."""
+
+from pathlib import Path
+
+import pytest
+
+from distill.config import ConfigError, RunConfig, load_config, section_hash, to_yaml
+from flows.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate():
+    cfg = load_config("")
+    assert isinstance(cfg, RunConfig)
+    assert cfg.train.loss.kind == "dss_mi" and cfg.train.loss.alpha == 0.5 and cfg.train.loss.beta == 0.1
+    assert cfg.teacher.strategies == ["cot", "l2m", "pot"]
+
+
+def test_yaml_and_overrides_apply_in_order():
+    cfg = load_config("teacher:\n  sampling:\n    n: 4\n", ["teacher.sampling.n=2", "train.lora.enabled=false"])
+    assert cfg.teacher.sampling.n == 2
+    assert cfg.train.lora.enabled is False
+
+
+def test_override_values_are_parsed_as_yaml():
+    cfg = load_config("", ["teacher.strategies=[cot, pot]", "siked.alpha_schedule=[0.8, 0.3]"])
+    assert cfg.teacher.strategies == ["cot", "pot"]
+    assert cfg.siked.alpha_schedule == [0.8, 0.3]
+
+
+def test_unknown_key_names_path_and_suggests():
+    with pytest.raises(ConfigError) as err:
+        load_config("", ["teacher.sampling.temprature=0.5"])
+    text = str(err.value)
+    assert "teacher.sampling.temprature" in text
+    assert "teacher.sampling.temperature" in text  # the suggestion
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ConfigError, match="did you mean 'teacher'"):
+        load_config("teachr: {}\n")
+
+
+def test_mistyped_value_names_key():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config("", ["train.batch_size=many"])
+
+
+def test_bad_literal_rejected():
+    with pytest.raises(ConfigError, match="teacher.strategies"):
+        load_config("", ["teacher.strategies=[cot, tot]"])
+
+
+def test_malformed_override_and_yaml():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("", ["teacher.sampling.n"])
+    with pytest.raises(ConfigError, match="my.yaml: not valid YAML"):
+        load_config("a: [", source="my.yaml")
+
+
+def test_section_hash_is_stable_and_sensitive():
+    a = load_config("")
+    b = load_config("", ["train.lr=0.0002"])  # same value spelled differently
+    c = load_config("", ["train.lr=0.0003"])
+    assert section_hash(a.train) == section_hash(b.train)
+    assert section_hash(a.train) != section_hash(c.train)
+    assert section_hash(a.teacher) == section_hash(c.teacher)  # other sections unaffected
+
+
+def test_resolved_yaml_round_trips():
+    cfg = load_config("", ["teacher.sampling.n=3"])
+    again = load_config(to_yaml(cfg))
+    assert again == cfg
+
+
+def test_every_shipped_config_validates():
+    from flows.config_files import read_config
+
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs, "configs/ should hold at least the quickstart"
+    for path in configs:
+        read_config(path)
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batchsize: 3\n")
+    assert main(["config", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.batchsize" in err and "train.batch_size" in err and "bad.yaml" in err
