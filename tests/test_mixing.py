@@ -1,0 +1,84 @@
+"""Each mixing rule on hand-made sample sets with known alpha and distributions."""
+
+import math
+
+import pytest
+
+from distill.mixing import alpha_for_iteration, distribution, kl_divergence, mix
+
+
+def rows(spec: str, source: str) -> list[dict]:
+    """'q1:cot q2:pot' -> training rows."""
+    return [{"question_id": q, "strategy": s, "source": source} for q, s in (x.split(":") for x in spec.split())]
+
+
+SELF = rows("q1:cot q1:pot q2:cot", "student")
+TEACHER = rows("q1:cot q1:l2m q2:pot q3:cot q3:l2m q3:pot q4:cot", "teacher")
+SAMPLES = ["cot"] * 6 + ["pot"] * 3 + ["l2m"] * 1  # every student sample this iteration
+
+
+def test_standard_keeps_only_self_rows():
+    result = mix(SELF, TEACHER, SAMPLES, "standard")
+    assert result.rows == SELF and result.alpha == 0.0 and result.teacher_rows == 0
+
+
+def test_all_adds_every_teacher_row():
+    result = mix(SELF, TEACHER, SAMPLES, "all")
+    assert len(result.rows) == 10 and result.alpha == pytest.approx(7 / 10)
+
+
+def test_adaptive_adds_teacher_rows_only_for_unsolved_questions():
+    result = mix(SELF, TEACHER, SAMPLES, "adaptive")
+    teacher_questions = {r["question_id"] for r in result.rows if r["source"] == "teacher"}
+    assert teacher_questions == {"q3", "q4"}
+    assert result.teacher_rows == 4 and result.alpha == pytest.approx(4 / 7)
+
+
+def test_adaptive_uses_solved_questions_when_given():
+    # q3 was solved in some sample even though no row of it reached D_self.
+    result = mix(SELF, TEACHER, SAMPLES, "adaptive", solved_questions={"q1", "q2", "q3"})
+    assert {r["question_id"] for r in result.rows if r["source"] == "teacher"} == {"q4"}
+
+
+def test_alpha_subsamples_teacher_to_target():
+    result = mix(SELF, TEACHER, SAMPLES, "alpha", target_alpha=0.5, seed=1)
+    assert result.teacher_rows == 3 and result.student_rows == 3 and result.alpha == 0.5
+    again = mix(SELF, TEACHER, SAMPLES, "alpha", target_alpha=0.5, seed=1)
+    assert again.rows == result.rows  # seeded
+
+
+def test_alpha_with_too_few_teacher_rows_subsamples_students():
+    result = mix(SELF, rows("q9:cot", "teacher"), SAMPLES, "alpha", target_alpha=0.5)
+    assert result.teacher_rows == 1 and result.student_rows == 1 and result.alpha == 0.5
+    assert result.notes
+
+
+def test_alpha_extremes():
+    assert mix(SELF, TEACHER, SAMPLES, "alpha", target_alpha=1.0).alpha == 1.0
+    assert mix(SELF, TEACHER, SAMPLES, "alpha", target_alpha=0.0).alpha == 0.0
+    with pytest.raises(ValueError, match="target teacher fraction"):
+        mix(SELF, TEACHER, SAMPLES, "alpha")
+
+
+def test_distributions_and_kl_are_recorded():
+    result = mix(SELF, TEACHER, SAMPLES, "all")
+    assert result.p_student_samples == {"cot": 0.6, "l2m": 0.1, "pot": 0.3}
+    assert result.p_teacher == pytest.approx({"cot": 3 / 7, "l2m": 2 / 7, "pot": 2 / 7})
+    assert result.p_train == pytest.approx({"cot": 0.5, "l2m": 0.2, "pot": 0.3})
+    expected = 0.5 * math.log(0.5 / 0.6) + 0.2 * math.log(0.2 / 0.1) + 0.3 * math.log(0.3 / 0.3)
+    assert result.kl_train_vs_student == pytest.approx(expected, rel=1e-4)
+
+
+def test_kl_is_zero_for_equal_and_finite_for_unseen_strategy():
+    p = distribution(["cot", "pot"])
+    assert kl_divergence(p, p) == pytest.approx(0.0, abs=1e-5)
+    assert math.isfinite(kl_divergence(p, distribution(["cot"])))
+
+
+def test_alpha_schedule_repeats_last_value():
+    assert [alpha_for_iteration([0.9, 0.5, 0.2], t) for t in (1, 2, 3, 4)] == [0.9, 0.5, 0.2, 0.2]
+
+
+def test_unknown_rule_rejected():
+    with pytest.raises(ValueError, match="unknown mixing rule"):
+        mix(SELF, TEACHER, SAMPLES, "bogus")
