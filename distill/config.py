@@ -58,7 +58,7 @@ class SamplingConfig(Section):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(default=512, ge=1)
     """Maximum new tokens per sample."""
-    stop: list[str] = Field(default_factory=lambda: ["### Instruction", "\n\n\n"])
+    stop: list[str] = Field(default_factory=lambda: ["### Instruction", "### Input", "### Response"])
     """Stop strings: the next exemplar boundary of the few-shot format."""
 
 

@@ -1,0 +1,100 @@
+"""What the student reads and writes (METHOD.md section 4): SIKeD's strategy-tagged solutions and
+DSS's two tasks over the same question.
+
+Both tasks use the Alpaca layout of the SIKeD reference training code (`lora_train_and_save.py`);
+the task is selected by the instruction, the prefix before the question:
+
+- rationale task (SIKeD): instruction to first name a strategy, then solve; target
+  `[cot]: <solution>`, `[l2m]: <solution>` or `[pot]: <program>`. At test time the student writes
+  the tag itself (it chooses its strategy); `forced_prompt` primes the response with a tag instead,
+  as the reference does (`[pot]:`, no trailing space, so the target's ` <solution>` tokenizes the
+  same way as in training).
+- label task (DSS): instruction to give the final answer alone; target the bare number (`12`,
+  `0.75`).
+
+Student prompts are plain text, never put through a chat template, for base and instruct students
+alike: the student is fine-tuned on exactly these strings, so training, self-generation and
+evaluation see the same tokens whatever template the checkpoint ships with (and a merged LoRA
+checkpoint cannot change them under us). The training code appends the end-of-sequence token to
+every target.
+
+    from distill.student_format import rationale_prompt, rationale_target, parse_student_output
+    prompt, target = rationale_prompt(q), rationale_target("cot", solution)
+    strategy, solution = parse_student_output(generated_text)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from distill.answers import first_number, format_number
+from distill.strategies import STRATEGIES, strip_tag
+from distill.strategies.render import PREAMBLE
+
+STUDENT_FORMAT_VERSION = "1"
+TASKS = ("rationale", "label")
+RATIONALE_INSTRUCTION = (
+    "Solve the following Math Word Problem by first generating the strategy and then solving the problem "
+    "according to the generated strategy."
+)
+LABEL_INSTRUCTION = "Give only the final numeric answer to the following Math Word Problem."
+STUDENT_TEMPLATE = "{preamble}\n\n### Instruction:\n{instruction}\n\n### Input:\n{question}\n\n### Response:\n"
+
+
+def _prompt(instruction: str, question: str) -> str:
+    return STUDENT_TEMPLATE.format(preamble=PREAMBLE, instruction=instruction, question=question.strip())
+
+
+def rationale_prompt(question: str) -> str:
+    """The rationale-task (SIKeD) prompt; the student continues with `[strategy]: solution`."""
+    return _prompt(RATIONALE_INSTRUCTION, question)
+
+
+def label_prompt(question: str) -> str:
+    """The label-task (DSS) prompt; the student continues with the bare answer."""
+    return _prompt(LABEL_INSTRUCTION, question)
+
+
+def strategy_tag(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    return f"[{strategy}]:"
+
+
+def forced_prompt(question: str, strategy: str) -> str:
+    """The rationale prompt primed with a strategy's tag, forcing that strategy. The completion then
+    lacks the tag: parse `strategy_tag(strategy) + completion`."""
+    return rationale_prompt(question) + strategy_tag(strategy)
+
+
+def rationale_target(strategy: str, text: str) -> str:
+    """`[cot]: <solution>`: the rationale-task target for a solution (given without its tag)."""
+    return f"{strategy_tag(strategy)} {text.strip()}"
+
+
+def label_target(answer: float) -> str:
+    """The label-task target: the answer as a bare number (integers without `.0`)."""
+    return format_number(answer)
+
+
+def parse_student_output(text: str) -> tuple[str | None, str]:
+    """(strategy, solution) from a rationale-task completion: the leading `[cot]:` / `[l2m]:` /
+    `[pot]:` tag (None when missing) and the text after it."""
+    strategy, rest = strip_tag(text or "")
+    return strategy, rest.strip()
+
+
+def parse_label_output(text: str) -> float | None:
+    """The answer of a label-task completion: its first number."""
+    return first_number(text or "")
+
+
+def student_prompt_hash(task: str) -> str:
+    """Version hash (16 hex digits) of the student prompt of `task` (rationale | label)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    instruction = RATIONALE_INSTRUCTION if task == "rationale" else LABEL_INSTRUCTION
+    payload = {"version": STUDENT_FORMAT_VERSION, "task": task, "preamble": PREAMBLE,
+               "template": STUDENT_TEMPLATE, "instruction": instruction}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,66 @@
+"""The student's prompts and targets (METHOD.md section 4): SIKeD tags and DSS's two tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.student_format import (
+    LABEL_INSTRUCTION,
+    RATIONALE_INSTRUCTION,
+    forced_prompt,
+    label_prompt,
+    label_target,
+    parse_label_output,
+    parse_student_output,
+    rationale_prompt,
+    rationale_target,
+    student_prompt_hash,
+)
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+
+
+def test_two_tasks_share_the_question_and_differ_by_instruction():
+    rationale, label = rationale_prompt(QUESTION), label_prompt(QUESTION)
+    assert RATIONALE_INSTRUCTION in rationale and LABEL_INSTRUCTION in label
+    for prompt in (rationale, label):
+        assert prompt.endswith(f"### Input:\n{QUESTION}\n\n### Response:\n")
+        assert prompt.startswith("Below is an instruction")
+    assert rationale != label
+    assert student_prompt_hash("rationale") != student_prompt_hash("label")
+    with pytest.raises(ValueError):
+        student_prompt_hash("explain")
+
+
+def test_targets():
+    assert rationale_target("cot", " 3 + 4 = 7.\nFinal answer: 7\n") == "[cot]: 3 + 4 = 7.\nFinal answer: 7"
+    assert rationale_target("pot", "answer = 3 + 4") == "[pot]: answer = 3 + 4"
+    with pytest.raises(ValueError):
+        rationale_target("tot", "x")
+    assert [label_target(v) for v in (7.0, 0.75, -2, 1234.5)] == ["7", "0.75", "-2", "1234.5"]
+
+
+def test_forcing_a_strategy_primes_the_response_with_its_tag():
+    prompt = forced_prompt(QUESTION, "l2m")
+    assert prompt == rationale_prompt(QUESTION) + "[l2m]:"
+    completion = " Sub-question 1: How many?\nAnswer to sub-question 1: 7\nFinal answer: 7"
+    assert parse_student_output("[l2m]:" + completion) == ("l2m", completion.strip())
+
+
+@pytest.mark.parametrize(("text", "strategy", "solution"), [
+    ("[cot]: 3 + 4 = 7.\nFinal answer: 7", "cot", "3 + 4 = 7.\nFinal answer: 7"),
+    ("  [POT]: answer = 7", "pot", "answer = 7"),
+    ("[l2m]\nSub-question 1: x", "l2m", "Sub-question 1: x"),
+    ("cot 3 + 4 = 7", None, "cot 3 + 4 = 7"),  # a bare word is not a tag
+    ("l2m: Sub-question 1: x", "l2m", "Sub-question 1: x"),
+    ("3 + 4 = 7", None, "3 + 4 = 7"),
+    ("", None, ""),
+])
+def test_parse_student_output(text, strategy, solution):
+    assert parse_student_output(text) == (strategy, solution)
+
+
+def test_parse_label_output():
+    assert parse_label_output("7") == 7.0
+    assert parse_label_output(" 0.75\n### Input: 12") == 0.75
+    assert parse_label_output("I don't know") is None
