@@ -1,0 +1,61 @@
+"""`siked data list`: how many problems each benchmark split loads and excludes, and why.
+
+    siked data list --json                 # local files under $SIKED_DATA_DIR
+    siked data list --source hub --json    # the Hugging Face Hub (or $SIKED_HUB_MIRROR, a local copy)
+
+`arith` is listed with its default settings (difficulty, size and seed of `BenchmarkRef`). A split
+that fails to load is reported under "errors" and the others are still listed; once the Hub proves
+unreachable, the remaining Hub splits are reported as skipped instead of each waiting out its retries.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from distill.benchmarks import BENCHMARK_SPLITS, BenchmarkError, load_benchmark
+from distill.benchmarks.hub import HUB, HubUnreachable
+from distill.config import BenchmarkRef
+from storage.paths import DataDirMissing
+from storage.paths import data_dir as resolve_data_dir
+
+
+def list_benchmarks(data_dir: str | None, source: str) -> dict[str, Any]:
+    """{"data_dir", "source", "benchmarks": [{"benchmark", "split", "loaded", "excluded",
+    "excluded_reasons", "source"}], "errors": [...]}."""
+    errors: list[str] = []
+    folder = None
+    if source == "local":
+        try:
+            folder = resolve_data_dir(data_dir)
+        except DataDirMissing as exc:
+            errors.append(str(exc))
+    mirror = os.environ.get("SIKED_HUB_MIRROR") or None
+    unreachable = None
+    rows = []
+    for name, splits in BENCHMARK_SPLITS.items():
+        if source == "hub" and name not in HUB and name != "arith":
+            continue  # the dss_* sets have no Hub copy
+        if folder is None and source == "local" and name != "arith":
+            continue
+        for split in splits:
+            ref = BenchmarkRef(name=name, split=split, source=source)
+            if unreachable and name != "arith":
+                errors.append(f"{name} {split}: skipped, the Hub is unreachable ({unreachable})")
+                continue
+            try:
+                loaded = load_benchmark(ref, folder, hub_mirror=mirror)
+            except HubUnreachable as exc:
+                unreachable = type(exc.__cause__).__name__
+                errors.append(f"{name} {split}: {exc}")
+                continue
+            except (BenchmarkError, OSError) as exc:
+                errors.append(f"{name} {split}: {exc}")
+                continue
+            rows.append({
+                "benchmark": name, "split": split, "loaded": len(loaded.problems),
+                "excluded": len(loaded.exclusions), "excluded_reasons": loaded.excluded_reasons(),
+                "source": loaded.source,
+            })
+    return {"data_dir": str(folder) if folder else data_dir, "source": source, "benchmarks": rows,
+            "errors": errors}
