@@ -6,6 +6,8 @@
     siked sandbox run FILE.py        # run one PoT program in the sandbox
     siked teacher CONFIG [k=v ...]   # teacher generation + verification + distillation set
     siked train CONFIG [k=v ...]     # student training
+    siked serve CONFIG [k=v ...] --cron "0 3 * * *"   # serve on a schedule (needs a Prefect server)
+    siked report RUN                 # Markdown report + plots of a run folder (path or URL)
 
 Each subcommand imports what it needs when it runs, so `siked --help` stays fast.
 """
@@ -72,6 +74,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_train_cli(args.config, args.overrides)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_cli
+
+    return serve_cli(args.config, args.overrides, cron=args.cron, timezone=args.timezone, name=args.name,
+                     stage=args.stage, dry_run=args.dry_run)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from flows.report import RunNotFound, write_report
+    from storage.paths import layout_for_run_dir
+
+    try:
+        path, _ = write_report(layout_for_run_dir(args.run))
+    except (RunNotFound, ValueError) as exc:
+        print(f"siked: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("config")
         cmd.add_argument("overrides", nargs="*", metavar="key=value")
         cmd.set_defaults(func=func)
+
+    serve = sub.add_parser("serve", help="serve the pipeline on a cron schedule (needs a Prefect server)")
+    serve.add_argument("config")
+    serve.add_argument("overrides", nargs="*", metavar="key=value")
+    serve.add_argument("--cron", default=None,
+                       help='cron schedule, e.g. "0 3 * * *" (none: runs are started from the UI)')
+    serve.add_argument("--timezone", default="UTC", help="IANA timezone of the cron schedule")
+    serve.add_argument("--name", default=None, help="deployment name (default: the config's name)")
+    serve.add_argument("--stage", default=None, help="flow to run: siked (whole pipeline) or teacher")
+    serve.add_argument("--dry-run", action="store_true", help="print the deployment as JSON and exit")
+    serve.set_defaults(func=_cmd_serve)
+
+    report = sub.add_parser("report", help="write a run's Markdown report and plots into <run>/report/")
+    report.add_argument("run", help="the run folder: a local path or an fsspec URL")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -94,11 +94,45 @@ class RunLayout:
     def student(self, iteration: int) -> str:
         return join(self.iteration_dir(iteration), "student")
 
+    def checkpoints(self, iteration: int) -> str:
+        """Training checkpoints of an iteration (resumable mid-training)."""
+        return join(self.iteration_dir(iteration), "checkpoints")
+
     def train_metrics(self, iteration: int) -> str:
         return join(self.iteration_dir(iteration), "train_metrics.parquet")
 
+    def stage_dir(self, stage: str) -> str:
+        """`base` (the untrained student) or `iter-XX`."""
+        return self.path(stage)
+
+    def predictions_at(self, stage: str, benchmark: str, mode: str) -> str:
+        return join(self.stage_dir(stage), "eval", f"{benchmark}-{mode}.parquet")
+
     def predictions(self, iteration: int, benchmark: str, mode: str) -> str:
-        return join(self.iteration_dir(iteration), "eval", f"{benchmark}-{mode}.parquet")
+        return self.predictions_at(f"iter-{iteration:02d}", benchmark, mode)
+
+    def summary(self, stage: str) -> str:
+        """What one stage produced and scored (JSON), read by the report and `siked status`."""
+        return join(self.stage_dir(stage), "summary.json")
+
+    def report_dir(self) -> str:
+        return self.path("report")
 
     def report(self) -> str:
-        return self.path("report", "report.md")
+        return join(self.report_dir(), "report.md")
+
+
+def layout_for_run_dir(run_dir: str) -> RunLayout:
+    """The layout of an existing run folder (local path or fsspec URL): its parent is the runs root.
+
+    `memory://runs/quickstart-ab12` -> RunLayout(root="memory://runs", run_id="quickstart-ab12").
+    """
+    scheme, sep, rest = str(run_dir).rpartition("://")
+    if not sep:  # a local path: make it absolute so `.`, `..` and bare names have a parent
+        rest = os.path.abspath(os.path.expanduser(rest))
+    parent, _, name = rest.rstrip("/").rpartition("/")
+    if not name or name in (".", ".."):
+        raise ValueError(f"{run_dir!r} does not name a run folder")
+    if sep and not parent:
+        raise ValueError(f"{run_dir!r}: a run folder lives inside a runs root, e.g. {scheme}://runs/{name}")
+    return RunLayout(root=f"{scheme}{sep}{parent}" if parent else "/", run_id=name)
