@@ -49,6 +49,8 @@ class BenchmarkRef(Section):
     """arith only: number of problems generated for the split."""
     seed: int = 0
     """Seed of the arith generator and of the subset shuffle."""
+    skip_if_missing: bool = False
+    """Skip this benchmark (with a warning) when the data folder is not available."""
 
 
 class SamplingConfig(Section):

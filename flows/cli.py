@@ -6,6 +6,10 @@
     siked sandbox run FILE.py        # run one PoT program in the sandbox
     siked teacher CONFIG [k=v ...]   # teacher generation + verification + distillation set
     siked train CONFIG [k=v ...]     # student training
+    siked run CONFIG [k=v ...]       # the whole pipeline (teacher, iterations, evaluation, report)
+    siked resume RUN                 # continue a failed or killed run from its artifacts
+    siked status RUN [--json]        # done / missing / failed for every step of a run
+    siked eval MODEL [k=v ...]       # evaluate any checkpoint or model
     siked serve CONFIG [k=v ...] --cron "0 3 * * *"   # serve on a schedule (needs a Prefect server)
     siked report RUN                 # Markdown report + plots of a run folder (path or URL)
 
@@ -94,6 +98,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.run_cli import run_cli
+
+    return run_cli(args.config, args.overrides)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from flows.run_cli import resume_cli
+
+    return resume_cli(args.run)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from flows.run_cli import status_cli
+
+    return status_cli(args.run, args.json)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from flows.run_cli import eval_cli
+
+    return eval_cli(args.model, args.overrides, args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file")
     run.add_argument("--timeout", type=float, default=5.0)
     run.set_defaults(func=_cmd_sandbox_run)
+
+    run = sub.add_parser("run", help="the whole SIKeD pipeline: teacher, training, iterations, evaluation")
+    run.add_argument("config")
+    run.add_argument("overrides", nargs="*", metavar="key=value")
+    run.set_defaults(func=_cmd_run)
+
+    resume = sub.add_parser("resume", help="continue a failed or killed run from its artifacts")
+    resume.add_argument("run", help="the run folder (path or URL)")
+    resume.set_defaults(func=_cmd_resume)
+
+    status = sub.add_parser("status", help="every step of a run: done, missing or failed")
+    status.add_argument("run", help="the run folder (path or URL)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_status)
+
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint folder or model on the configured benchmarks")
+    evaluate.add_argument("model", help="checkpoint folder, builtin:NAME or Hub id")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value")
+    evaluate.add_argument("--config", default=None, help="a config whose eval section to use")
+    evaluate.set_defaults(func=_cmd_eval)
 
     for name, func, text in [
         ("teacher", _cmd_teacher, "teacher generation, verification and the distillation set"),
