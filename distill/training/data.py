@@ -1,0 +1,361 @@
+"""Training rows -> tokenized two-task examples -> batches (METHOD.md section 4).
+
+    texts, dropped = build_texts(rows)                        # rows: TRAIN_EXAMPLES dicts / DataFrame
+    train, val = split_by_question(texts, val_fraction=0.1, seed=42)
+    examples, stats = tokenize_texts(train, tokenizer, max_length=1024)
+    batch = collate_padded(examples[:8], pad_id)              # or collate_packed(units, pad_id)
+
+Every row of a distillation set (columns of `storage.schemas.TRAIN_EXAMPLES`: question_id,
+question, gold, strategy, text, ...) gives one example with two tasks over the same question:
+
+- rationale task (SIKeD): `rationale_prompt(question)` -> `[strategy]: text` + EOS;
+- label task (DSS): `label_prompt(question)` -> the bare final answer + EOS.
+
+The loss reads target tokens only: `*_labels` is -100 on the prompt and on padding. Nothing is
+dropped or cut silently: rows without a usable gold answer or solution, and examples whose prompt
+alone leaves no room for a target token in `max_length`, are dropped and counted by reason; targets
+that do not fit are truncated (keeping the prompt whole) and counted per task.
+
+Packing (`pack_examples`, `collate_packed`) puts several examples into one row of at most
+`max_length` tokens per task. Attention never crosses an example boundary: the attention mask of a
+packed batch is 4-D, [B, 1, T, T], block-diagonal and causal (True = may attend), which transformers
+passes to the attention kernel as is (the `sdpa` implementation; `eager` wants an additive mask).
+Position ids continue across the row; with rotary position embeddings (Llama, Qwen2, Gemma, SmolLM)
+attention depends on position differences only, so inside one block this equals running the
+example alone (`tests/test_training_data.py` checks the logits). `*_position_ids` restarting at 0 per
+example are in the batch too, for code that wants them. Labels never cross a boundary: the first
+token of an example is never a target of the previous one (prompts are never targets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+IGNORE_INDEX = -100
+TASKS = ("label", "rationale")
+
+
+@dataclass(frozen=True)
+class TwoTaskText:
+    """The text of one training example: both tasks' prompts and targets (targets without EOS)."""
+
+    question_id: str
+    strategy: str
+    gold: float
+    question: str
+    label_prompt: str
+    label_target: str
+    rationale_prompt: str
+    rationale_target: str
+
+
+@dataclass
+class TokenizedExample:
+    """Token ids of both tasks; the first `*_prompt_len` ids of each are the prompt (not targets)."""
+
+    question_id: str
+    label_ids: list[int]
+    label_prompt_len: int
+    rationale_ids: list[int]
+    rationale_prompt_len: int
+
+    def length(self, task: str) -> int:
+        return len(self.label_ids if task == "label" else self.rationale_ids)
+
+
+@dataclass
+class DataStats:
+    """Counts of what happened to the rows on the way to batches (all reported, nothing silent)."""
+
+    rows: int = 0
+    examples: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    """reason -> rows or examples left out (`no_gold`, `empty_solution`, `label_prompt_too_long`, ...)."""
+    truncated: Counter = field(default_factory=Counter)
+    """task -> examples whose target was cut to fit `max_length`."""
+    truncated_tokens: Counter = field(default_factory=Counter)
+    """task -> target tokens cut away in total."""
+
+    def merge(self, other: DataStats) -> DataStats:
+        return DataStats(self.rows + other.rows, self.examples + other.examples,
+                         self.dropped + other.dropped, self.truncated + other.truncated,
+                         self.truncated_tokens + other.truncated_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "examples": self.examples, "dropped": dict(self.dropped),
+                "truncated": dict(self.truncated), "truncated_tokens": dict(self.truncated_tokens)}
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _records(rows: Any) -> list[Mapping[str, Any]]:
+    """A pandas DataFrame, a pyarrow Table or an iterable of dicts -> list of dicts."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
+        return rows.to_dict(orient="records")
+    if hasattr(rows, "to_pylist"):  # pyarrow Table
+        return rows.to_pylist()
+    return list(rows)
+
+
+def build_texts(rows: Any) -> tuple[list[TwoTaskText], Counter]:
+    """TRAIN_EXAMPLES rows -> (two-task texts in row order, Counter of dropped rows by reason).
+
+    Dropped: `no_gold` (gold missing or not a finite number: the label task has no target),
+    `empty_solution` (no solution text), `unknown_strategy`.
+    """
+    from distill.student_format import label_prompt, label_target, rationale_prompt, rationale_target
+
+    texts: list[TwoTaskText] = []
+    dropped: Counter = Counter()
+    for row in _records(rows):
+        gold, text, strategy = row.get("gold"), row.get("text"), row.get("strategy")
+        if gold is None or not math.isfinite(float(gold)):
+            dropped["no_gold"] += 1
+            continue
+        if not isinstance(text, str) or not text.strip():
+            dropped["empty_solution"] += 1
+            continue
+        try:
+            target = rationale_target(str(strategy), text)
+        except ValueError:
+            dropped["unknown_strategy"] += 1
+            continue
+        question = str(row["question"])
+        texts.append(TwoTaskText(
+            question_id=str(row["question_id"]), strategy=str(strategy), gold=float(gold), question=question,
+            label_prompt=label_prompt(question), label_target=label_target(float(gold)),
+            rationale_prompt=rationale_prompt(question), rationale_target=target,
+        ))
+    return texts, dropped
+
+
+def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], model: str = "palm-540b"
+                       ) -> tuple[list[dict[str, Any]], Counter]:
+    """Distilling Step-by-Step's released rationales -> TRAIN_EXAMPLES rows (strategy `cot`).
+
+    `problems`: `distill.benchmarks.Problem` of a dss_* split; `rationales`: problem id ->
+    `distill.benchmarks.Rationale`. The solution is the official parse of the PaLM completion (the
+    text before `The answer is`) followed by `Final answer: <gold>`, the ending every CoT target has
+    here. As in DSS, a rationale is kept whether or not PaLM's own answer was right (the label task
+    learns the gold). Returns (rows, Counter): `no_rationale` (the completion lacks the marker;
+    dropped), `no_gold` (dropped), `palm_answer_differs` (kept; counted for the report).
+    """
+    from distill.answers import answers_match, format_number
+    from distill.numbers import ExpressionError, evaluate_arithmetic
+
+    rows: list[dict[str, Any]] = []
+    counts: Counter = Counter()
+    for problem in problems:
+        found = rationales.get(problem.id)
+        if found is None or not (found.rationale or "").strip():
+            counts["no_rationale"] += 1
+            continue
+        if not math.isfinite(problem.answer):
+            counts["no_gold"] += 1
+            continue
+        try:
+            palm = evaluate_arithmetic(found.label) if found.label else None
+        except ExpressionError:
+            palm = None
+        if not answers_match(palm, problem.answer):
+            counts["palm_answer_differs"] += 1
+        text = f"{found.rationale.strip()}\nFinal answer: {format_number(problem.answer)}"
+        rows.append({"question_id": problem.id, "question": problem.question, "gold": float(problem.answer),
+                     "strategy": "cot", "text": text, "sample_index": 0, "source": "teacher",
+                     "iteration": 0, "model": model})
+    return rows, counts
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def is_validation_id(question_id: str, val_fraction: float, seed: int) -> bool:
+    """Deterministic hold-out by question id: sha256(seed:id) read as a number in [0, 1) < fraction.
+
+    Depends on the id and the seed only, never on row order or on the other ids, so the same
+    question is held out in every iteration and every run with the same seed.
+    """
+    if val_fraction <= 0.0:
+        return False
+    digest = hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < val_fraction
+
+
+def split_by_question(items: Sequence[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, val) of items with a `question_id` attribute: all rows of a question go to one side."""
+    train, val = [], []
+    for item in items:
+        (val if is_validation_id(item.question_id, val_fraction, seed) else train).append(item)
+    return train, val
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
+                   ) -> tuple[list[TokenizedExample], DataStats]:
+    """Tokenize both tasks of every text: prompt (with the tokenizer's special tokens, as at
+    generation time) + target + EOS, at most `max_length` ids per task.
+
+    A target that does not fit is truncated at the end (counted in `stats.truncated[task]`, its
+    EOS goes with it); an example whose prompt leaves no room for one target token is dropped
+    (`stats.dropped["<task>_prompt_too_long"]`).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: targets must end with one")
+    eos = tokenizer.eos_token_id
+    stats = DataStats()
+    examples: list[TokenizedExample] = []
+    for text in texts:
+        stats.rows += 1
+        parts: dict[str, tuple[list[int], int]] = {}
+        for task in TASKS:
+            prompt = _ids(tokenizer, getattr(text, f"{task}_prompt"), special=True)
+            target = _ids(tokenizer, getattr(text, f"{task}_target"), special=False) + [eos]
+            if len(prompt) >= max_length:
+                stats.dropped[f"{task}_prompt_too_long"] += 1
+                break
+            room = max_length - len(prompt)
+            if len(target) > room:
+                stats.truncated[task] += 1
+                stats.truncated_tokens[task] += len(target) - room
+                target = target[:room]
+            parts[task] = (prompt + target, len(prompt))
+        else:
+            examples.append(TokenizedExample(text.question_id, *parts["label"], *parts["rationale"]))
+    stats.examples = len(examples)
+    return examples, stats
+
+
+# --------------------------------------------------------------------------- padded batches
+
+
+def _task_tensors(seqs: list[tuple[list[int], int]], pad_id: int) -> dict[str, Any]:
+    """[(ids, prompt_len)] -> right-padded input_ids, attention_mask, labels [B, T] (long)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(seqs):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+        labels[row, prompt_len: len(ids)] = input_ids[row, prompt_len: len(ids)]
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def collate_padded(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, Any]:
+    """One example per row: `label_*` [B, Tl] and `rationale_*` [B, Tr] (input_ids, attention_mask,
+    labels), each task padded on the right to its own longest sequence."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {}
+    for task in TASKS:
+        seqs = [(getattr(e, f"{task}_ids"), getattr(e, f"{task}_prompt_len")) for e in examples]
+        batch.update({f"{task}_{k}": v for k, v in _task_tensors(seqs, pad_id).items()})
+    return batch
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_examples(examples: Sequence[TokenizedExample], max_length: int) -> list[list[int]]:
+    """Group example indices into packs whose label and rationale sequences each fit `max_length`.
+
+    Best-fit decreasing on the rationale length (ties by index, so the result is deterministic);
+    a pack is accepted only if the label sequences fit too. Returns packs of indices into
+    `examples`, every index exactly once, packs in order of their first (longest) example.
+    """
+    order = sorted(range(len(examples)), key=lambda i: (-examples[i].length("rationale"), i))
+    packs: list[list[int]] = []
+    room_r: list[int] = []
+    room_l: list[int] = []
+    # bins[c] = packs with exactly c rationale tokens of room left (best fit = smallest c that fits)
+    bins: list[list[int]] = [[] for _ in range(max_length + 1)]
+    for i in order:
+        need_r, need_l = examples[i].length("rationale"), examples[i].length("label")
+        chosen = None
+        for capacity in range(need_r, max_length + 1):
+            for p in bins[capacity]:
+                if room_l[p] >= need_l:
+                    chosen = p
+                    break
+            if chosen is not None:
+                break
+        if chosen is None:
+            chosen = len(packs)
+            packs.append([])
+            room_r.append(max_length)
+            room_l.append(max_length)
+        else:
+            bins[room_r[chosen]].remove(chosen)
+        packs[chosen].append(i)
+        room_r[chosen] -= need_r
+        room_l[chosen] -= need_l
+        bins[room_r[chosen]].append(chosen)
+    return packs
+
+
+def _packed_task_tensors(rows: list[list[tuple[list[int], int]]], pad_id: int) -> dict[str, Any]:
+    """Rows of segments [(ids, prompt_len), ...] -> input_ids, labels, position_ids [B, T] and a
+    block-diagonal causal attention mask [B, 1, T, T] (bool; padding attends only to itself)."""
+    import torch
+
+    width = max(sum(len(ids) for ids, _ in segs) for segs in rows)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    for row, segs in enumerate(rows):
+        start = 0
+        for k, (ids, prompt_len) in enumerate(segs):
+            stop = start + len(ids)
+            input_ids[row, start:stop] = torch.tensor(ids, dtype=torch.long)
+            labels[row, start + prompt_len: stop] = input_ids[row, start + prompt_len: stop]
+            positions[row, start:stop] = torch.arange(len(ids))
+            segment[row, start:stop] = k
+            start = stop
+        positions[row, start:] = torch.arange(width - start)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]
+    mask = (same & causal)[:, None]
+    # Padding (segment -1) forms one block of its own: every query row keeps at least one key.
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "position_ids": positions,
+            "segment_ids": segment}
+
+
+def collate_packed(packs: Sequence[Sequence[TokenizedExample]], pad_id: int) -> dict[str, Any]:
+    """One pack per row (see the module docstring): `<task>_input_ids`, `_labels`, `_position_ids`,
+    `_segment_ids` (example index in the row, -1 on padding) [B, T] and `<task>_attention_mask`
+    [B, 1, T, T] bool, block-diagonal causal."""
+    if not packs:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {}
+    for task in TASKS:
+        rows = [[(getattr(e, f"{task}_ids"), getattr(e, f"{task}_prompt_len")) for e in pack]
+                for pack in packs]
+        batch.update({f"{task}_{k}": v for k, v in _packed_task_tensors(rows, pad_id).items()})
+    return batch
+
+
+def batch_tokens(batch: Mapping[str, Any]) -> int:
+    """Real (non-padding) tokens of both tasks in a padded or packed batch."""
+    total = 0
+    for task in TASKS:
+        if f"{task}_segment_ids" in batch:
+            total += int((batch[f"{task}_segment_ids"] >= 0).sum())
+        else:
+            total += int(batch[f"{task}_attention_mask"].sum())
+    return total

@@ -1,0 +1,290 @@
+"""Training objective of the student: DSS + MI (METHOD.md section 5), for a decoder-only causal LM.
+
+    from distill.training.losses import compute_loss
+    terms = compute_loss(model, batch, cfg.train.loss)   # LossTerms(total, label, rationale, mi)
+    terms.total.backward()
+
+Shapes: B examples, T positions, V vocabulary. `labels[b, t]` is the token at position t when it is
+a target and -100 on prompt and padding. Logits at position t predict the token at t + 1, so the
+*target positions* of a sequence are the t with `labels[b, t + 1] != -100` (`target_mask`); the
+last position is never one. Every loss here reads logits at target positions only.
+
+Each task's log-softmax [B, T, V] is computed once (`to_log_probs`) and shared by its cross-entropy
+and the MI term, so the MI term adds no B x T x V tensor to what cross-entropy holds anyway.
+
+A batch (built by `distill.training.data`) holds two tasks per example, each a causal-LM sequence:
+the label task (prompt + bare final answer) and the rationale task (prompt + strategy-tagged
+solution): `label_input_ids`, `label_attention_mask`, `label_labels` [B, Tl] and the same three
+`rationale_*` [B, Tr]. The `sft` loss reads only the rationale tensors.
+
+docs/equations.md maps each equation of the papers to the function here that computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+if TYPE_CHECKING:
+    from distill.config import LossConfig
+    from distill.training.infonce import InfoNCEHead
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossTerms:
+    """Scalar loss tensors of one batch; `label` and `mi` are zero where the loss kind has none."""
+
+    total: torch.Tensor
+    label: torch.Tensor
+    rationale: torch.Tensor
+    mi: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """Detached values for logging: {"total": ..., "label": ..., "rationale": ..., "mi": ...}."""
+        return {name: float(getattr(self, name).detach()) for name in ("total", "label", "rationale", "mi")}
+
+
+def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] labels -> [B, T] targets aligned with the logits: targets[:, t] = labels[:, t + 1].
+
+    Shifting the labels (padding the end with -100) instead of slicing the logits keeps the logits
+    contiguous, so no B x T x V copy is made.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] labels -> [B, T] bool, True at the positions whose logits predict a target token."""
+    return shifted_labels(labels) != IGNORE_INDEX
+
+
+def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] -> log-softmax over the vocabulary [B, T, V] (half precision upcast to float32)."""
+    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+def token_nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-level cross-entropy from log-probabilities [B, T, V]: the mean over all target tokens.
+
+    A batch without target tokens gives 0 (still attached to the graph), not NaN. Written with
+    gather (what F.nll_loss computes) so that its gradient is a fresh B x T x V tensor, not a view,
+    into which autograd can add the MI term's sparse gradient in place.
+    """
+    targets = shifted_labels(labels)
+    is_target = targets != IGNORE_INDEX
+    picked = log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # [B, T]
+    return -(picked * is_target).sum() / is_target.sum().clamp(min=1)
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-level cross-entropy, the mean over all target tokens: logits [B, T, V], labels [B, T] -> scalar.
+
+    F.cross_entropy is log_softmax followed by the negative log-likelihood; the two halves are
+    separate here (`to_log_probs`, `token_nll`) so that `compute_loss` can hand the same log-softmax
+    to the MI term.
+    """
+    return token_nll(to_log_probs(logits), labels)
+
+
+def pooled_softmax_max(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+    """Per example, the softmax over the vocabulary at each target position, max-pooled over them.
+
+    logits [B, T, V], labels [B, T] -> [B, V] (float32; float64 for float64 logits):
+    out[b, v] = max over the target positions t of example b of softmax(logits[b, t])[v]; prompt and
+    padding never enter. An example without target positions gives a zero vector (`mi_loss` leaves
+    it out of its mean). Holds one log-softmax [B, T, V], as cross-entropy does (`compute_loss`
+    shares that one); the pooling itself allocates no B x T x V tensor
+    (`pooled_max_from_log_probs`, which also describes the gradient).
+    """
+    return pooled_max_from_log_probs(to_log_probs(logits), labels, chunk_size)
+
+
+def pooled_max_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64,
+                              sparse_grad: bool = False) -> torch.Tensor:
+    """`pooled_softmax_max` from the log-softmax [B, T, V] (probabilities are exp(log_probs)).
+
+    Since exp is monotonic, the maximum is taken over the log-probabilities themselves, each
+    example's target positions `chunk_size` at a time: no B x T x V tensor is created. The gradient
+    is the one of max-pooling: d out[b, v] / d log_probs[b, t, v] = out[b, v] at the argmax position
+    t of (b, v) (the first one on ties, as torch.max), 0 elsewhere; the log-softmax backward carries
+    it on to the logits. It has at most B x V non-zeros: with `sparse_grad` it is returned as a
+    sparse tensor, which autograd adds in place into the dense gradient that the cross-entropy
+    sharing `log_probs` sends (no B x T x V buffer). Use it only with such a partner: the
+    log-softmax backward itself accepts dense gradients only.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _PooledMaxProb.apply(log_probs, target_mask(labels), chunk_size, sparse_grad)
+
+
+def mi_loss(label_logits: torch.Tensor, label_labels: torch.Tensor, rationale_logits: torch.Tensor,
+            rationale_labels: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+    """The parameter-free MI term of the MI reference code: L_MI = -sum_v p[v] * log_softmax(q)[v].
+
+    p = pooled_softmax_max over the label task (detached: no gradient reaches the label logits),
+    q = pooled_softmax_max over the rationale task, fed to log_softmax as logits (no temperature).
+    Averaged over the examples that have target positions in both tasks; 0 when none has.
+    label_logits [B, Tl, V], label_labels [B, Tl], rationale_logits [B, Tr, V],
+    rationale_labels [B, Tr] -> scalar.
+    """
+    with torch.no_grad():
+        label_log_probs = to_log_probs(label_logits)
+    return mi_from_log_probs(label_log_probs, label_labels, to_log_probs(rationale_logits), rationale_labels,
+                             chunk_size)
+
+
+def mi_from_log_probs(label_log_probs: torch.Tensor, label_labels: torch.Tensor,
+                      rationale_log_probs: torch.Tensor, rationale_labels: torch.Tensor,
+                      chunk_size: int = 64, sparse_grad: bool = False) -> torch.Tensor:
+    """`mi_loss` from each task's log-softmax [B, T, V].
+
+    `sparse_grad=True` when `rationale_log_probs` also feeds the rationale cross-entropy (as in
+    `compute_loss`): see `pooled_max_from_log_probs`.
+    """
+    with torch.no_grad():
+        p = pooled_max_from_log_probs(label_log_probs.detach(), label_labels, chunk_size)
+    q = pooled_max_from_log_probs(rationale_log_probs, rationale_labels, chunk_size, sparse_grad)
+    per_example = -(p * F.log_softmax(q, dim=-1)).sum(dim=-1)
+    keep = target_mask(label_labels).any(dim=1) & target_mask(rationale_labels).any(dim=1)
+    return (per_example * keep).sum() / keep.sum().clamp(min=1)
+
+
+def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Distilling step-by-step: L = alpha * L_label + (1 - alpha) * L_rationale (two `token_ce` values)."""
+    return alpha * label_loss + (1.0 - alpha) * rationale_loss
+
+
+def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfig,
+                 infonce_head: InfoNCEHead | None = None) -> LossTerms:
+    """Run the causal LM `model` on both tasks of `batch` and combine the terms of `loss_cfg.kind`.
+
+    sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale. dss_mi: dss + beta * L_MI
+    (`mi_loss`). dss_infonce: dss + beta * `infonce_loss` over the last hidden states, with
+    `infonce_head` (required). Two forward passes (one per task): the tasks differ in length, and
+    separate passes pad each task to its own longest sequence only.
+    """
+    kind = loss_cfg.kind
+    if kind not in ("sft", "dss", "dss_mi", "dss_infonce"):
+        raise ValueError(f"unknown loss kind {kind!r}")
+    if kind == "dss_infonce" and infonce_head is None:
+        raise ValueError("loss kind dss_infonce needs an InfoNCEHead (infonce_head=...)")
+    rationale_lp, rationale_hidden = _task_log_probs(model, batch, "rationale", kind == "dss_infonce")
+    rationale = token_nll(rationale_lp, batch["rationale_labels"])
+    zero = torch.zeros((), device=rationale.device)
+    if kind == "sft":
+        return LossTerms(total=rationale, label=zero, rationale=rationale, mi=zero)
+
+    label_lp, label_hidden = _task_log_probs(model, batch, "label", kind == "dss_infonce")
+    label = token_nll(label_lp, batch["label_labels"])
+    terms = LossTerms(total=dss_loss(label, rationale, loss_cfg.alpha), label=label, rationale=rationale,
+                      mi=zero)
+    if kind == "dss_mi":
+        # rationale_lp also feeds `rationale` above, so the MI gradient can travel sparse. Built
+        # after it, the MI term runs first in the backward pass (autograd runs the nodes created
+        # last first), so the dense cross-entropy gradient arrives second and autograd adds the
+        # sparse one into it in place (the other order would copy B x T x V; correct either way).
+        terms.mi = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
+                                     loss_cfg.chunk_size, sparse_grad=True)
+    elif kind == "dss_infonce":
+        from distill.training.infonce import infonce_loss
+
+        terms.mi = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
+                                rationale_hidden, target_mask(batch["rationale_labels"]),
+                                loss_cfg.infonce_temperature)
+    if kind != "dss":
+        terms.total = terms.total + loss_cfg.beta * terms.mi
+    return terms
+
+
+def _task_log_probs(model: Any, batch: dict[str, torch.Tensor], task: str,
+                    hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward one task -> (log-softmax [B, T, V], last hidden states [B, T, H] or None).
+
+    The model output is dropped here: the backward pass needs the log-softmax, not the logits, so
+    the logits are freed as soon as their log-softmax exists.
+    """
+    out = model(input_ids=batch[f"{task}_input_ids"], attention_mask=batch[f"{task}_attention_mask"],
+                use_cache=False, output_hidden_states=hidden)
+    return to_log_probs(out.logits), (out.hidden_states[-1] if hidden else None)
+
+
+def _chunk_plan(mask: torch.Tensor, chunk_size: int) -> list[tuple[int, slice | torch.Tensor]]:
+    """[B, T] target mask -> [(example, rows)]: each example's target positions, `chunk_size` at a time.
+
+    rows is a slice where the chunk's positions are consecutive (prompt, answer, padding: the usual
+    layout), read in place; otherwise an index tensor.
+    """
+    plan = []
+    for b, row in enumerate(mask.cpu()):
+        positions = row.nonzero().flatten().tolist()
+        for start in range(0, len(positions), chunk_size):
+            chunk = positions[start:start + chunk_size]
+            if chunk[-1] - chunk[0] + 1 == len(chunk):
+                plan.append((b, slice(chunk[0], chunk[-1] + 1)))
+            else:
+                plan.append((b, torch.tensor(chunk, device=mask.device)))
+    return plan
+
+
+def _first_per_column(row: torch.Tensor, column: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of row-major (row, column) hits, keep each column's first (lowest-row) hit, order unchanged."""
+    order = torch.arange(row.numel(), device=row.device)
+    first = torch.full((vocab,), row.numel(), device=row.device).scatter_reduce_(0, column, order, "amin")
+    keep = first[column] == order
+    return row[keep], column[keep]
+
+
+class _PooledMaxProb(torch.autograd.Function):
+    """Chunked max-pooling of exp(log_probs) over target positions (see `pooled_max_from_log_probs`).
+
+    Forward keeps the running maximum of the log-probabilities [B, V] and the index of the chunk it
+    came from [B, V]. Backward finds the argmax position of each column inside that chunk by equality
+    with the saved maximum (exact: the maximum is one of the elements) and puts out[b, v] * grad
+    there: at most B x V entries, returned as a sparse tensor when `sparse_grad`.
+    """
+
+    @staticmethod
+    def forward(ctx, log_probs, mask, chunk_size, sparse_grad):
+        plan = _chunk_plan(mask, chunk_size)
+        shape = (log_probs.size(0), log_probs.size(-1))
+        best = torch.full(shape, -torch.inf, dtype=log_probs.dtype, device=log_probs.device)
+        best_chunk = torch.full(shape, -1, dtype=torch.long, device=log_probs.device)
+        for i, (b, rows) in enumerate(plan):
+            chunk_best = log_probs[b, rows].amax(dim=0)
+            better = chunk_best > best[b]  # strict: ties keep the earliest chunk
+            best[b] = torch.where(better, chunk_best, best[b])
+            best_chunk[b].masked_fill_(better, i)
+        pooled = best.exp().masked_fill_(~mask.any(dim=1, keepdim=True), 0.0)  # no targets: zeros
+        ctx.plan, ctx.sparse_grad = plan, sparse_grad
+        ctx.save_for_backward(log_probs, best, best_chunk, pooled)
+        return pooled
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_pooled):
+        log_probs, best, best_chunk, pooled = ctx.saved_tensors
+        grad_at_max = grad_pooled * pooled  # d exp(x) / dx = exp(x)
+        where = []  # (example, position, column) of every argmax, in (b, t, v) order
+        for i, (b, rows) in enumerate(ctx.plan):
+            owned = best_chunk[b] == i  # [V]: the columns whose maximum lies in this chunk
+            hit = (log_probs[b, rows] == best[b]) & owned  # [c, V]
+            row, column = hit.nonzero(as_tuple=True)  # row-major: one hit per owned column, or ties
+            if row.numel() > owned.sum():  # exact ties inside the chunk: keep each column's first row
+                row, column = _first_per_column(row, column, log_probs.size(-1))
+            position = row + rows.start if isinstance(rows, slice) else rows[row]
+            where.append(torch.stack([torch.full_like(row, b), position, column]))
+        index = torch.cat(where, dim=1) if where else torch.zeros((3, 0), dtype=torch.long,
+                                                                  device=log_probs.device)
+        values = grad_at_max[index[0], index[2]]
+        if ctx.sparse_grad:
+            return torch.sparse_coo_tensor(index, values, log_probs.shape, is_coalesced=True,
+                                           check_invariants=False), None, None, None
+        grad_log_probs = torch.zeros_like(log_probs)
+        grad_log_probs[index[0], index[1], index[2]] = values
+        return grad_log_probs, None, None, None

@@ -1,0 +1,131 @@
+"""`siked train CONFIG [key=value ...]`: train one student outside the full pipeline.
+
+    siked train configs/quickstart.yaml                        # the run's distillation set
+                                                               # (after `siked teacher`)
+    siked train configs/quickstart.yaml train_set=set.parquet  # any TRAIN_EXAMPLES Parquet file
+    siked train configs/dss_svamp.yaml                         # DSS's SVAMP train split, PaLM rationales
+
+Besides config overrides it takes three keys of its own: `train_set=PATH` (the training rows),
+`iteration=N` (which iteration folder of the run to write, default 0) and `resume=false` (start over
+instead of continuing from the newest checkpoint). Without `train_set`, the rows are the DSS
+rationales when `train_data.name` is `dss_svamp`, else the run's iteration-0 distillation set.
+
+Writes, in the run folder: `iter-NN/student/` (the merged student; its path is printed on stdout),
+`iter-NN/checkpoints/` (step checkpoints, metrics.jsonl, data_report.json, tensorboard/) and
+`iter-NN/train_metrics.parquet` (one row per step and per validation, TRAIN_METRICS).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from distill.config import ConfigError, RunConfig, section_hash
+
+CLI_KEYS = ("train_set", "iteration", "resume")
+
+
+def split_cli_keys(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(this command's own keys, the config overrides)."""
+    own, rest = {}, []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() in CLI_KEYS:
+            own[key.strip()] = value.strip()
+        else:
+            rest.append(item)
+    return own, rest
+
+
+def _read_train_set(path: str) -> Any:
+    """TRAIN_EXAMPLES rows of a Parquet artifact (manifest checked) or of a plain Parquet file."""
+    from storage import fs
+    from storage.artifacts import ArtifactMissing, read_artifact
+    from storage.manifest import manifest_url
+
+    if fs.exists(manifest_url(path)):
+        return read_artifact(path, "train_examples").to_pandas()
+    if not fs.exists(path):
+        raise ArtifactMissing(f"train_set {path} does not exist")
+    import pyarrow.parquet as pq
+
+    from storage.tables import to_table
+
+    filesystem, inner = fs.resolve(path)
+    with filesystem.open(inner, "rb") as handle:
+        return to_table(pq.read_table(handle), "train_examples").to_pandas()
+
+
+def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+    """TRAIN_EXAMPLES rows from DSS's released PaLM rationales for `cfg.train_data`."""
+    from distill.benchmarks import load_benchmark, load_rationales
+    from distill.training.data import dss_rationale_rows
+    from storage.paths import data_dir
+
+    ref = cfg.train_data
+    if ref.name != "dss_svamp":
+        raise ConfigError(f"train_data.name is {ref.name!r}: PaLM rationales are read for dss_svamp only "
+                          "(give train_set=PATH for other data)")
+    folder = data_dir(cfg.data_dir)
+    problems = load_benchmark(ref, folder).problems
+    rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, folder))
+    print(f"[siked train] {ref.name}/{ref.split}: {len(problems)} problems -> {len(rows)} rows "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none dropped'}; "
+          "no_rationale rows are dropped, palm_answer_differs rows are kept as in DSS)", file=sys.stderr)
+    return rows
+
+
+def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: int) -> tuple[Any, Any]:
+    """(rows, the parent reference of the metrics: an artifact URL, or {path, content_hash} of a
+    plain file). DSS rows are saved as the iteration's train set, for the record."""
+    from storage import fs
+    from storage.artifacts import is_complete, write_artifact
+    from storage.manifest import manifest_url
+
+    if "train_set" in own:
+        path = own["train_set"]
+        rows = _read_train_set(path)
+        if fs.exists(manifest_url(path)):
+            return rows, path
+        return rows, {"path": path, "content_hash": fs.sha256_file(path)}
+    if cfg.train_data.name == "dss_svamp":
+        rows = dss_rows(cfg)
+        url = layout.train_set(iteration)
+        write_artifact(url, rows, "train_examples", config_hash=section_hash(cfg.train_data))
+        return rows, url
+    url = layout.distill_set(0)
+    if not is_complete(url, kind="train_examples"):
+        raise ConfigError(f"no training rows: give train_set=PATH, run `siked teacher` with this config "
+                          f"first (it writes {url}), or use train_data.name=dss_svamp")
+    return _read_train_set(url), url
+
+
+def run_train_cli(config_path: str, overrides: list[str]) -> int:
+    from distill.models import resolve_model
+    from distill.training.launch import launch_training
+    from distill.training.loop import LoopOptions
+    from flows.config_files import read_config
+    from flows.run_setup import run_layout, save_config
+    from storage.artifacts import write_artifact
+    from storage.paths import models_dir
+
+    own, rest = split_cli_keys(overrides)
+    cfg = read_config(config_path, rest)
+    iteration = int(own.get("iteration", "0"))
+    resume = own.get("resume", "true").lower() not in ("false", "0", "no")
+    layout = run_layout(cfg)
+    if "://" in layout.run_dir and not layout.run_dir.startswith("file://"):
+        raise ConfigError(f"training writes model folders: runs_root must be a local folder, "
+                          f"not {layout.root}")
+    save_config(layout, cfg)
+    rows, parent = training_rows(cfg, layout, own, iteration)
+    model_path = resolve_model(cfg.train.model, models_dir())
+    result = launch_training(cfg.train, rows, model_path, layout.student(iteration),
+                             layout.checkpoints(iteration), LoopOptions(resume=resume))
+    metrics_url = layout.train_metrics(iteration)
+    write_artifact(metrics_url, result.metrics, "train_metrics", config_hash=section_hash(cfg.train),
+                   parents=[parent])
+    best = f"best step {result.best_step} {result.best_val}" if result.best_step else "no validation split"
+    print(f"[siked train] {result.steps} steps; {best}; metrics {metrics_url}", file=sys.stderr)
+    print(result.output_dir)
+    return 0

@@ -1,0 +1,193 @@
+"""Training data: two-task texts, the validation split, tokens and labels, truncation, packing, and
+the order of batches."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from distill.training.data import (
+    IGNORE_INDEX,
+    build_texts,
+    collate_packed,
+    collate_padded,
+    dss_rationale_rows,
+    is_validation_id,
+    pack_examples,
+    split_by_question,
+    tokenize_texts,
+)
+from distill.training.loop import BatchPlan, lr_multiplier
+
+
+def make_rows(n: int, seed: int = 0, words: int = 0) -> list[dict]:
+    """Addition problems with a CoT solution; `words` pads the solution to make it long."""
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rnd.randint(1, 99), rnd.randint(1, 99)
+        filler = " ".join(["so"] * (words or rnd.randint(0, 30)))
+        rows.append({"question_id": f"arith/train/{i}",
+                     "question": f"Ann has {a} pens and buys {b} more. How many?",
+                     "gold": float(a + b), "strategy": rnd.choice(["cot", "l2m", "pot"]),
+                     "text": f"{filler} {a} + {b} = {a + b}.\nFinal answer: {a + b}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+def test_texts_have_both_tasks_and_drops_are_counted():
+    rows = make_rows(3) + [
+        {"question_id": "x1", "question": "q", "gold": None, "strategy": "cot", "text": "t"},
+        {"question_id": "x2", "question": "q", "gold": float("nan"), "strategy": "cot", "text": "t"},
+        {"question_id": "x3", "question": "q", "gold": 1.0, "strategy": "cot", "text": "  "},
+        {"question_id": "x4", "question": "q", "gold": 1.0, "strategy": "sql", "text": "t"},
+    ]
+    texts, dropped = build_texts(rows)
+    assert len(texts) == 3
+    assert dropped == {"no_gold": 2, "empty_solution": 1, "unknown_strategy": 1}
+    first = texts[0]
+    assert first.rationale_target.startswith(f"[{rows[0]['strategy']}]: ")
+    assert first.label_target == str(int(rows[0]["gold"]))
+    assert rows[0]["question"] in first.label_prompt and rows[0]["question"] in first.rationale_prompt
+    assert first.label_prompt != first.rationale_prompt  # the task is chosen by the instruction
+
+
+def test_validation_split_by_id_is_deterministic_and_disjoint():
+    rows = make_rows(400)
+    rows += [dict(r, strategy="pot") for r in rows[:100]]  # a second strategy for some questions
+    texts, _ = build_texts(rows)
+    train, val = split_by_question(texts, val_fraction=0.1, seed=42)
+    shuffled = list(texts)
+    random.Random(1).shuffle(shuffled)
+    train2, val2 = split_by_question(shuffled, val_fraction=0.1, seed=42)
+    ids = lambda items: {t.question_id for t in items}
+    assert ids(val) == ids(val2) and ids(train) == ids(train2)
+    assert not ids(train) & ids(val)
+    assert len(train) + len(val) == len(texts)
+    assert 0.05 < len(ids(val)) / 400 < 0.15
+    assert ids(split_by_question(texts, 0.1, seed=7)[1]) != ids(val)
+    assert split_by_question(texts, 0.0, seed=42)[1] == []
+    assert is_validation_id("a", 0.5, 3) == is_validation_id("a", 0.5, 3)
+
+
+def test_loss_only_on_targets_and_targets_end_with_eos(tokenizer):
+    texts, _ = build_texts(make_rows(4))
+    examples, stats = tokenize_texts(texts, tokenizer, max_length=512)
+    assert stats.examples == 4 and not stats.truncated and not stats.dropped
+    pad = tokenizer.pad_token_id
+    batch = collate_padded(examples, pad)
+    for task in ("label", "rationale"):
+        ids, mask, labels = (batch[f"{task}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
+        for row, example in enumerate(examples):
+            n, prompt = example.length(task), getattr(example, f"{task}_prompt_len")
+            assert (labels[row, :prompt] == IGNORE_INDEX).all()  # prompt: never a target
+            assert (labels[row, n:] == IGNORE_INDEX).all() and (mask[row, n:] == 0).all()  # padding
+            assert (labels[row, prompt:n] == ids[row, prompt:n]).all()
+            assert int(labels[row, n - 1]) == tokenizer.eos_token_id
+    decoded = tokenizer.decode(batch["label_labels"][0][batch["label_labels"][0] != IGNORE_INDEX])
+    assert decoded.startswith(texts[0].label_target)
+
+
+def test_truncation_is_counted_and_prompt_only_examples_are_dropped(tokenizer):
+    texts, _ = build_texts(make_rows(3, words=300))
+    examples, stats = tokenize_texts(texts, tokenizer, max_length=128)
+    assert stats.truncated["rationale"] == 3 and stats.truncated_tokens["rationale"] > 3 * 100
+    assert all(e.length("rationale") == 128 for e in examples)
+    full_prompt = len(tokenizer(texts[0].rationale_prompt)["input_ids"])
+    assert examples[0].rationale_prompt_len == full_prompt  # the prompt is never cut
+    label_prompt = len(tokenizer(texts[0].label_prompt)["input_ids"])
+    short = (label_prompt + full_prompt) // 2 + 1  # the label prompt fits, the rationale prompt does not
+    kept, stats = tokenize_texts(texts, tokenizer, max_length=short)
+    assert kept == [] and stats.dropped == {"rationale_prompt_too_long": 3} and stats.rows == 3
+
+
+def test_packing_fits_every_example_exactly_once(tokenizer):
+    texts, _ = build_texts(make_rows(40))
+    examples, _ = tokenize_texts(texts, tokenizer, max_length=512)
+    packs = pack_examples(examples, max_length=512)
+    assert sorted(i for p in packs for i in p) == list(range(40))
+    for pack in packs:
+        for task in ("label", "rationale"):
+            assert sum(examples[i].length(task) for i in pack) <= 512
+    assert len(packs) < 40 / 3
+    assert pack_examples(examples, 512) == packs  # deterministic
+
+
+def test_packed_rows_equal_separate_examples(tokenizer, tiny_model_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distill.config import LossConfig
+    from distill.training.losses import compute_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    texts, _ = build_texts(make_rows(3))
+    examples, _ = tokenize_texts(texts, tokenizer, max_length=512)
+    packed = collate_packed([examples], tokenizer.pad_token_id)
+    assert packed["rationale_attention_mask"].shape[-2:] == packed["rationale_input_ids"].shape[-1:] * 2
+    with torch.no_grad():
+        logits = model(input_ids=packed["rationale_input_ids"],
+                       attention_mask=packed["rationale_attention_mask"]).logits[0]
+        start = 0
+        for example in examples:
+            alone = model(input_ids=torch.tensor([example.rationale_ids])).logits[0]
+            n = example.length("rationale")
+            torch.testing.assert_close(logits[start: start + n], alone, atol=1e-4, rtol=1e-4)
+            start += n
+        padded = collate_padded(examples, tokenizer.pad_token_id)
+        for kind in ("sft", "dss"):  # token-level means: packing does not change the loss
+            a = compute_loss(model, packed, LossConfig(kind=kind)).total
+            b = compute_loss(model, padded, LossConfig(kind=kind)).total
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    targets = lambda batch: int((batch["rationale_labels"] != IGNORE_INDEX).sum())
+    assert targets(packed) == targets(padded)
+
+
+def test_batch_plan_visits_every_unit_each_epoch_and_splits_over_ranks():
+    plan = BatchPlan(units=10, batch_size=4, world=2, grad_accum=1, seed=3)
+    assert plan.steps_per_epoch == 3 and plan.micro == 2
+    for epoch in range(2):
+        seen = []
+        for index in range(plan.steps_per_epoch):
+            step = epoch * plan.steps_per_epoch + index
+            parts = [mb for rank in range(2) for mb in plan.micro_batches(step, rank)]
+            assert all(len(mb) == 2 for mb in parts)
+            seen += [u for mb in parts for u in mb]
+        assert set(seen) == set(range(10)) and len(seen) == 12  # the last step is filled up, not cut
+    assert plan.order(0) != plan.order(1)
+    assert plan.position(4) == {"epoch": 1, "batch_index": 1, "order_seed": 4}
+    with pytest.raises(ValueError, match="multiple of nproc"):
+        BatchPlan(units=10, batch_size=6, world=4, grad_accum=1, seed=0)
+
+
+def test_schedules_warm_up_then_decay():
+    assert lr_multiplier(0, "linear", 5, 100) == 0.0
+    assert lr_multiplier(5, "linear", 5, 100) == 1.0
+    assert lr_multiplier(100, "linear", 5, 100) == 0.0
+    assert math.isclose(lr_multiplier(52.5, "cosine", 5, 100), 0.5)
+    assert lr_multiplier(80, "constant", 5, 100) == 1.0
+
+
+def test_dss_svamp_rationales_become_cot_rows(data_dir):
+    from distill.benchmarks import load_benchmark, load_rationales
+    from distill.config import BenchmarkRef
+
+    problems = load_benchmark(BenchmarkRef(name="dss_svamp", split="train"), data_dir).problems
+    rows, counts = dss_rationale_rows(problems, load_rationales("dss_svamp", "train", data_dir))
+    assert len(problems) == 800
+    assert len(rows) + counts["no_rationale"] == 800 and counts["no_rationale"] == 11  # per the data README
+    assert {r["strategy"] for r in rows} == {"cot"}
+    from distill.answers import format_number
+
+    assert all(r["text"].endswith(f"\nFinal answer: {format_number(r['gold'])}") for r in rows)
+    texts, dropped = build_texts(rows)
+    assert len(texts) == len(rows) and not dropped
