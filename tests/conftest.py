@@ -21,6 +21,8 @@ def pytest_configure(config):
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Quieter Prefect; also keeps its shutdown message off the closed capture stream at exit.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     session_home = Path(base) / "siked-home"
     session_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SIKED_HOME", str(session_home))

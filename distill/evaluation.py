@@ -1,0 +1,102 @@
+"""Evaluation of a student (METHOD.md section 9): greedy decoding, two protocols.
+
+- rationale mode (SIKeD): the student writes a strategy tag and a solution; the answer is parsed by
+  the sample's own tag (PoT programs run in the sandbox).
+- label mode (DSS): the student writes the bare answer.
+
+`evaluate` returns per-question PREDICTIONS rows and `summarize_predictions` the numbers of the
+report: accuracy per benchmark and mode, per chosen strategy, the strategy histogram, the shares of
+extraction failures and sandbox timeouts, and the protocol stored beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from distill.answers import answers_match
+from distill.config import SamplingConfig
+from distill.engines.base import GenerationRequest
+from distill.student_format import (label_prompt, parse_label_output, parse_student_output, rationale_prompt,
+                                    student_prompt_hash)
+from distill.verify import PARSER_VERSION, verify_samples
+
+MODES = ("rationale", "label")
+EXTRACTION_FAILURES = ("no_answer", "bad_format")
+
+
+def greedy(max_tokens: int) -> SamplingConfig:
+    """Greedy decoding; the student's own end-of-sequence token ends an answer."""
+    return SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, stop=["### Instruction"])
+
+
+def _prompt(mode: str, question: str) -> str:
+    return rationale_prompt(question) if mode == "rationale" else label_prompt(question)
+
+
+def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: str, max_tokens: int,
+             model: str, sandbox=None, limits=None, lora_path: str | None = None) -> list[dict[str, Any]]:
+    """PREDICTIONS rows for `problems` (dicts with id, question, answer) in `mode`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(MODES)}")
+    sampling = greedy(max_tokens)
+    requests = [GenerationRequest(key=p["id"], prompt=_prompt(mode, p["question"]), question_id=p["id"])
+                for p in problems]
+    outputs = engine.generate(requests, sampling, lora_path=lora_path)
+    samples = []
+    for problem, completions in zip(problems, outputs, strict=True):
+        text = completions[0].text
+        strategy = parse_student_output(text)[0] if mode == "rationale" else "label"
+        samples.append({"question_id": problem["id"], "strategy": strategy or "none", "text": text,
+                        "finish_reason": completions[0].finish_reason, "gold": float(problem["answer"])})
+    verified = _verify(samples, mode, sandbox, limits)
+    decoding = json.dumps(sampling.model_dump(mode="json"), sort_keys=True)
+    rows = []
+    for sample, result in zip(samples, verified, strict=True):
+        rows.append({
+            "question_id": sample["question_id"], "benchmark": benchmark, "mode": mode,
+            "strategy": sample["strategy"] if mode == "rationale" else None,
+            "text": sample["text"], "gold": sample["gold"], "predicted": result["predicted"],
+            "verdict": result["verdict"], "rule": result["rule"], "finish_reason": sample["finish_reason"],
+            "model": model, "prompt_hash": student_prompt_hash(mode), "parser_version": PARSER_VERSION,
+            "decoding": decoding,
+        })
+    return rows
+
+
+def _verify(samples: list[dict], mode: str, sandbox, limits) -> list[dict]:
+    if mode == "rationale":
+        return verify_samples(samples, sandbox=sandbox, limits=limits)
+    return [_verify_label(s) for s in samples]
+
+
+def _verify_label(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Label mode: the completion is the bare answer; its first number is the prediction."""
+    value = parse_label_output(sample["text"])
+    if value is None:
+        verdict = "truncated" if sample["finish_reason"] == "length" else "no_answer"
+    else:
+        verdict = "correct" if answers_match(value, sample["gold"]) else "wrong"
+    return {"predicted": value, "verdict": verdict, "rule": "label" if value is not None else "none"}
+
+
+def summarize_predictions(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy and failure shares of one (benchmark, mode) prediction set, with its protocol."""
+    total = len(rows)
+    correct = sum(r["verdict"] == "correct" for r in rows)
+    by_strategy: dict[str, Counter] = {}
+    for r in rows:
+        by_strategy.setdefault(str(r["strategy"]), Counter())[r["verdict"] == "correct"] += 1
+    first = rows[0] if rows else {}
+    return {
+        "benchmark": first.get("benchmark"), "mode": first.get("mode"), "n": total,
+        "accuracy": correct / total if total else 0.0,
+        "accuracy_by_strategy": {s: c[True] / (c[True] + c[False]) for s, c in sorted(by_strategy.items())},
+        "strategy_histogram": {s: c[True] + c[False] for s, c in sorted(by_strategy.items())},
+        "extraction_failure_rate": sum(r["verdict"] in EXTRACTION_FAILURES for r in rows) / total if total else 0.0,
+        "sandbox_timeout_rate": sum(r["verdict"] == "timeout" for r in rows) / total if total else 0.0,
+        "protocol": {"model": first.get("model"), "prompt_hash": first.get("prompt_hash"),
+                     "parser_version": first.get("parser_version"), "decoding": first.get("decoding")},
+    }

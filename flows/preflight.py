@@ -1,0 +1,48 @@
+"""Checks that fail a run at once, before any model is loaded, when the outcome is already known:
+a model that cannot be found, a data folder that is missing, an engine missing its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.config import ConfigError, EngineConfig, RunConfig
+from storage.paths import DataDirMissing, data_dir
+
+
+def _check_model(spec: str, where: str) -> None:
+    from distill.models import BUILTIN_MODELS
+
+    if spec.startswith("builtin:"):
+        if spec.removeprefix("builtin:") not in BUILTIN_MODELS:
+            raise ConfigError(f"{where}: unknown built-in model {spec!r}; known: "
+                              + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
+        return
+    path = Path(spec).expanduser()
+    looks_local = spec.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise ConfigError(f"{where}: model folder {spec!r} does not exist or has no config.json")
+
+
+def _check_engine(engine: EngineConfig, where: str) -> None:
+    if engine.kind == "openai" and not engine.base_url:
+        raise ConfigError(f"{where}.base_url: the openai engine needs the endpoint URL")
+    if engine.kind == "file" and not engine.files:
+        raise ConfigError(f"{where}.files: the file engine needs rationale files")
+    if engine.kind not in ("openai", "file"):
+        _check_model(engine.model, f"{where}.model")
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Raise ConfigError for problems detectable before any work."""
+    _check_engine(cfg.teacher.engine, "teacher.engine")
+    _check_model(cfg.train.model, "train.model")
+    needs_data = [r for r in [cfg.train_data, *cfg.eval.benchmarks]
+                  if r.name != "arith" and r.source == "local" and not r.skip_if_missing]
+    if needs_data:
+        try:
+            data_dir(cfg.data_dir)
+        except DataDirMissing as exc:
+            names = ", ".join(sorted({r.name for r in needs_data}))
+            raise ConfigError(f"{exc} (needed by: {names})") from None
+    if cfg.siked.iterations and cfg.siked.engine.kind in ("openai", "file"):
+        raise ConfigError("siked.engine.kind: students generate with a local engine (vllm or transformers)")

@@ -1,0 +1,88 @@
+"""`siked run`, `siked resume`, `siked status` and `siked eval`: entry points around the main flow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from distill.config import ConfigError, RunConfig, load_config
+from flows.config_files import read_config
+from flows.preflight import preflight
+from flows.run_setup import run_layout
+from storage.fs import exists, read_bytes
+from storage.paths import RunLayout, layout_for_run_dir
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_cli(config_path: str, overrides: list[str]) -> int:
+    """Validate, check what can be checked up front, then run the whole pipeline."""
+    cfg = read_config(config_path, overrides)
+    return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> int:
+    from flows.siked import siked_flow
+
+    preflight(cfg)
+    layout = run_layout(cfg)
+    _say(f"run {layout.run_id}: {layout.run_dir}")
+    result = siked_flow(cfg)
+    _say(f"report: {result['report']}")
+    print(layout.run_dir)
+    return 0
+
+
+def load_run(run: str) -> tuple[RunConfig, RunLayout]:
+    """The saved config and layout of the run folder `run` (a path or URL)."""
+    layout = layout_for_run_dir(run)
+    if not exists(layout.config):
+        raise ConfigError(f"{run} is not a run folder (no config.yaml)")
+    data = yaml.safe_load(read_bytes(layout.config).decode("utf-8"))
+    data["runs_root"] = layout.root  # the folder may have moved since the run started
+    cfg = load_config(data, source=layout.config)
+    if run_layout(cfg).run_id != layout.run_id:
+        raise ConfigError(f"{layout.config} does not belong to {layout.run_id} "
+                          f"(its config maps to {run_layout(cfg).run_id}); was it edited?")
+    return cfg, layout
+
+
+def resume_cli(run: str) -> int:
+    """Continue a failed or killed run from its artifacts, whatever the Prefect API says about it."""
+    cfg, _ = load_run(run)
+    return _run(cfg)
+
+
+def status_cli(run: str, as_json: bool) -> int:
+    from flows.status import as_json as status_json
+    from flows.status import format_status, run_status
+
+    cfg, layout = load_run(run)
+    statuses = run_status(cfg, layout)
+    print(json.dumps(status_json(statuses), indent=2) if as_json else format_status(statuses))
+    return 0
+
+
+def eval_cli(model: str, overrides: list[str], config_path: str | None) -> int:
+    """Evaluate any model (checkpoint folder, built-in or Hub id) the way runs evaluate students."""
+    from flows.siked import eval_only_flow
+
+    cfg = read_config(config_path, overrides) if config_path else load_config(None, overrides)
+    if not cfg.eval.benchmarks:
+        raise ConfigError("eval.benchmarks is empty: name at least one, e.g. "
+                          "'eval.benchmarks=[{name: arith, split: test}]'")
+    if Path(model).expanduser().is_dir():
+        model = str(Path(model).expanduser().resolve())
+    cfg = cfg.model_copy(update={"name": "eval"})
+    cfg.train = cfg.train.model_copy(update={"model": model})
+    preflight(cfg)
+    scores, folder = eval_only_flow(cfg, model)
+    for s in scores:
+        print(f"{s['benchmark']:<16} {s['mode']:<9} accuracy {s['accuracy']:.4f}  (n={s['n']})", file=sys.stderr)
+    print(folder)
+    return 0

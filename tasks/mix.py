@@ -1,0 +1,38 @@
+"""Mixing step: the student's correct solutions plus teacher rows -> the next training set."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
+from storage.fs import read_json, write_json
+
+
+def stats_url(output: str) -> str:
+    return output.removesuffix(".parquet") + ".mix.json"
+
+
+@task(name="mix", task_run_name="iter-{iteration:02d}-mix")
+def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str, output: str, key: str,
+                     iteration: int, rule: str, target_alpha: float | None, seed: int) -> dict:
+    """TRAIN_EXAMPLES rows at `output` under `rule`; the realised alpha, strategy distributions and
+    KL(P_train || P_SM) beside it."""
+    if is_complete(output, kind="train_examples", config_hash=key):
+        ref = artifact_ref(output)
+        ref["mix"] = read_json(stats_url(output))
+        return ref
+    from distill.mixing import mix
+
+    self_rows = read_artifact(self_set_url, "train_examples").to_pylist()
+    teacher_rows = read_artifact(teacher_set_url, "train_examples").to_pylist()
+    verified = read_artifact(verified_url, "verified", columns=["question_id", "strategy", "verdict"]).to_pydict()
+    solved = {q for q, v in zip(verified["question_id"], verified["verdict"], strict=True) if v == "correct"}
+    result = mix(self_rows, teacher_rows, verified["strategy"], rule, target_alpha=target_alpha,
+                 solved_questions=solved, seed=seed + iteration)
+    stats = result.stats()
+    write_json(stats_url(output), stats)
+    write_artifact(output, result.rows, "train_examples", config_hash=key,
+                   parents=[self_set_url, verified_url, teacher_set_url])
+    ref = artifact_ref(output)
+    ref["mix"] = stats
+    return ref

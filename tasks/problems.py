@@ -1,0 +1,32 @@
+"""Freeze the problems a run uses into a Parquet artifact, so every later step reads the same ones.
+
+Exemplar problems of the teacher prompts are removed here: from training questions by id and
+text, from evaluation sets by text (other benchmarks have other ids), with the count recorded.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from distill.benchmarks import load_benchmark
+from distill.config import BenchmarkRef
+from distill.strategies.exemplars import is_exemplar
+from storage.artifacts import artifact_ref, is_complete, write_artifact
+from storage.paths import data_dir
+
+
+@task(name="problems", task_run_name="problems-{name}", retries=0)
+def freeze_problems(ref: BenchmarkRef, name: str, output: str, key: str, data_folder: str | None = None) -> dict:
+    """Load `ref`, drop exemplar problems, write PROBLEMS rows to `output`. Returns the artifact ref."""
+    if is_complete(output, kind="problems", config_hash=key):
+        return artifact_ref(output)
+    folder = data_dir(data_folder) if ref.name != "arith" and ref.source == "local" else None
+    loaded = load_benchmark(ref, folder)
+    kept = [p for p in loaded.problems if not is_exemplar(p.id, p.question)]
+    if not kept:
+        raise ValueError(f"benchmark {ref.name}/{ref.split} gave no problems after removing exemplars")
+    write_artifact(output, [p.to_row() for p in kept], "problems", config_hash=key)
+    ref_out = artifact_ref(output)
+    ref_out["excluded_exemplars"] = len(loaded.problems) - len(kept)
+    ref_out["excluded"] = loaded.excluded_reasons()
+    return ref_out

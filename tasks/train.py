@@ -1,0 +1,75 @@
+"""Training step: one student per iteration, trained in child processes, merged and marked done.
+
+The training loop checkpoints every N steps under `<iter>/checkpoints/`, so a step killed mid-way
+resumes from its newest complete checkpoint; the student folder gets its manifest last.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from distill.config import TrainConfig
+from storage.artifacts import is_complete, read_artifact, write_artifact
+from storage.folders import folder_manifest, mark_folder_complete, unmark_folder_complete
+from storage.paths import models_dir
+from tasks.progress import with_progress
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    train_set_url: str
+    start_model: str  # model spec or the previous student's folder
+    cfg: TrainConfig
+    output_dir: str
+    checkpoint_dir: str
+    metrics_url: str
+    key: str
+    iteration: int
+
+
+def _ref(job: TrainJob) -> dict:
+    manifest = folder_manifest(job.output_dir)
+    return {"path": job.output_dir, "content_hash": manifest["content_hash"], "train": manifest.get("info", {})}
+
+
+def _fraction_done(job: TrainJob, total_steps: int) -> float:
+    metrics = Path(job.checkpoint_dir) / "metrics.jsonl"
+    if not metrics.is_file() or total_steps <= 0:
+        return 0.0
+    lines = metrics.read_text(encoding="utf-8").strip().splitlines()
+    steps = [json.loads(line).get("step", 0) for line in lines[-5:] if line.startswith("{")]
+    return max(steps, default=0) / total_steps
+
+
+def _planned_steps(cfg: TrainConfig, rows: int) -> int:
+    per_step = cfg.batch_size * cfg.grad_accum
+    return cfg.max_steps or max(1, round(cfg.epochs * -(-rows // per_step)))
+
+
+@task(name="train", task_run_name="iter-{job.iteration:02d}-train", retries=1, retry_delay_seconds=5)
+def train_student_step(job: TrainJob) -> dict:
+    """The merged student folder at `job.output_dir`, and the training metrics artifact."""
+    if is_complete(job.output_dir, config_hash=job.key) and is_complete(job.metrics_url, kind="train_metrics"):
+        return _ref(job)
+    from distill.models import resolve_model
+    from distill.training.launch import launch_training
+
+    rows = read_artifact(job.train_set_url, "train_examples").to_pandas()
+    if rows.empty:
+        raise ValueError(f"{job.train_set_url} has no training rows: nothing was verified correct")
+    model_path = resolve_model(job.start_model, models_dir())
+    if Path(job.output_dir).exists():
+        unmark_folder_complete(job.output_dir)
+    result = with_progress(f"train-{Path(job.output_dir).parent.name}", f"Training iteration {job.iteration}",
+                           lambda: _fraction_done(job, _planned_steps(job.cfg, len(rows))),
+                           launch_training, job.cfg, rows, model_path, job.output_dir, job.checkpoint_dir)
+    write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key,
+                   parents=[job.train_set_url])
+    info = {"best_step": result.best_step, "best_val": result.best_val, "steps": result.steps,
+            "data": result.data_report, "start_model": job.start_model}
+    mark_folder_complete(job.output_dir, info, config_hash=job.key, parents=[job.train_set_url])
+    return _ref(job)

@@ -1,0 +1,31 @@
+"""Verification step: a verdict for every sample (PoT programs run in the sandbox pool)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from distill.config import VerifyConfig
+from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
+
+
+def sandbox_limits(cfg: VerifyConfig):
+    from distill.sandbox import SandboxLimits
+
+    return SandboxLimits(timeout_s=cfg.timeout_s, cpu_seconds=cfg.cpu_seconds, memory_mb=cfg.memory_mb,
+                         max_output_kb=cfg.max_output_kb)
+
+
+@task(name="verify", task_run_name="iter-{iteration:02d}-verify", retries=1, retry_delay_seconds=5)
+def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: VerifyConfig,
+           iteration: int) -> dict:
+    """VERIFIED rows for the samples at `samples_url`, gold answers from `problems_url`."""
+    if is_complete(output, kind="verified", config_hash=key):
+        return artifact_ref(output)
+    from distill.verify import verify_samples
+
+    problems = read_artifact(problems_url, "problems", columns=["id", "answer"]).to_pydict()
+    gold = dict(zip(problems["id"], problems["answer"], strict=True))
+    samples = read_artifact(samples_url, "samples").to_pylist()
+    rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol)
+    write_artifact(output, rows, "verified", config_hash=key, parents=[samples_url, problems_url])
+    return artifact_ref(output)

@@ -1,0 +1,221 @@
+"""The SIKeD flow end to end on a tiny subset: a full run, a rerun that executes nothing, a run
+killed with SIGKILL during an iteration's training and resumed, and bad configs refused up front."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distill.config import ConfigError, load_config
+from flows.cli import main
+from flows.run_setup import run_layout
+from storage.artifacts import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+# Prefect keys task runs by the task function's name.
+STEP_FUNCTIONS = {"freeze_problems", "generate_samples", "verify", "build_distill_set", "mix_training_set",
+                  "train_student_step", "evaluate_model"}
+# Artifacts every run computes the same way from the same config (the student's weights are
+# compared through the training metrics instead: resumed training matches within 1e-4).
+DETERMINISTIC = ["problems/train.parquet", "iter-00/teacher_samples", "iter-00/verified.parquet",
+                 "iter-00/distill_set.parquet", "iter-01/self_samples", "iter-01/verified.parquet",
+                 "iter-01/distill_set.parquet", "iter-01/train_set.parquet"]
+
+
+TRAIN = {"name": "arith", "split": "train", "difficulty": 1, "size": 6, "seed": 5}
+
+
+def teacher_rationales(folder: Path) -> Path:
+    """Correct CoT, L2M and PoT solutions of the training problems, served by the `file` engine
+    (a random tiny model solves nothing, and training needs verified rows)."""
+    from distill.benchmarks import load_benchmark
+    from distill.config import BenchmarkRef
+
+    path = folder / "rationales.jsonl"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for p in load_benchmark(BenchmarkRef(**TRAIN), None).problems:
+        work, _, _ = p.reference.partition("\nThe answer is")
+        answer = f"{p.answer:g}"
+        texts = {"cot": f"{work}\nFinal answer: {answer}",
+                 "l2m": f"Sub-question 1: {p.question}\nAnswer to sub-question 1: {work}\nFinal answer: {answer}",
+                 "pot": f"answer = {answer}"}
+        lines += [json.dumps({"question_id": p.id, "strategy": s, "text": t}) for s, t in texts.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_run_overrides(root: Path, model: Path, **extra: str) -> list[str]:
+    settings = {
+        "name": "flow",
+        "runs_root": str(root),
+        "train_data": json.dumps(TRAIN),
+        "teacher.engine.kind": "file", "teacher.engine.files": f"[{teacher_rationales(root.parent / 'teacher')}]",
+        "teacher.sampling.n": "2", "teacher.shard_size": "3",
+        "siked.engine.kind": "transformers", "siked.iterations": "1", "siked.mixing": "all",
+        "siked.sampling.n": "2", "siked.sampling.max_tokens": "8",
+        "train.model": str(model), "train.max_steps": "4", "train.batch_size": "2",
+        "train.checkpoint_every": "1", "train.max_length": "2048", "train.val_fraction": "0.2",
+        "eval.benchmarks": "[{name: arith, split: test, difficulty: 1, size: 3}]", "eval.max_tokens": "8",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def task_states_of_last_run() -> dict[str, list[str]]:
+    """State names of every step task of the newest `siked` flow run and its subflows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
+                                                FlowRunFilterParentFlowRunId)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def read() -> dict[str, list[str]]:
+        async with get_client() as client:
+            [top] = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["siked"])),
+                                                sort=FlowRunSort.START_TIME_DESC, limit=1)
+            children = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[top.id])))
+            ids = [top.id, *[c.id for c in children]]
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        states: dict[str, list[str]] = {}
+        for run in runs:
+            task = run.task_key.rsplit("-", 1)[0]
+            states.setdefault(task, []).append(run.state.name if run.state else "none")
+        return states
+
+    return asyncio.run(read())
+
+
+def artifact_hashes(run: Path) -> dict[str, str]:
+    return {name: read_manifest(str(run / name))["content_hash"] for name in DETERMINISTIC}
+
+
+@pytest.mark.slow
+def test_full_run_then_a_rerun_that_executes_nothing(tmp_path, tiny_model_path, capsys):
+    config = str(REPO / "configs/quickstart.yaml")
+    overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path)
+    assert main(["run", config, *overrides]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (run / "report/report.md").is_file() and (run / "report/accuracy.png").is_file()
+    first = task_states_of_last_run()
+    assert STEP_FUNCTIONS <= set(first), first
+    assert all(state == "Completed" for state in first["train_student_step"])
+
+    assert main(["status", str(run), "--json"]) == 0
+    statuses = json.loads(capsys.readouterr().out)
+    assert statuses and all(s["state"] == "done" for s in statuses), statuses
+
+    assert main(["run", config, *overrides]) == 0
+    second = task_states_of_last_run()
+    assert STEP_FUNCTIONS <= set(second), second
+    executed = {task: states for task, states in second.items()
+                if task in STEP_FUNCTIONS and any(state != "Cached" for state in states)}
+    assert not executed, f"tasks ran again: {executed}"
+
+
+@pytest.mark.slow
+def test_run_killed_during_training_then_resumed(tmp_path, tiny_model_path):
+    """SIGKILL during iteration 1's training; `siked resume` runs no finished step again and the
+    deterministic artifacts equal those of an uninterrupted run."""
+    config = str(REPO / "configs/quickstart.yaml")
+    slow_training = {"train.max_steps": "12"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    args = [sys.executable, "-m", "flows.cli", "run", config,
+            *tiny_run_overrides(killed_root, tiny_model_path, **slow_training)]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if list(killed_root.glob("flow-*/iter-01/checkpoints/step-*/state.json")) or \
+                    list(killed_root.glob("flow-*/iter-01/checkpoints/step-*")):
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+            time.sleep(0.1)
+        else:
+            pytest.fail("iteration 1 never started training")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    [run] = list(killed_root.glob("flow-*"))
+    assert not (run / "iter-01/student/_manifest.json").exists()
+    finished = {p: p.stat().st_mtime_ns for p in run.rglob("*.manifest.json")}
+    finished.update({p: p.stat().st_mtime_ns for p in run.rglob("_manifest.json")})
+
+    status = subprocess.run([sys.executable, "-m", "flows.cli", "status", str(run), "--json"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    states = {(s["stage"], s["step"]): s["state"] for s in json.loads(status.stdout)}
+    assert states[("iter-01", "train")] == "failed" and states[("iter-00", "train")] == "done"
+
+    resumed = subprocess.run([sys.executable, "-m", "flows.cli", "resume", str(run)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=1800)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten by the resume"
+
+    clean = subprocess.run([sys.executable, "-m", "flows.cli", "run", config,
+                            *tiny_run_overrides(clean_root, tiny_model_path, **slow_training)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert clean.returncode == 0, clean.stderr[-4000:]
+    [clean_run] = list(clean_root.glob("flow-*"))
+    assert clean_run.name == run.name
+    assert artifact_hashes(run) == artifact_hashes(clean_run)
+    import pyarrow.parquet as pq
+
+    losses = [pq.read_table(r / "iter-01/train_metrics.parquet").to_pandas().query("split == 'train'")["loss"]
+              for r in (run, clean_run)]
+    assert losses[0].tolist() == pytest.approx(losses[1].tolist(), abs=1e-4)
+
+
+def test_bad_config_rejected_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  loss:\n    kind: dss_mii\n")
+    assert main(["run", str(bad), f"runs_root={tmp_path / 'runs'}"]) == 2
+    assert "train.loss.kind" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_model_folder_rejected_before_any_work(tmp_path, capsys):
+    config = str(REPO / "configs/quickstart.yaml")
+    code = main(["run", config, f"runs_root={tmp_path / 'runs'}", f"train.model={tmp_path / 'nowhere'}"])
+    assert code == 2
+    assert "train.model" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_folder_rejected_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SIKED_DATA_DIR", raising=False)
+    cfg_file = tmp_path / "gsm.yaml"
+    cfg_file.write_text("train_data: {name: gsm8k, split: train}\n")
+    assert main(["run", str(cfg_file), f"runs_root={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "SIKED_DATA_DIR" in err and "gsm8k" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_folder_is_stable_and_ignores_where_it_is_stored(tmp_path):
+    a = run_layout(load_config("", [f"runs_root={tmp_path}/a"]))
+    b = run_layout(load_config("", [f"runs_root={tmp_path}/b"]))
+    c = run_layout(load_config("", ["train.lr=0.001"]))
+    assert a.run_id == b.run_id != c.run_id
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_unknown_key_error_is_a_config_error():
+    with pytest.raises(ConfigError):
+        load_config("", ["siked.mixng=all"])
