@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from prefect import task
 
 from distill.config import EngineConfig, SamplingConfig
-from storage.artifacts import artifact_ref
+from storage.artifacts import artifact_ref, read_manifest
 from storage.shards import ShardedArtifact
+from tasks.progress import with_progress
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ def generate_samples(job: GenerationJob) -> dict:
     if not out.is_complete(verify_hash=False):
         from distill.engines.child import run_in_child
 
-        stats = run_in_child(generate_into, job)
+        total = -(-read_manifest(job.problems_url)["rows"] // job.shard_size)
+        stats = with_progress(f"generate-{job.source}-{job.iteration:02d}",
+                              f"Iteration {job.iteration}: {job.source} samples, shards written",
+                              lambda: len(out.completed_shards(verify_hash=False)) / total,
+                              run_in_child, generate_into, job)
     ref = artifact_ref(job.output_url)
     ref["stats"] = stats
     return ref

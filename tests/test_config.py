@@ -89,3 +89,12 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["config", "show", str(path)]) == 2
     err = capsys.readouterr().err
     assert "train.batchsize" in err and "train.batch_size" in err and "bad.yaml" in err
+
+
+def test_every_shipped_config_passes_preflight(data_dir):
+    """Paper-scale GPU configs validate here too (model names are Hub ids, data from the data folder)."""
+    from flows.config_files import read_config
+    from flows.preflight import preflight
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        preflight(read_config(path))
