@@ -26,8 +26,7 @@ model: install
 	$(BIN)/siked model prepare
 
 quickstart: model
-	$(BIN)/siked data list
-	$(BIN)/siked teacher configs/quickstart.yaml
+	$(BIN)/siked run configs/quickstart.yaml
 
 test: model
 	$(BIN)/python -m pytest -q

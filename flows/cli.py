@@ -205,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"siked: configuration error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from distill.models import BuiltinModelUnavailable
+
+        if not isinstance(exc, BuiltinModelUnavailable):
+            raise
+        print(f"siked: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("siked: interrupted", file=sys.stderr)
         return 130

@@ -3,24 +3,17 @@ a model that cannot be found, a data folder that is missing, an engine missing i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from distill.config import ConfigError, EngineConfig, RunConfig
 from storage.paths import DataDirMissing, data_dir
 
 
 def _check_model(spec: str, where: str) -> None:
-    from distill.models import BUILTIN_MODELS
+    from distill.models import ModelSpecError, model_spec_kind
 
-    if spec.startswith("builtin:"):
-        if spec.removeprefix("builtin:") not in BUILTIN_MODELS:
-            raise ConfigError(f"{where}: unknown built-in model {spec!r}; known: "
-                              + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
-        return
-    path = Path(spec).expanduser()
-    looks_local = spec.startswith((".", "/", "~")) or path.exists()
-    if looks_local and not (path / "config.json").is_file():
-        raise ConfigError(f"{where}: model folder {spec!r} does not exist or has no config.json")
+    try:
+        model_spec_kind(spec)
+    except ModelSpecError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_engine(engine: EngineConfig, where: str) -> None:

@@ -4,6 +4,8 @@ and a small vLLM CPU KV cache so several engines fit in memory."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,8 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 def pytest_configure(config):
     # Set before anything imports prefect, so its settings see the temporary home.
-    base = Path(os.environ.get("SIKED_TEST_TMP") or config._tmp_path_factory.getbasetemp()
-                if hasattr(config, "_tmp_path_factory") else "/tmp")
+    base = Path(tempfile.mkdtemp(prefix="siked-tests-"))
+    config._siked_tmp = base
     os.environ.setdefault("SIKED_DATA_DIR", str(DEFAULT_DATA_DIR))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -29,6 +31,12 @@ def pytest_configure(config):
     prefect_home = Path(base) / "prefect-home"
     prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ["PREFECT_HOME"] = str(prefect_home)
+
+
+def pytest_unconfigure(config):
+    base = getattr(config, "_siked_tmp", None)
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,7 @@ def _spawn_prepare(target: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_prepare_leaves_nothing_complete_and_next_prepares_succeed(tmp_path: Path):
     target = tmp_path / "models"
     final = builtin_model_dir(target)

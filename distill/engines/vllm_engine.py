@@ -25,6 +25,15 @@ from distill.config import EngineConfig, SamplingConfig
 from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
 
 
+def _eager(cfg: EngineConfig) -> bool:
+    """Eager on CPU builds unless the config says otherwise (see EngineConfig.enforce_eager)."""
+    if cfg.enforce_eager is not None:
+        return cfg.enforce_eager
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -36,6 +45,7 @@ class VllmEngine:
             "tensor_parallel_size": cfg.tensor_parallel_size,
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "max_model_len": cfg.max_model_len, "enable_lora": cfg.enable_lora,
+            "enforce_eager": _eager(cfg),
         }
         clash = sorted(set(named) & set(cfg.vllm_args))
         if clash:
