@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -198,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from distill.config import ConfigError
+
+    # Prefect's temporary API (no server configured) can take longer than its 20 s default to
+    # start on a busy 2-core machine; set before prefect is imported.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     args = build_parser().parse_args(argv)
     try:
