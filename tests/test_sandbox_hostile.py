@@ -18,7 +18,9 @@ import pytest
 from distill.sandbox import SandboxLimits, SandboxPool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LIMITS = {"timeout_s": 1.0, "cpu_seconds": 1, "memory_mb": 512, "max_output_kb": 16, "max_processes": 8}
+# Wall-clock limit with room for a fresh sympy import on a busy 2-core machine; the CPU limit is
+# what stops runaway programs first.
+LIMITS = {"timeout_s": 3.0, "cpu_seconds": 2, "memory_mb": 512, "max_output_kb": 16, "max_processes": 8}
 
 
 @pytest.fixture(scope="module", params=["audit_hook", "os_layers_only"])
