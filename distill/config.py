@@ -189,6 +189,9 @@ class EvalConfig(Section):
     benchmarks: list[BenchmarkRef] = Field(default_factory=list)
     modes: list[Literal["rationale", "label"]] = Field(default_factory=lambda: ["rationale", "label"])
     max_tokens: int = Field(default=512, ge=1)
+    """New tokens per answer in rationale mode."""
+    label_max_tokens: int = Field(default=16, ge=1)
+    """New tokens per answer in label mode (the bare answer)."""
     evaluate_base: bool = True
     """Also evaluate the untrained student, as the baseline of the report."""
 

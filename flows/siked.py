@@ -69,6 +69,7 @@ def evaluate(cfg: RunConfig, layout: RunLayout, model: str, label: str, stage: s
     targets = tuple((bench, url, mode, layout.predictions_at(stage, bench, mode))
                     for bench, url in eval_sets for mode in cfg.eval.modes)
     job = EvalJob(model=model, engine=engine, verify=cfg.verify, max_tokens=cfg.eval.max_tokens,
+                  label_max_tokens=cfg.eval.label_max_tokens,
                   targets=targets, key=key, label=label)
     with on_gpus(engine_devices(engine)):
         return submit_step(evaluate_model, key, [t[3] for t in targets], "predictions", job=job)

@@ -22,6 +22,7 @@ class EvalJob:
     engine: EngineConfig
     verify: VerifyConfig
     max_tokens: int
+    label_max_tokens: int
     # (benchmark name, problems artifact URL, mode, predictions output URL)
     targets: tuple[tuple[str, str, str, str], ...]
     key: str
@@ -56,7 +57,8 @@ def evaluate_into(job: EvalJob) -> None:
         with SandboxPool(limits, job.verify.workers) as pool:
             for benchmark, problems_url, mode, output in pending:
                 problems = read_artifact(problems_url, "problems").to_pylist()
-                rows = evaluate(engine, problems, benchmark, mode, job.max_tokens, job.model, sandbox=pool)
+                max_tokens = job.max_tokens if mode == "rationale" else job.label_max_tokens
+                rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool)
                 summary = summarize_predictions(rows)
                 write_json(summary_url(output), summary)
                 write_artifact(output, rows, "predictions", config_hash=job.key, parents=[problems_url])
