@@ -1,7 +1,7 @@
 """Step time and peak memory of the training losses: DSS, DSS + MI (chunked), DSS + MI (naive).
 
-    python bench/bench_losses.py                       # defaults below; about 3 minutes on 2 cores
-    python bench/bench_losses.py --label-length 512 --rounds 1
+    python bench/bench_losses.py --threads 1              # BENCHMARKS.md figures (10 to 20 minutes)
+    python bench/bench_losses.py --threads 1 --loss-only  # the loss terms alone
 
 One step is `compute_loss` forward + backward on a shallow causal LM (embedding -> lm_head with
 the vocabulary of SmolLM2, so the logits are real activations whose gradient flows back into
@@ -10,12 +10,14 @@ rationale task (prompt + solution + padding, `--length` positions). With `--loss
 are the leaves and the step is the loss terms alone. "naive" pools full B x T x V probability
 tensors, as the MI reference code does (restricted to target positions).
 
-Every (variant, round) runs in a fresh subprocess: step time (wall clock) and CPU time (of the
-process, all threads) are medians of `--steps` timed steps after one warm-up, and peak memory is
-the process's peak RSS (ru_maxrss) minus its RSS once the inputs exist, so each variant's figure is
-the memory its steps add. Ratios are against DSS in the same run. On a shared machine wall time
-follows the neighbours' load; CPU time with `--threads 1` (no idle spinning) is the steadier
-measure. Rounds alternate the order of the variants and the report takes the median over rounds.
+Step time (wall clock) and CPU time (of the process, all threads) are medians over `--steps`
+steps per variant, after one warm-up each, with the variants interleaved step by step in one process
+so that the load of other processes on a shared machine falls on all of them alike. Peak memory is
+measured twice: the peak of live tensor bytes during one step, from torch.profiler's allocation
+events (exact; tensors that exist before the step, such as the inputs and weights, are not
+counted), and, in a fresh subprocess per variant, the peak RSS (ru_maxrss) minus the RSS once the
+inputs exist (allocator slack included). Ratios are against DSS in the same run. CPU time with
+`--threads 1` (no idle spinning) is the steadier time measure on a busy machine.
 """
 
 from __future__ import annotations
@@ -111,37 +113,70 @@ def naive_mi_from_log_probs(label_log_probs, label_labels, rationale_log_probs, 
 
 
 def step(variant, inputs, args):
-    """One `compute_loss` forward + backward (the naive variant swaps in its MI term)."""
+    """One `compute_loss` forward + backward (the naive variant swaps in its MI term for the step)."""
+    from contextlib import nullcontext
+    from unittest.mock import patch
+
     from distill.config import LossConfig
     from distill.training import losses
 
     cfg = LossConfig(kind="dss" if variant == "dss" else "dss_mi", alpha=0.5, beta=0.1, chunk_size=args.chunk)
-    if variant == "dss_mi_naive":
-        losses.mi_from_log_probs = naive_mi_from_log_probs
-    losses.compute_loss(inputs["model"], inputs["batch"], cfg).total.backward()
+    naive = variant == "dss_mi_naive"
+    with patch.object(losses, "mi_from_log_probs", naive_mi_from_log_probs) if naive else nullcontext():
+        losses.compute_loss(inputs["model"], inputs["batch"], cfg).total.backward()
     for leaf in inputs["leaves"]:
         leaf.grad = None
 
 
-def run_variant(variant, args) -> dict:
-    """Inside the subprocess: time `args.steps` steps and measure the peak memory they add."""
+def time_variants(args) -> dict:
+    """Wall and CPU time per step, the variants interleaved step by step so that a neighbour's load
+    falls on all of them alike; then the peak tensor bytes of one step of each."""
+    inputs = make_inputs(args)
+    for variant in VARIANTS:  # warm-up
+        step(variant, inputs, args)
+    wall, cpu = {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
+    for r in range(args.steps):
+        for variant in VARIANTS[r % 3:] + VARIANTS[:r % 3]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step(variant, inputs, args)
+            wall[variant].append(time.perf_counter() - start)
+            cpu[variant].append(time.process_time() - start_cpu)
+    return {v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
+                "tensor_peak_mib": tensor_peak(v, inputs, args) / 2**20} for v in VARIANTS}
+
+
+def tensor_peak(variant, inputs, args) -> int:
+    """Peak bytes of the tensors one step allocates and holds at once (profiler allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(variant, inputs, args)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def rss_added(variant, args) -> float:
+    """Inside a fresh subprocess: peak RSS over two steps minus the RSS once the inputs exist (MiB)."""
     import psutil
+
+    inputs = make_inputs(args)
+    baseline = psutil.Process().memory_info().rss
+    for _ in range(2):
+        step(variant, inputs, args)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline) / 2**20  # KiB on Linux
+
+
+def set_threads(args) -> int:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    inputs = make_inputs(args)
-    baseline = psutil.Process().memory_info().rss
-    wall, cpu = [], []
-    for i in range(args.steps + 1):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        step(variant, inputs, args)
-        if i:  # the first step warms up
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"variant": variant, "step_s": statistics.median(wall), "cpu_s": statistics.median(cpu),
-            "peak_mib": (peak - baseline) / 2**20}
+    return torch.get_num_threads()
 
 
 def main(argv=None):
@@ -152,39 +187,44 @@ def main(argv=None):
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--chunk", type=int, default=64, help="chunk_size of the chunked MI")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per subprocess")
-    parser.add_argument("--rounds", type=int, default=2, help="subprocesses per variant")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--loss-only", action="store_true", help="logits as leaves, no model")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # subprocess mode
+    parser.add_argument("--rss-of", choices=VARIANTS, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
-    if args.variant:
-        print(json.dumps(run_variant(args.variant, args)))
+    if args.rss_of:
+        set_threads(args)
+        print(json.dumps(rss_added(args.rss_of, args)))
         return
 
-    results = {v: [] for v in VARIANTS}
+    # The subprocesses start while this process is small: a child's ru_maxrss counts the memory of
+    # the parent it was forked from.
+    rss = {}
     passthrough = list(argv if argv is not None else sys.argv[1:])
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    for r in range(args.rounds):
-        for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant],
-                                 check=False, capture_output=True, text=True, env=env)
-            if out.returncode:
-                sys.exit(f"{variant} failed:\n{out.stderr}")
-            results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for variant in VARIANTS:
+        out = subprocess.run([sys.executable, __file__, *passthrough, "--rss-of", variant],
+                             check=False, capture_output=True, text=True, env=env)
+        if out.returncode:
+            sys.exit(f"{variant} failed:\n{out.stderr}")
+        rss[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    set_threads(args)
+    results = time_variants(args)
+    for variant in VARIANTS:
+        results[variant]["rss_mib"] = rss[variant]
 
     mode = "loss terms only (logits are leaves)" if args.loss_only else f"embedding + lm_head (H={args.hidden}) + loss"
     print(f"B={args.batch} per task, label T={args.label_length}, rationale T={args.length}, V={args.vocab}, "
-          f"chunk={args.chunk}; {mode}; median of {args.steps} steps x {args.rounds} rounds; "
-          f"torch threads={args.threads or 'default'}")
-    print("| variant | step time (s) | x DSS | CPU time (s) | x DSS | peak memory added (MiB) | x DSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    median = {key: {v: statistics.median(r[key] for r in results[v]) for v in VARIANTS}
-              for key in ("step_s", "cpu_s", "peak_mib")}
+          f"chunk={args.chunk}; {mode}; median of {args.steps} interleaved steps; "
+          f"torch threads={set_threads(args)}")
+    columns = (("step_s", "step time (s)", ".2f"), ("cpu_s", "CPU time (s)", ".2f"),
+               ("rss_mib", "peak RSS added (MiB)", ".0f"), ("tensor_peak_mib", "peak tensors (MiB)", ".0f"))
+    print("| variant | " + " | ".join(f"{title} | x DSS" for _, title, _ in columns) + " |")
+    print("| --- " * (1 + 2 * len(columns)) + "|")
     for v in VARIANTS:
-        cells = [f"{median[key][v]:{fmt}} | {median[key][v] / median[key]['dss']:.2f}"
-                 for key, fmt in (("step_s", ".2f"), ("cpu_s", ".2f"), ("peak_mib", ".0f"))]
+        cells = [f"{results[v][key]:{fmt}} | {results[v][key] / results['dss'][key]:.2f}" for key, _, fmt in columns]
         print(f"| {v} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

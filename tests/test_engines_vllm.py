@@ -3,8 +3,8 @@ LoRA), and the openai engine against `vllm serve`.
 
     pytest tests/test_engines_vllm.py -m slow
 
-Both start vLLM with `enforce_eager` (vllm_args / --enforce-eager): the compile warm-up it skips
-takes minutes on a 2-core machine and is not what these tests check.
+Both run vLLM eagerly (the engine's default on CPU builds; `--enforce-eager` for the server): the
+compile warm-up it skips takes minutes on a 2-core machine and is not what these tests check.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def vllm_session(model_path: str, adapter: str, prompts: list[str]) -> dict:
     """Everything the test asks of one offline engine (runs in the child process)."""
     import vllm
 
-    engine = make_engine(EngineConfig(kind="vllm", dtype="bfloat16", max_model_len=1024, enable_lora=True,
-                                      vllm_args={"enforce_eager": True}), model_path)
+    engine = make_engine(EngineConfig(kind="vllm", dtype="bfloat16", max_model_len=1024, enable_lora=True),
+                         model_path)
     requests = [GenerationRequest(key=f"q{i}|cot", prompt=p) for i, p in enumerate(prompts)]
     try:
         return {

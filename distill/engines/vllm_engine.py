@@ -34,28 +34,34 @@ def _eager(cfg: EngineConfig) -> bool:
     return not torch.cuda.is_available()
 
 
+def llm_kwargs(cfg: EngineConfig, model_path: str) -> dict[str, Any]:
+    """The keyword arguments this engine gives `vllm.LLM` for `cfg` (also what bench/ compares with)."""
+    named = {
+        "model": model_path, "seed": cfg.seed, "dtype": cfg.dtype,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "max_model_len": cfg.max_model_len, "enable_lora": cfg.enable_lora,
+        "enforce_eager": _eager(cfg),
+    }
+    clash = sorted(set(named) & set(cfg.vllm_args))
+    if clash:
+        raise EngineError(f"engine.vllm_args repeats {clash}: set them as engine.{clash[0]} instead")
+    return {**named, **cfg.vllm_args}
+
+
 class VllmEngine:
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig, model_path: str):
         import vllm
 
-        named = {
-            "model": model_path, "seed": cfg.seed, "dtype": cfg.dtype,
-            "tensor_parallel_size": cfg.tensor_parallel_size,
-            "gpu_memory_utilization": cfg.gpu_memory_utilization,
-            "max_model_len": cfg.max_model_len, "enable_lora": cfg.enable_lora,
-            "enforce_eager": _eager(cfg),
-        }
-        clash = sorted(set(named) & set(cfg.vllm_args))
-        if clash:
-            raise EngineError(f"engine.vllm_args repeats {clash}: set them as engine.{clash[0]} instead")
+        kwargs = llm_kwargs(cfg, model_path)
         self.version = vllm.__version__
         self.model = model_path
         self.seed = cfg.seed
         self._lora_enabled = cfg.enable_lora
         self._lora_ids: dict[tuple[str, tuple], int] = {}
-        self._llm = vllm.LLM(**named, **cfg.vllm_args)
+        self._llm = vllm.LLM(**kwargs)
 
     # ------------------------------------------------------------------ generation
 
