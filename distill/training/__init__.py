@@ -1,4 +1,5 @@
-"""Student training: the losses (`losses`, `infonce`), the batches (`data`) and the loop (`loop`).
+"""Student training: the losses (`losses`, `infonce`), the batches (`data`), the loop (`loop`) and
+what it uses (LoRA, checkpoints, validation, launching).
 
 Submodules import torch; this package file does not, so importing it stays cheap.
 """
