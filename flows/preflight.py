@@ -1,9 +1,12 @@
 """Checks that fail a run at once, before any model is loaded, when the outcome is already known:
-a model that cannot be found, a data folder that is missing, an engine missing its settings."""
+a model that cannot be found, a data folder that is missing, an engine missing its settings, an
+option whose package is not installed."""
 
 from __future__ import annotations
 
-from distill.config import ConfigError, EngineConfig, RunConfig
+import importlib.util
+
+from distill.config import ConfigError, EngineConfig, RunConfig, TrainConfig
 from storage.paths import DataDirMissing, data_dir
 
 
@@ -25,10 +28,18 @@ def _check_engine(engine: EngineConfig, where: str) -> None:
         _check_model(engine.model, f"{where}.model")
 
 
+def check_train(train: TrainConfig) -> None:
+    """The training section: its model name, and the optional packages its options need."""
+    _check_model(train.model, "train.model")
+    if train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard: the tensorboard package is not installed "
+                          "(pip install 'siked-pipeline[tensorboard]', or set train.tensorboard=false)")
+
+
 def preflight(cfg: RunConfig) -> None:
     """Raise ConfigError for problems detectable before any work."""
     _check_engine(cfg.teacher.engine, "teacher.engine")
-    _check_model(cfg.train.model, "train.model")
+    check_train(cfg.train)
     needs_data = [r for r in [cfg.train_data, *cfg.eval.benchmarks]
                   if r.name != "arith" and r.source == "local" and not r.skip_if_missing]
     if needs_data:

@@ -105,6 +105,7 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
     from distill.training.launch import launch_training
     from distill.training.loop import LoopOptions
     from flows.config_files import read_config
+    from flows.preflight import check_train
     from flows.run_setup import run_layout, save_config
     from storage.artifacts import write_artifact
     from storage.paths import models_dir
@@ -113,6 +114,7 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
     cfg = read_config(config_path, rest)
     iteration = int(own.get("iteration", "0"))
     resume = own.get("resume", "true").lower() not in ("false", "0", "no")
+    check_train(cfg.train)
     layout = run_layout(cfg)
     if "://" in layout.run_dir and not layout.run_dir.startswith("file://"):
         raise ConfigError(f"training writes model folders: runs_root must be a local folder, "

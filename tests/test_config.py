@@ -98,3 +98,22 @@ def test_every_shipped_config_passes_preflight(data_dir):
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         preflight(read_config(path))
+
+
+def test_tensorboard_option_without_the_package_fails_before_training(monkeypatch, tmp_path, capsys):
+    """train.tensorboard=true on an install without tensorboard: a config error naming the key,
+    raised before any data is read or any model loaded (it once failed inside the training child)."""
+    import importlib.util
+
+    from distill.config import ConfigError
+    from flows.train_cli import run_train_cli
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    config = tmp_path / "c.yaml"
+    config.write_text("name: tb\n")
+    with pytest.raises(ConfigError, match=r"train\.tensorboard.*not installed"):
+        run_train_cli(str(config), [f"runs_root={tmp_path / 'runs'}", "train.tensorboard=true",
+                                    f"train_set={tmp_path / 'missing.parquet'}"])
+    assert not (tmp_path / "runs").exists()
