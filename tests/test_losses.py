@@ -183,6 +183,10 @@ def test_pooled_max_without_targets_is_zero():
     torch.testing.assert_close(out, ref_pooled(logits, labels))
     (grad,) = grads(out.sum(), logits)
     assert torch.count_nonzero(grad[1]) == 0
+    none = torch.full_like(labels, -100)  # not a single target in the batch
+    out = pooled_softmax_max(logits, none, 2)
+    assert torch.count_nonzero(out) == 0
+    assert torch.count_nonzero(grads(out.sum(), logits)[0]) == 0
 
 
 def test_pooled_max_bfloat16_logits(batch):

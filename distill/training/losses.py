@@ -23,6 +23,7 @@ docs/equations.md maps each equation of the papers to the function here that com
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -109,8 +110,9 @@ def pooled_max_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, chu
                               sparse_grad: bool = False) -> torch.Tensor:
     """`pooled_softmax_max` from the log-softmax [B, T, V] (probabilities are exp(log_probs)).
 
-    Since exp is monotonic, the maximum is taken over the log-probabilities themselves, each
-    example's target positions `chunk_size` at a time: no B x T x V tensor is created. The gradient
+    Since exp is monotonic, the maximum is taken over the log-probabilities themselves, read in
+    place; the backward pass looks for the argmax positions `chunk_size` positions at a time (a
+    chunk_size x V boolean temporary). No B x T x V tensor is created. The gradient
     is the one of max-pooling: d out[b, v] / d log_probs[b, t, v] = out[b, v] at the argmax position
     t of (b, v) (the first one on ties, as torch.max), 0 elsewhere; the log-softmax backward carries
     it on to the logits. It has at most B x V non-zeros: with `sparse_grad` it is returned as a
@@ -214,22 +216,17 @@ def _task_log_probs(model: Any, batch: dict[str, torch.Tensor], task: str,
     return to_log_probs(out.logits), (out.hidden_states[-1] if hidden else None)
 
 
-def _chunk_plan(mask: torch.Tensor, chunk_size: int) -> list[tuple[int, slice | torch.Tensor]]:
-    """[B, T] target mask -> [(example, rows)]: each example's target positions, `chunk_size` at a time.
-
-    rows is a slice where the chunk's positions are consecutive (prompt, answer, padding: the usual
-    layout), read in place; otherwise an index tensor.
-    """
-    plan = []
+def _target_runs(mask: torch.Tensor) -> list[tuple[int, int, int]]:
+    """[B, T] target mask -> [(example, start, stop)]: the runs of consecutive target positions of
+    each example (one run in the usual prompt, answer, padding layout), read in place as
+    log_probs[example, start:stop]."""
+    runs = []
     for b, row in enumerate(mask.cpu()):
         positions = row.nonzero().flatten().tolist()
-        for start in range(0, len(positions), chunk_size):
-            chunk = positions[start:start + chunk_size]
-            if chunk[-1] - chunk[0] + 1 == len(chunk):
-                plan.append((b, slice(chunk[0], chunk[-1] + 1)))
-            else:
-                plan.append((b, torch.tensor(chunk, device=mask.device)))
-    return plan
+        for _, run in groupby(enumerate(positions), key=lambda item: item[1] - item[0]):
+            run = [t for _, t in run]
+            runs.append((b, run[0], run[-1] + 1))
+    return runs
 
 
 def _first_per_column(row: torch.Tensor, column: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,50 +238,55 @@ def _first_per_column(row: torch.Tensor, column: torch.Tensor, vocab: int) -> tu
 
 
 class _PooledMaxProb(torch.autograd.Function):
-    """Chunked max-pooling of exp(log_probs) over target positions (see `pooled_max_from_log_probs`).
+    """Max-pooling of exp(log_probs) over target positions (see `pooled_max_from_log_probs`).
 
-    Forward keeps the running maximum of the log-probabilities [B, V] and the index of the chunk it
-    came from [B, V]. Backward finds the argmax position of each column inside that chunk by equality
+    Forward keeps the running maximum of the log-probabilities [B, V] and the index of the run of
+    positions it came from [B, V] (amax over a view of a run allocates only [V]). Backward finds,
+    `chunk_size` positions at a time, the argmax position of each column inside its run by equality
     with the saved maximum (exact: the maximum is one of the elements) and puts out[b, v] * grad
-    there: at most B x V entries, returned as a sparse tensor when `sparse_grad`.
+    there: at most B x V entries, returned as a sparse tensor when `sparse_grad`. The loops issue
+    few, large tensor operations: on a CPU each one is a thread synchronisation.
     """
 
     @staticmethod
     def forward(ctx, log_probs, mask, chunk_size, sparse_grad):
-        plan = _chunk_plan(mask, chunk_size)
+        runs = _target_runs(mask)
         shape = (log_probs.size(0), log_probs.size(-1))
         best = torch.full(shape, -torch.inf, dtype=log_probs.dtype, device=log_probs.device)
-        best_chunk = torch.full(shape, -1, dtype=torch.long, device=log_probs.device)
-        for i, (b, rows) in enumerate(plan):
-            chunk_best = log_probs[b, rows].amax(dim=0)
-            better = chunk_best > best[b]  # strict: ties keep the earliest chunk
-            best[b] = torch.where(better, chunk_best, best[b])
-            best_chunk[b].masked_fill_(better, i)
+        best_run = torch.full(shape, -1, dtype=torch.long, device=log_probs.device)
+        for i, (b, start, stop) in enumerate(runs):
+            run_best = log_probs[b, start:stop].amax(dim=0)
+            best_run[b].masked_fill_(run_best > best[b], i)  # strict: ties keep the earliest run
+            torch.maximum(best[b], run_best, out=best[b])
         pooled = best.exp().masked_fill_(~mask.any(dim=1, keepdim=True), 0.0)  # no targets: zeros
-        ctx.plan, ctx.sparse_grad = plan, sparse_grad
-        ctx.save_for_backward(log_probs, best, best_chunk, pooled)
+        ctx.runs, ctx.chunk_size, ctx.sparse_grad = runs, chunk_size, sparse_grad
+        ctx.save_for_backward(log_probs, best, best_run, pooled)
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled):
-        log_probs, best, best_chunk, pooled = ctx.saved_tensors
-        grad_at_max = grad_pooled * pooled  # d exp(x) / dx = exp(x)
-        where = []  # (example, position, column) of every argmax, in (b, t, v) order
-        for i, (b, rows) in enumerate(ctx.plan):
-            owned = best_chunk[b] == i  # [V]: the columns whose maximum lies in this chunk
-            hit = (log_probs[b, rows] == best[b]) & owned  # [c, V]
-            row, column = hit.nonzero(as_tuple=True)  # row-major: one hit per owned column, or ties
-            if row.numel() > owned.sum():  # exact ties inside the chunk: keep each column's first row
-                row, column = _first_per_column(row, column, log_probs.size(-1))
-            position = row + rows.start if isinstance(rows, slice) else rows[row]
-            where.append(torch.stack([torch.full_like(row, b), position, column]))
-        index = torch.cat(where, dim=1) if where else torch.zeros((3, 0), dtype=torch.long,
-                                                                  device=log_probs.device)
-        values = grad_at_max[index[0], index[2]]
-        if ctx.sparse_grad:
-            return torch.sparse_coo_tensor(index, values, log_probs.shape, is_coalesced=True,
-                                           check_invariants=False), None, None, None
+        log_probs, best, best_run, pooled = ctx.saved_tensors
+        owned = torch.bincount(best_run.flatten() + 1, minlength=len(ctx.runs) + 1)[1:].tolist()
+        examples, positions, columns = [], [], []
+        for i, (b, start, stop) in enumerate(ctx.runs):
+            # NaN equals nothing: only the columns whose maximum lies in this run can hit.
+            target = torch.where(best_run[b] == i, best[b], torch.nan)
+            hits = [(log_probs[b, t:min(t + ctx.chunk_size, stop)] == target).nonzero()
+                    + torch.tensor([t, 0], device=target.device) for t in range(start, stop, ctx.chunk_size)]
+            position, column = torch.cat(hits).unbind(1)  # (t, v) in row-major order
+            if position.numel() > owned[i]:  # exact ties: keep each column's first position
+                position, column = _first_per_column(position, column, log_probs.size(-1))
+            examples.append(torch.full_like(position, b))
+            positions.append(position)
+            columns.append(column)
+        if not examples:
+            return torch.zeros_like(log_probs), None, None, None
+        example, position, column = torch.cat(examples), torch.cat(positions), torch.cat(columns)
+        values = (grad_pooled * pooled)[example, column]  # d exp(x) / dx = exp(x)
+        if ctx.sparse_grad:  # each (b, t, v) once, in sorted order: coalesced as they stand
+            return torch.sparse_coo_tensor(torch.stack([example, position, column]), values, log_probs.shape,
+                                           is_coalesced=True, check_invariants=False), None, None, None
         grad_log_probs = torch.zeros_like(log_probs)
-        grad_log_probs[index[0], index[1], index[2]] = values
+        grad_log_probs[example, position, column] = values
         return grad_log_probs, None, None, None
