@@ -13,6 +13,16 @@ from storage.paths import DataDirMissing, data_dir
 def _check_model(spec: str, where: str) -> None:
     from distill.models import ModelSpecError, model_spec_kind
 
+    if "://" in spec:
+        from storage.folders import folder_problem
+        from storage.fs import is_remote_url, resolve
+
+        if not is_remote_url(spec):
+            spec = resolve(spec)[1]  # file://: a local path
+        elif problem := folder_problem(spec):  # a model folder under a remote run root
+            raise ConfigError(f"{where}: {problem}")
+        else:
+            return
     try:
         model_spec_kind(spec)
     except ModelSpecError as exc:

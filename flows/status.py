@@ -6,11 +6,13 @@ SIGKILL stays "Running" there forever, while its folder says exactly what finish
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from distill.config import RunConfig
 from storage.artifacts import incomplete_reason
 from storage.fs import exists, resolve
+from storage.mirror import mirror_dir
 from storage.paths import RunLayout
 
 
@@ -66,8 +68,9 @@ def step_status(stage: str, step: str, url: str, kind: str | None, layout: RunLa
         return StepStatus(stage, step, "done", url)
     started = _started(url)
     if step == "train" and not started:
-        stage_index = int(stage.split("-")[1])
-        started = exists(layout.checkpoints(stage_index))
+        checkpoints = layout.checkpoints(int(stage.split("-")[1]))
+        # Under a remote run root checkpoints stay in the training machine's mirror (storage.mirror).
+        started = exists(checkpoints) or os.path.isdir(mirror_dir(checkpoints))
     return StepStatus(stage, step, "failed" if started else "missing", url,
                       f"started, not finished: {reason}" if started else "")
 

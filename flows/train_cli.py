@@ -10,9 +10,11 @@ Besides config overrides it takes three keys of its own: `train_set=PATH` (the t
 instead of continuing from the newest checkpoint). Without `train_set`, the rows are the DSS
 rationales when `train_data.name` is `dss_svamp`, else the run's iteration-0 distillation set.
 
-Writes, in the run folder: `iter-NN/student/` (the merged student; its path is printed on stdout),
-`iter-NN/checkpoints/` (step checkpoints, metrics.jsonl, data_report.json, tensorboard/) and
-`iter-NN/train_metrics.parquet` (one row per step and per validation, TRAIN_METRICS).
+Writes, in the run folder: `iter-NN/student/` (the merged student, its folder manifest written last;
+its path or URL is printed on stdout), `iter-NN/checkpoints/` (step checkpoints, metrics.jsonl,
+data_report.json, tensorboard/) and `iter-NN/train_metrics.parquet` (one row per step and per
+validation, TRAIN_METRICS). Under a remote run root (s3://) training runs in local mirrors of the
+two folders (storage.mirror): the student is uploaded at the end, the checkpoints stay local.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
     from flows.preflight import check_train
     from flows.run_setup import run_layout, save_config
     from storage.artifacts import write_artifact
+    from storage.folders import unmark_folder_complete
+    from storage.fs import is_remote_url
+    from storage.mirror import local_model, mirror_dir, publish_folder
     from storage.paths import models_dir
 
     own, rest = split_cli_keys(overrides)
@@ -116,18 +121,22 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
     resume = own.get("resume", "true").lower() not in ("false", "0", "no")
     check_train(cfg.train)
     layout = run_layout(cfg)
-    if "://" in layout.run_dir and not layout.run_dir.startswith("file://"):
-        raise ConfigError(f"training writes model folders: runs_root must be a local folder, "
-                          f"not {layout.root}")
     save_config(layout, cfg)
     rows, parent = training_rows(cfg, layout, own, iteration)
-    model_path = resolve_model(cfg.train.model, models_dir())
-    result = launch_training(cfg.train, rows, model_path, layout.student(iteration),
-                             layout.checkpoints(iteration), LoopOptions(resume=resume))
+    model_path = resolve_model(local_model(cfg.train.model), models_dir())
+    # Training writes local folders; under a remote run root, the local mirrors of the run's ones.
+    student = layout.student(iteration)
+    unmark_folder_complete(student)  # never complete-looking while being rewritten
+    unmark_folder_complete(mirror_dir(student))
+    result = launch_training(cfg.train, rows, model_path, mirror_dir(student),
+                             mirror_dir(layout.checkpoints(iteration)), LoopOptions(resume=resume))
     metrics_url = layout.train_metrics(iteration)
     write_artifact(metrics_url, result.metrics, "train_metrics", config_hash=section_hash(cfg.train),
                    parents=[parent])
+    # Marked complete; under a remote run root also uploaded, its folder manifest written last.
+    publish_folder(mirror_dir(student), student, {"steps": result.steps, "start_model": cfg.train.model},
+                   config_hash=section_hash(cfg.train), parents=[parent])
     best = f"best step {result.best_step} {result.best_val}" if result.best_step else "no validation split"
     print(f"[siked train] {result.steps} steps; {best}; metrics {metrics_url}", file=sys.stderr)
-    print(result.output_dir)
+    print(student if is_remote_url(student) else result.output_dir)
     return 0

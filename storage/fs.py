@@ -1,9 +1,17 @@
 """fsspec URLs and atomic writes: the only place that opens, renames and hashes files.
 
 A URL is a local path, `file://...`, `memory://...` or `s3://...` (when s3fs is installed).
-Every write goes to a hidden temporary name in the same folder and is renamed into place:
-`os.replace` on local disks (atomic), fsspec `mv` elsewhere (a copy and a delete on memory:// and
-S3, so not atomic there; that is why readers trust a manifest written last, never a file alone).
+No write is ever visible half done:
+
+- local disks: a hidden temporary name in the same folder, then `os.replace` (atomic);
+- object stores (s3://, gs://, az://, ...): straight to the final key, since an object appears only
+  when its single PUT or its multipart upload completes; a failed write aborts the upload instead
+  of closing the file, so nothing is committed (closing would publish the bytes written so far);
+- anything else (memory://): a temporary name, then fsspec `mv`.
+
+Readers still trust a manifest written last, never a file alone. Object stores are opened with
+their directory-listing cache off: a process must see the manifests other processes write, and
+s3fs otherwise answers `exists` from a listing it made earlier.
 
     from storage.fs import write_json, read_json
     write_json("memory://run/info.json", {"a": 1})
@@ -25,6 +33,8 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 CHUNK = 4 << 20  # bytes read at a time when hashing
+# Protocols whose writes commit a whole object at once (s3fs, gcsfs, adlfs).
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
 
 
 class ArtifactError(Exception):
@@ -40,12 +50,30 @@ class ArtifactCorrupt(ArtifactError):
 
 
 def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path inside it) of a URL or local path."""
-    return url_to_fs(str(url))
+    """(filesystem, path inside it) of a URL or local path.
+
+    Endpoint and credentials come from the environment or fsspec's config (docs/deployment.md),
+    never from a run's config. Object stores get `use_listings_cache=False` (see above).
+    """
+    url = str(url)
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme in OBJECT_STORES:
+        return url_to_fs(url, use_listings_cache=False)
+    return url_to_fs(url)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
+
+
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in OBJECT_STORES for p in protocols)
+
+
+def is_remote_url(url: str) -> bool:
+    """True for a URL outside the local file system (s3://, memory://, ...)."""
+    return "://" in str(url) and not is_local(resolve(url)[0])
 
 
 def exists(url: str) -> bool:
@@ -107,6 +135,8 @@ def _temp_path(path: str) -> str:
 def remove_stale_temps(url: str) -> None:
     """Delete temporary files a killed write of `url` left beside it."""
     fs, path = resolve(url)
+    if is_object_store(fs):
+        return  # nothing is written there under a temporary name
     folder, name = posixpath.split(path)
     if fs.isdir(folder):
         for other in fs.ls(folder, detail=False):
@@ -116,12 +146,19 @@ def remove_stale_temps(url: str) -> None:
 
 @contextmanager
 def atomic_open(url: str) -> Iterator[IO[bytes]]:
-    """Open `url` for binary writing under a temporary name; rename into place on success only.
+    """Open `url` for binary writing; it appears, whole, only when the body succeeds.
 
-    If the body raises, the temporary file is deleted and `url` is untouched. If the process is
-    killed, only a hidden `.<name>.tmp-*` file remains, which no reader looks at.
+    Locally and on memory://: under a temporary name renamed into place; if the body raises, the
+    temporary file is deleted and `url` is untouched, and a killed process leaves only a hidden
+    `.<name>.tmp-*` file, which no reader looks at. On an object store: straight to the key (see
+    the module docstring); a killed process leaves at most an unfinished multipart upload, which
+    is never listed or read (a bucket lifecycle rule can expire them).
     """
     fs, path = resolve(url)
+    if is_object_store(fs):
+        with _object_open(fs, path) as f:
+            yield f
+        return
     tmp = _temp_path(path)
     try:
         if is_local(fs):
@@ -139,6 +176,19 @@ def atomic_open(url: str) -> Iterator[IO[bytes]]:
         if fs.exists(tmp):
             fs.rm_file(tmp)
         raise
+
+
+@contextmanager
+def _object_open(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[IO[bytes]]:
+    """Write one object in place: committed by close() on success, discarded on failure."""
+    f = fs.open(path, "wb")
+    try:
+        yield f
+    except BaseException:
+        f.discard()  # aborts a multipart upload; a small file was only ever in memory
+        f.closed = True  # so that garbage collection does not close, and so commit, it
+        raise
+    f.close()
 
 
 class HashingWriter:

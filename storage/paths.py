@@ -1,7 +1,7 @@
 """Where things live: the home folder, the data folder, and a run's layout.
 
-`SIKED_HOME` (default: the user's cache directory, `~/.cache/siked`) holds prepared models and
-runs; `SIKED_DATA_DIR` points at the original benchmark files. Every path of a run is defined
+`SIKED_HOME` (default: the user's cache directory, `~/.cache/siked`) holds prepared models, runs
+and the local mirrors of model folders from remote run roots; `SIKED_DATA_DIR` points at the original benchmark files. Every path of a run is defined
 here, so the layout can be read in one place.
 """
 
@@ -22,6 +22,11 @@ def siked_home() -> Path:
 
 def models_dir() -> Path:
     return siked_home() / "models"
+
+
+def mirrors_dir() -> Path:
+    """Local copies of model folders kept under a remote run root (storage.mirror)."""
+    return siked_home() / "mirror"
 
 
 def default_runs_root() -> str:
@@ -95,7 +100,8 @@ class RunLayout:
         return join(self.iteration_dir(iteration), "student")
 
     def checkpoints(self, iteration: int) -> str:
-        """Training checkpoints of an iteration (resumable mid-training)."""
+        """Training checkpoints of an iteration (resumable mid-training). Under a remote run root
+        they stay in the training machine's local mirror of this URL (storage.mirror)."""
         return join(self.iteration_dir(iteration), "checkpoints")
 
     def train_metrics(self, iteration: int) -> str:

@@ -46,11 +46,12 @@ def evaluate_into(job: EvalJob) -> None:
     from distill.models import resolve_model
     from distill.sandbox import SandboxPool
     from storage.artifacts import read_artifact, write_artifact
+    from storage.mirror import local_model
     from storage.paths import models_dir
     from tasks.verify import sandbox_limits
 
     pending = _pending(job)
-    model_path = resolve_model(job.model, models_dir())
+    model_path = resolve_model(local_model(job.model), models_dir())  # a remote student is mirrored
     engine = make_engine(job.engine, model_path)
     limits = sandbox_limits(job.verify)
     try:

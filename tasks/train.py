@@ -2,6 +2,11 @@
 
 The training loop checkpoints every N steps under `<iter>/checkpoints/`, so a step killed mid-way
 resumes from its newest complete checkpoint; the student folder gets its manifest last.
+
+Under a remote run root (s3://) training runs in the local mirrors of those folders
+(storage.mirror): the student is uploaded when training ends, its manifest last, and a previous
+student to start from is downloaded first. Checkpoints stay on the training machine: a step
+resumed on another machine retrains that iteration from its start model.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from prefect import task
 
 from distill.config import TrainConfig
 from storage.artifacts import is_complete, read_artifact, write_artifact
-from storage.folders import folder_manifest, mark_folder_complete, unmark_folder_complete
+from storage.folders import folder_manifest, unmark_folder_complete
+from storage.mirror import local_model, mirror_dir, publish_folder
 from storage.paths import models_dir
 from tasks.progress import with_progress
 
@@ -37,7 +43,7 @@ def _ref(job: TrainJob) -> dict:
 
 
 def _fraction_done(job: TrainJob, total_steps: int) -> float:
-    metrics = Path(job.checkpoint_dir) / "metrics.jsonl"
+    metrics = Path(mirror_dir(job.checkpoint_dir)) / "metrics.jsonl"
     if not metrics.is_file() or total_steps <= 0:
         return 0.0
     lines = metrics.read_text(encoding="utf-8").strip().splitlines()
@@ -61,15 +67,16 @@ def train_student_step(job: TrainJob) -> dict:
     rows = read_artifact(job.train_set_url, "train_examples").to_pandas()
     if rows.empty:
         raise ValueError(f"{job.train_set_url} has no training rows: nothing was verified correct")
-    model_path = resolve_model(job.start_model, models_dir())
-    if Path(job.output_dir).exists():
-        unmark_folder_complete(job.output_dir)
+    model_path = resolve_model(local_model(job.start_model), models_dir())
+    output, checkpoints = mirror_dir(job.output_dir), mirror_dir(job.checkpoint_dir)
+    unmark_folder_complete(job.output_dir)  # the shared copy, then the local one being rewritten
+    unmark_folder_complete(output)
     result = with_progress(f"train-{Path(job.output_dir).parent.name}", f"Training iteration {job.iteration}",
                            lambda: _fraction_done(job, _planned_steps(job.cfg, len(rows))),
-                           launch_training, job.cfg, rows, model_path, job.output_dir, job.checkpoint_dir)
+                           launch_training, job.cfg, rows, model_path, output, checkpoints)
     write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key,
                    parents=[job.train_set_url])
     info = {"best_step": result.best_step, "best_val": result.best_val, "steps": result.steps,
             "data": result.data_report, "start_model": job.start_model}
-    mark_folder_complete(job.output_dir, info, config_hash=job.key, parents=[job.train_set_url])
+    publish_folder(output, job.output_dir, info, config_hash=job.key, parents=[job.train_set_url])
     return _ref(job)
