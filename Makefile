@@ -2,10 +2,10 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,hub,dev
+EXTRAS ?= cpu,hub,s3,ray,dev
 export SIKED_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install install-gpu model quickstart test test-fast lint clean-venv
+.PHONY: install install-gpu model quickstart test test-fast lint clean-venv prefect-server prefect-server-stop
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install-gpu:
-	$(MAKE) install EXTRAS=gpu,hub,dev
+	$(MAKE) install EXTRAS=gpu,hub,s3,ray,dev
 
 model: install
 	$(BIN)/siked model prepare
@@ -33,6 +33,13 @@ test: model
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# A Prefect server on PostgreSQL (Debian's postgresql) and a worker for the pool `siked` (docs/deployment.md).
+prefect-server: model
+	$(BIN)/python -m flows.local_server start
+
+prefect-server-stop:
+	$(BIN)/python -m flows.local_server stop
 
 lint: install
 	$(BIN)/ruff check .
