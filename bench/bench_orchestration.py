@@ -1,6 +1,11 @@
 """Orchestration overhead of the SIKeD flow, and the cost of rerunning a finished config.
 
     python bench/bench_orchestration.py [CONFIG] [key=value ...]      # default: configs/quickstart.yaml
+    python bench/bench_orchestration.py --flow-run ID|latest CONFIG [key=value ...]
+
+With `--flow-run ID`, step 1 reads a finished run of the same config from the Prefect API instead
+of running it (for example the `make quickstart` that just ran, with the same PREFECT_HOME and
+runs root): its wall time is the flow run's start to end as the API recorded them.
 
 Runs the flow twice in this process (Prefect's temporary API unless PREFECT_API_URL is set):
 1. a fresh run: its wall time against the sum of its step tasks' own run times (from the Prefect
@@ -56,17 +61,49 @@ def timed_run(cfg):
     return wall, state.state_details.flow_run_id
 
 
+def recorded_run(flow_run_id: str) -> tuple[float, str]:
+    """Wall time (start to end, from the API) of a finished flow run (`latest`: the newest `siked` run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterParentTaskRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def read():
+        async with get_client() as client:
+            if flow_run_id != "latest":
+                return await client.read_flow_run(flow_run_id)
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["siked"])),
+                flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)),
+                sort=FlowRunSort.START_TIME_DESC, limit=1)
+            if not runs:
+                raise SystemExit("no siked flow run recorded in this Prefect API")
+            return runs[0]
+
+    run = asyncio.run(read())
+    if not (run.state and run.state.is_completed()):
+        raise SystemExit(f"flow run {flow_run_id} is {run.state.name if run.state else 'unknown'}, not completed")
+    return (run.end_time - run.start_time).total_seconds(), run.id
+
+
 def main(argv: list[str]) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.config_files import read_config
 
+    existing = None
+    if argv[:1] == ["--flow-run"]:
+        existing, argv = argv[1], argv[2:]
     config = argv[0] if argv and not "=" in argv[0] else "configs/quickstart.yaml"
     overrides = [a for a in argv if "=" in a]
-    if not any(o.startswith("runs_root=") for o in overrides):
+    if existing is None and not any(o.startswith("runs_root=") for o in overrides):
         overrides.append(f"runs_root={tempfile.mkdtemp(prefix='bench-orch-')}")
     cfg = read_config(Path(config), overrides)
 
-    wall_1, run_1 = timed_run(cfg)
+    wall_1, run_1 = recorded_run(existing) if existing else timed_run(cfg)
     steps_1, states_1 = task_times(run_1)
     wall_2, run_2 = timed_run(cfg)
     steps_2, states_2 = task_times(run_2)

@@ -77,7 +77,8 @@ def tree_cpu_s() -> float:
     return total
 
 
-def raw_side(cfg, sampling, model_path: str, problems: list[dict], strategies: tuple[str, ...]) -> dict:
+def raw_side(cfg, sampling, model_path: str, problems: list[dict], strategies: tuple[str, ...],
+             shots: int) -> dict:
     """Plain `vllm.LLM.generate` over the step's prompts (runs in a child)."""
     import vllm
 
@@ -88,7 +89,7 @@ def raw_side(cfg, sampling, model_path: str, problems: list[dict], strategies: t
     llm = vllm.LLM(**llm_kwargs(cfg, model_path))  # what VllmEngine passes for the same config
     start_s = time.perf_counter() - started
     prompts = [spec.prompt for spec in _teacher_prompts(problems, strategies, llm.get_tokenizer(),
-                                                         cfg.chat_template)]
+                                                         cfg.chat_template, shots)]
     stopped = _stop_strings(sampling, teacher=True)
     params = vllm.SamplingParams(n=stopped.n, temperature=stopped.temperature, top_p=stopped.top_p,
                                  max_tokens=stopped.max_tokens, stop=list(stopped.stop) or None)
@@ -173,7 +174,8 @@ def main() -> None:
     from tasks.generate import GenerationJob
 
     # The config's teacher engine (the quickstart's: embedded SmolLM2, seeded); both sides get it.
-    engine = read_config(args.config, args.overrides).teacher.engine
+    teacher = read_config(args.config, args.overrides).teacher
+    engine = teacher.engine
     if engine.kind != "vllm":
         raise SystemExit(f"teacher.engine.kind is {engine.kind!r}; this benchmark compares vllm engines")
     model_path = resolve_model(engine.model, models_dir())
@@ -190,11 +192,11 @@ def main() -> None:
             job = GenerationJob(problems_url=problems_url, output_url=str(Path(root) / f"samples-{repeat}"),
                                 key="bench", engine=engine, sampling=sampling, model=engine.model,
                                 strategies=strategies, shard_size=args.shard_size, iteration=0,
-                                source="teacher")
+                                source="teacher", shots=teacher.shots)
             return run_in_child(project_side, job)
 
         def raw(repeat: int) -> dict:
-            return run_in_child(raw_side, engine, sampling, model_path, problems, strategies)
+            return run_in_child(raw_side, engine, sampling, model_path, problems, strategies, teacher.shots)
 
         for repeat in range(args.repeats):
             load = os.getloadavg()[0]
@@ -216,7 +218,7 @@ def main() -> None:
 
     eager = llm_kwargs(engine, model_path)["enforce_eager"]
     result = {"benchmark": benchmark, "dtype": engine.dtype, "enforce_eager": eager,
-              "questions": len(problems), "strategies": list(strategies),
+              "questions": len(problems), "strategies": list(strategies), "shots": teacher.shots,
               "prompts": len(problems) * len(strategies), "n": args.n, "max_tokens": args.max_tokens,
               "shard_size": args.shard_size, "cpus": os.cpu_count(), "pairs": pairs,
               "median_ratio": median, "median_cpu_ratio": cpu_median, "goal": GOAL, "met": median >= GOAL}
@@ -224,7 +226,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"{benchmark}: {len(problems)} questions x {len(strategies)} strategies x n={args.n}, up to "
-          f"{args.max_tokens} tokens, shards of {args.shard_size} questions; vLLM {engine.dtype}"
+          f"{args.max_tokens} tokens, {teacher.shots}-shot prompts, shards of {args.shard_size} questions; "
+          f"vLLM {engine.dtype}"
           f"{', eager' if eager else ''}; {os.cpu_count()} CPUs")
     print("| pair | first | load | raw tokens | raw s | raw tok/s | step tokens | step s | step tok/s "
           "| ratio | raw CPU s | step CPU s | ratio per CPU s |")

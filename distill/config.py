@@ -106,6 +106,8 @@ class TeacherConfig(Section):
     strategies: list[Strategy] = Field(default_factory=lambda: list(ALL_STRATEGIES))
     shard_size: int = Field(default=64, ge=1)
     """Questions per Parquet shard: a crash loses at most one shard."""
+    shots: int = Field(default=8, ge=0, le=8)
+    """Worked exemplars in each prompt (the papers use 8; fewer make shorter, faster prompts)."""
     biased: Strategy | None = None
     """Keep one row per question by this strategy's priority (e.g. cot: cot > pot > l2m)."""
 
@@ -128,6 +130,9 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    last_layers: int | None = Field(default=None, ge=1)
+    """Adapt only the last N decoder layers (None: all). The backward pass then stops at the
+    lowest adapted layer, so a step costs less: the CPU quickstart's setting."""
 
 
 class LossConfig(Section):
@@ -219,7 +224,7 @@ class RunConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _alpha_schedule_needed(self) -> "RunConfig":
+    def _alpha_schedule_needed(self) -> RunConfig:
         if self.siked.mixing == "alpha":
             bad = [a for a in self.siked.alpha_schedule if not 0.0 <= a <= 1.0]
             if not self.siked.alpha_schedule or bad:

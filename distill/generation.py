@@ -9,17 +9,29 @@ still in flight and a rerun skips the shards already written.
 Rows carry the SAMPLES columns of the artifact schema (question_id, strategy, sample_index,
 prompt_hash, text, token counts, finish_reason, model, engine, engine_version, sampling, seed,
 iteration, source).
+
+Replicated generation (several engines, each taking whole shards) uses `generate_shard`: the shard
+is generated in a batch of its own after the engine's sampler is reseeded with
+`shard_seed(seed, index)`, a hash of the configured seed and the shard index. A shard's rows then
+depend on the configured seed, the shard index, its prompts and the engine settings only, not on
+which replica ran it nor on what that replica ran before, so a shard redone after a lost replica
+comes out as it would have the first time. Its rows record that shard seed in `seed`. (The
+single-engine path, `run_generation` over every shard at once, seeds the engine once and records
+the configured seed.) Engines that take part offer `reseed(seed)`; `make_replica_engine` builds
+one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from distill.config import SamplingConfig
+from distill.config import EngineConfig, SamplingConfig
 from distill.engines.base import Completion, GenerationRequest
 
 AUTO_STRATEGY = "auto"  # the student writes its own strategy tag
@@ -160,3 +172,37 @@ def run_generation(engine, shards: list[list[PromptSpec]], sampling: SamplingCon
     stats["seconds"] = time.perf_counter() - started
     return stats
 
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The sampling seed of shard `index` under the configured `seed` (31 bits, as engines take)."""
+    digest = hashlib.sha256(f"siked-shard:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def make_replica_engine(cfg: EngineConfig, model_path: str) -> Any:
+    """An engine that can be reseeded between shards (vllm or transformers)."""
+    from distill.engines import EngineError, make_engine
+
+    if cfg.kind == "vllm":
+        from distill.engines.vllm_engine import reseedable
+
+        cfg = reseedable(cfg)
+    elif cfg.kind != "transformers":
+        raise EngineError(f"engine.replicas > 1 needs a local engine (vllm or transformers), not {cfg.kind!r}")
+    return make_engine(cfg, model_path)
+
+
+def generate_shard(engine, shard: list[PromptSpec], index: int, sampling: SamplingConfig,
+                   provenance: Provenance, lora_path: str | None = None,
+                   tag_of: Callable[[str], str | None] | None = None) -> tuple[list[dict], dict]:
+    """Rows of shard `index` alone, sampled under `shard_seed(provenance.seed, index)`; and counts
+    (prompts, completions, output tokens, seconds)."""
+    seed = shard_seed(provenance.seed, index)
+    engine.reseed(seed)
+    rows: list[dict] = []
+    stats = run_generation(engine, [shard], sampling, replace(provenance, seed=seed),
+                           lambda _, shard_rows: rows.extend(shard_rows), lora_path=lora_path,
+                           tag_of=tag_of, progress=lambda _: None)
+    stats.pop("shards_written")
+    return rows, stats

@@ -33,12 +33,13 @@ def teacher_steps(cfg: RunConfig, layout: RunLayout) -> dict:
     samples_url = layout.samples(0)
     teacher = cfg.teacher
     key = step_key("generate", {"engine": teacher.engine, "sampling": teacher.sampling,
-                                "strategies": teacher.strategies, "shard_size": teacher.shard_size},
+                                "strategies": teacher.strategies, "shard_size": teacher.shard_size,
+                                "shots": teacher.shots},
                    inputs=[problems_url])
     job = GenerationJob(problems_url=problems_url, output_url=samples_url, key=key, engine=teacher.engine,
                         sampling=teacher.sampling, model=teacher.engine.model,
                         strategies=tuple(teacher.strategies), shard_size=teacher.shard_size,
-                        iteration=0, source="teacher",
+                        iteration=0, source="teacher", shots=teacher.shots,
                         data_dir=_data_dir_if_any(cfg) if teacher.engine.kind == "file" else None)
     with on_gpus(engine_devices(teacher.engine)):
         samples = submit_step(generate_samples, key, samples_url, "samples", job=job)

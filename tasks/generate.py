@@ -3,7 +3,8 @@
 The task runs `generate_into` in a spawned child process: vLLM's memory is freed when the step
 ends, and a crash of the engine cannot take the flow down. The child writes each shard through
 storage as soon as it completes, so a killed step loses at most the shards in flight, and a rerun
-generates only the shards whose manifest is missing.
+generates only the shards whose manifest is missing. With `engine.replicas > 1` the child is the
+Ray driver of `tasks.ray_generate` instead, which spreads the shards over engine replicas.
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ class GenerationJob:
     source: str  # teacher | student
     lora_path: str | None = None
     data_dir: str | None = None  # the file engine reads its rationale files from here
+    shots: int = 8  # teacher prompts: worked exemplars per prompt
 
 
-def _teacher_prompts(problems: list[dict], strategies: tuple[str, ...], tokenizer, chat_setting: str):
+def _teacher_prompts(problems: list[dict], strategies: tuple[str, ...], tokenizer, chat_setting: str,
+                     shots: int = 8):
     from distill.generation import PromptSpec
     from distill.strategies.render import prompt_hash, prompt_mode, render_prompt, wants_chat_template
 
     use_chat = wants_chat_template(tokenizer, chat_setting)
     mode = prompt_mode(use_chat)
-    hashes = {s: prompt_hash(s, mode) for s in strategies}
-    return [PromptSpec(p["id"], s, render_prompt(s, p["question"], tokenizer, use_chat), hashes[s])
+    hashes = {s: prompt_hash(s, mode, shots) for s in strategies}
+    return [PromptSpec(p["id"], s, render_prompt(s, p["question"], tokenizer, use_chat, shots), hashes[s])
             for p in problems for s in strategies]
 
 
@@ -65,33 +68,61 @@ def _stop_strings(sampling: SamplingConfig, teacher: bool) -> SamplingConfig:
     return sampling.model_copy(update={"stop": stops})
 
 
+@dataclass
+class PreparedJob:
+    """A job's shards of prompts and what each row records, ready for an engine."""
+
+    shards: list
+    sampling: SamplingConfig
+    provenance: object  # distill.generation.Provenance
+    tag_of: object  # None for the teacher; the student's strategy-tag parser otherwise
+
+
+def model_path_of(job: GenerationJob) -> str:
+    """The folder (or name) the engine loads: builtin and Hub models resolve on this machine, and a
+    student under a remote run root is downloaded into this machine's mirror (storage.mirror)."""
+    from distill.models import resolve_model
+    from storage.mirror import local_model
+    from storage.paths import models_dir
+
+    local = job.engine.kind in ("vllm", "transformers")
+    return resolve_model(local_model(job.model), models_dir()) if local else job.model
+
+
+def prepare_job(job: GenerationJob, engine) -> PreparedJob:
+    """Prompts rendered with `engine`'s tokenizer, cut into shards of `job.shard_size` questions."""
+    from distill.generation import Provenance, shard_prompts
+    from distill.student_format import parse_student_output
+    from storage.artifacts import read_artifact
+
+    problems = read_artifact(job.problems_url, "problems").to_pylist()
+    teacher = bool(job.strategies)
+    prompts = (_teacher_prompts(problems, job.strategies, engine.tokenizer(), job.engine.chat_template,
+                                job.shots) if teacher else _student_prompts(problems))
+    provenance = Provenance(model=job.model, engine=engine.name, engine_version=engine.version,
+                            seed=job.engine.seed, iteration=job.iteration, source=job.source)
+    return PreparedJob(shard_prompts(prompts, job.shard_size), _stop_strings(job.sampling, teacher), provenance,
+                       None if teacher else (lambda text: parse_student_output(text)[0]))
+
+
+def shard_count(job: GenerationJob) -> int:
+    """Shards the job's problems make (whole questions per shard)."""
+    return -(-read_manifest(job.problems_url)["rows"] // job.shard_size)
+
+
 def generate_into(job: GenerationJob) -> dict:
     """Child-process body: build the engine, generate the missing shards, finalize the artifact."""
     from distill.engines import make_engine
-    from distill.generation import Provenance, run_generation, shard_prompts
-    from distill.models import resolve_model
-    from distill.student_format import parse_student_output
-    from storage.artifacts import read_artifact
-    from storage.paths import models_dir
+    from distill.generation import run_generation
 
-    problems = read_artifact(job.problems_url, "problems").to_pylist()
     out = ShardedArtifact(job.output_url, "samples", config_hash=job.key, parents=[job.problems_url])
-    teacher = bool(job.strategies)
-    sampling = _stop_strings(job.sampling, teacher)
-    local = job.engine.kind in ("vllm", "transformers")
-    model_path = resolve_model(job.model, models_dir()) if local else job.model
-    engine = make_engine(job.engine, model_path, data_dir=job.data_dir)
+    engine = make_engine(job.engine, model_path_of(job), data_dir=job.data_dir)
     try:
-        tokenizer = engine.tokenizer()
-        prompts = (_teacher_prompts(problems, job.strategies, tokenizer, job.engine.chat_template) if teacher
-                   else _student_prompts(problems))
-        shards = shard_prompts(prompts, job.shard_size)
+        prepared = prepare_job(job, engine)
+        shards = prepared.shards
         done = out.completed_shards()
-        provenance = Provenance(model=job.model, engine=engine.name, engine_version=engine.version,
-                                seed=job.engine.seed, iteration=job.iteration, source=job.source)
-        stats = run_generation(engine, shards, sampling, provenance, out.write_shard, skip=done,
-                               lora_path=job.lora_path,
-                               tag_of=None if teacher else (lambda text: parse_student_output(text)[0]))
+        stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard, skip=done,
+                               lora_path=job.lora_path, tag_of=prepared.tag_of)
     finally:
         engine.close()
     out.finalize(len(shards))
@@ -109,11 +140,14 @@ def generate_samples(job: GenerationJob) -> dict:
     if not out.is_complete(verify_hash=False):
         from distill.engines.child import run_in_child
 
-        total = -(-read_manifest(job.problems_url)["rows"] // job.shard_size)
+        total = shard_count(job)
+        body = generate_into
+        if job.engine.replicas > 1:  # shards spread over engine replicas on Ray
+            from tasks.ray_generate import ray_generate_into as body
         stats = with_progress(f"generate-{job.source}-{job.iteration:02d}",
                               f"Iteration {job.iteration}: {job.source} samples, shards written",
                               lambda: len(out.completed_shards(verify_hash=False)) / total,
-                              run_in_child, generate_into, job)
+                              run_in_child, body, job)
     ref = artifact_ref(job.output_url)
     ref["stats"] = stats
     return ref

@@ -251,3 +251,23 @@ def test_openai_engine_keeps_at_most_concurrency_requests_in_flight():
 def test_openai_engine_needs_a_base_url():
     with pytest.raises(EngineError, match="base_url"):
         make_engine(EngineConfig(kind="openai"), "m")
+
+
+def test_vllm_cpu_threads_are_bound_to_every_allowed_cpu_unless_the_user_chose(monkeypatch):
+    import os
+
+    from distill.config import EngineConfig
+    from distill.engines.vllm_engine import bind_all_cpus
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    import torch
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 1})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bind_all_cpus(EngineConfig(tensor_parallel_size=2))
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # one list per rank: left to the user
+    bind_all_cpus(EngineConfig())
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "1,3"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    bind_all_cpus(EngineConfig())
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0"

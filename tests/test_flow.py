@@ -65,6 +65,7 @@ def tiny_run_overrides(root: Path, model: Path, **extra: str) -> list[str]:
         "siked.engine.kind": "transformers", "siked.iterations": "1", "siked.mixing": "all",
         "siked.sampling.n": "2", "siked.sampling.max_tokens": "8",
         "train.model": str(model), "train.max_steps": "4", "train.batch_size": "2",
+        "train.lora.last_layers": "null",  # the quickstart adapts SmolLM2's last 10 layers; tiny has 2
         "train.checkpoint_every": "1", "train.max_length": "2048", "train.val_fraction": "0.2",
         "eval.benchmarks": "[{name: arith, split: test, difficulty: 1, size: 3}]", "eval.max_tokens": "8",
         **extra,

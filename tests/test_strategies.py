@@ -182,3 +182,16 @@ def test_pot_code_extraction():
     assert extract_code("```python\nanswer = 3\n") == "answer = 3"  # cut-off fence
     assert extract_code("answer = 1\n### Instruction:\nmore") == "answer = 1"
     assert get_strategy("pot").parse("   \n").format_error
+
+
+def test_fewer_shots_keep_the_first_exemplars_and_change_the_hash():
+    question = "Tom has 5 apples and buys 3 more. How many apples does he have?"
+    full, two, none = (few_shot_text("cot", question, shots) for shots in (8, 2, 0))
+    assert full == few_shot_text("cot", question)
+    assert full.count("### Input:") == 9 and two.count("### Input:") == 3 and none.count("### Input:") == 1
+    assert two.endswith(full[full.rindex("### Input:"):])  # the same query block
+    assert full.startswith(two[:two.index("### Input:")])  # the same instruction
+    assert prompt_hash("cot", "plain", 8) == prompt_hash("cot", "plain")
+    assert len({prompt_hash("cot", "plain", k) for k in (0, 2, 8)}) == 3
+    with pytest.raises(ValueError, match="shots"):
+        few_shot_text("cot", question, 9)

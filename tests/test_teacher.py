@@ -103,7 +103,7 @@ def test_vllm_teacher_on_gsm8k_with_every_provenance_column(tmp_path, builtin_mo
         "train_data={name: gsm8k, split: train, limit: 8, seed: 1}",
         "teacher.engine.kind=vllm", f"teacher.engine.model={builtin_model_path}",
         "teacher.engine.max_model_len=4096", "teacher.sampling.n=2", "teacher.sampling.max_tokens=96",
-        "teacher.shard_size=4",
+        "teacher.shard_size=4", "teacher.shots=8",
     ]
     assert main(["teacher", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
     run = run_dir_of(capsys.readouterr().out)

@@ -91,6 +91,34 @@ def test_merged_lora_gives_the_adapters_logits(tiny_model_path, tmp_path):
     assert (folder / "tokenizer.json").is_file() and not (folder / "adapter_config.json").exists()
 
 
+def test_lora_on_the_last_layers_only_trains_those_and_skips_the_rest_of_the_backward(tiny_model_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distill.config import LoraConfig
+    from distill.training.lora import wrap_lora
+
+    model = wrap_lora(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32),
+                      LoraConfig(r=4, alpha=8, last_layers=1))
+    layers = model.config.num_hidden_layers
+    adapted = {int(n.split("layers.")[1].split(".")[0]) for n, p in model.named_parameters() if p.requires_grad}
+    assert adapted == {layers - 1}
+    seen = []  # hidden states that reach a decoder layer with a gradient to compute
+    for i, layer in enumerate(model.base_model.model.model.layers):
+        layer.register_forward_pre_hook(lambda mod, args, i=i: seen.append((i, args[0].requires_grad)))
+    model(input_ids=torch.randint(0, 1000, (1, 8))).logits.sum().backward()
+    assert dict(seen) == {i: False for i in range(layers)}  # frozen below: no backward through them
+    everywhere = wrap_lora(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32),
+                           LoraConfig(r=4, alpha=8))
+    seen.clear()
+    for i, layer in enumerate(everywhere.base_model.model.model.layers):
+        layer.register_forward_pre_hook(lambda mod, args, i=i: seen.append((i, args[0].requires_grad)))
+    everywhere(input_ids=torch.randint(0, 1000, (1, 8)))
+    assert dict(seen)[layers - 1]  # with every layer adapted the gradient flows down through them
+    with pytest.raises(ValueError, match="last_layers"):
+        wrap_lora(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(last_layers=layers + 1))
+
+
 @pytest.mark.slow
 def test_resumed_run_matches_the_uninterrupted_one(tiny_model_path, tmp_path):
     """Killed after step 4 (newest checkpoint: step 3), resumed: steps 4 to 8 as if never stopped.

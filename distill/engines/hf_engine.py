@@ -5,7 +5,7 @@ Prompts are sorted by length and sent `engine.concurrency` at a time (left paddi
 `num_return_sequences = n`; stop strings are matched in the generated text only, as vLLM does. Its answers follow vLLM's conventions so the two compare: text without
 the stop string, special tokens skipped, `completion_tokens` counting the end-of-sequence token,
 `finish_reason` "stop" (end of sequence or stop string) or "length". Sampling is seeded once per
-engine (`torch.manual_seed(engine.seed)`); top-k is off, as in vLLM. Temperature 0 decodes greedily
+engine (`torch.manual_seed(engine.seed)`, again by `reseed(seed)`); top-k is off, as in vLLM. Temperature 0 decodes greedily
 once and repeats the answer n times.
 """
 
@@ -107,6 +107,11 @@ class TransformersEngine:
 
             self._net = PeftModel.from_pretrained(self._base, wanted[0]).eval()
             self._adapter = wanted
+
+    def reseed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
 
     def tokenizer(self) -> Any | None:
         return self._tokenizer

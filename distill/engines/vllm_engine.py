@@ -6,7 +6,9 @@ also returns all of vLLM's memory when the step ends.
 
 Seeding: the engine is seeded once (`LLM(seed=cfg.seed)`); requests carry no seed of their own,
 because vLLM on CPU dies on a per-request seed ("CPU Generator does not use offset"). Samples are
-therefore reproducible for the same engine seed, prompts and request order.
+therefore reproducible for the same engine seed, prompts and request order. An engine built from
+`reseedable(cfg)` also offers `reseed(seed)`, which reseeds the sampler in vLLM's worker between
+batches (replicated generation reseeds it before each shard).
 
 LoRA: start with `enable_lora: true` (and `vllm_args: {max_lora_rank: R}` when the adapter's rank
 exceeds vLLM's default of 16); `lora_path` then names a PEFT adapter folder. An adapter rewritten
@@ -16,6 +18,7 @@ in place (same folder, new weights) gets a new adapter id, so vLLM never serves 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +52,47 @@ def llm_kwargs(cfg: EngineConfig, model_path: str) -> dict[str, Any]:
     return {**named, **cfg.vllm_args}
 
 
+RESEED_EXTENSION = "distill.engines.vllm_engine.ReseedExtension"
+
+
+class ReseedExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`): the sampler's random state lives in the
+    worker process, which `collective_rpc` reaches by method name."""
+
+    def siked_reseed(self, seed: int) -> None:
+        from vllm.utils.torch_utils import set_random_seed
+
+        set_random_seed(seed)
+
+
+def reseedable(cfg: EngineConfig) -> EngineConfig:
+    """`cfg` with the worker extension that `VllmEngine.reseed` needs."""
+    given = cfg.vllm_args.get("worker_extension_cls")
+    if given not in (None, RESEED_EXTENSION):
+        raise EngineError(f"engine.vllm_args.worker_extension_cls={given!r} leaves no room for "
+                          f"{RESEED_EXTENSION}, which replicated generation needs")
+    return cfg.model_copy(update={"vllm_args": {**cfg.vllm_args, "worker_extension_cls": RESEED_EXTENSION}})
+
+
+def bind_all_cpus(cfg: EngineConfig) -> None:
+    """vLLM-CPU: run the model on every CPU this process may use, unless the user chose a binding.
+
+    By default vLLM-CPU keeps one core per rank for its scheduler process and binds its compute
+    threads to the rest: on a 2-core machine that is one compute thread. Binding both cores makes
+    generation about 1.7x faster there (the scheduler mostly waits for the model), measured with
+    the embedded model (BENCHMARKS.md). A `VLLM_CPU_OMP_THREADS_BIND` already in the environment
+    wins; tensor parallelism on CPUs needs one list per rank, so it is left alone too.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or cfg.tensor_parallel_size != 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -56,6 +100,7 @@ class VllmEngine:
         import vllm
 
         kwargs = llm_kwargs(cfg, model_path)
+        bind_all_cpus(cfg)
         self.version = vllm.__version__
         self.model = model_path
         self.seed = cfg.seed
@@ -108,6 +153,12 @@ class VllmEngine:
                 engine.abort_request(sorted(pending), internal=True)
         if pending:
             raise EngineError(f"vLLM stopped with {len(pending)} of {len(requests)} requests unanswered")
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the sampler; the engine must have been built from `reseedable(cfg)`."""
+        if self._llm.llm_engine.vllm_config.parallel_config.worker_extension_cls != RESEED_EXTENSION:
+            raise EngineError("reseed() needs an engine built from reseedable(cfg)")
+        self._llm.collective_rpc("siked_reseed", args=(seed,))
 
     def _params(self, sampling: SamplingConfig):
         from vllm import SamplingParams

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def wrap_lora(model: Any, lora: LoraConfig) -> Any:
-    """Add a LoRA adapter (rank r, alpha, dropout, target modules) to a causal LM; freeze the rest.
+    """Add a LoRA adapter (rank r, alpha, dropout, target modules, optionally only in the last
+    layers) to a causal LM; freeze the rest.
 
     Target modules that the model does not have fail here, naming the ones it has, instead of
     inside peft with a less helpful message.
@@ -35,8 +36,19 @@ def wrap_lora(model: Any, lora: LoraConfig) -> Any:
         raise ValueError(f"train.lora.target_modules {missing} are not modules of this model; "
                          f"its linear layers: {', '.join(linear)}")
     config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+                            target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                            layers_to_transform=_last_layers(model, lora.last_layers))
     return get_peft_model(model, config)
+
+
+def _last_layers(model: Any, count: int | None) -> list[int] | None:
+    """Indices of the last `count` decoder layers (None: every layer)."""
+    if count is None:
+        return None
+    total = model.config.num_hidden_layers
+    if count > total:
+        raise ValueError(f"train.lora.last_layers is {count} but the model has {total} layers")
+    return list(range(total - count, total))
 
 
 def is_peft(model: Any) -> bool:
