@@ -14,10 +14,11 @@ of each engine. Engine start is reported apart. Output tokens are the engines' o
 totals differ a little between engines. transformers gets every prompt in one left-padded batch
 (its best case for throughput).
 
-Threads: vLLM-CPU binds one compute thread per core and keeps one core for its engine process, so
-transformers gets the same number of torch threads (`--threads`, default: cores - 1). On a shared
-machine that also keeps torch out of the oversubscribed-OpenMP trap (2 threads on 2 busy cores ran
-16x slower than 1 thread here).
+Threads: the project's vLLM engine binds its compute threads to every CPU the process may use
+(`bind_all_cpus`), so transformers gets as many torch threads (`--threads`, default: all cores).
+Both engines live in the same child and run one after the other, never at once. On a shared machine
+pass `--threads 1` (and VLLM_CPU_OMP_THREADS_BIND=0) to keep both out of the oversubscribed-OpenMP
+trap (2 threads on 2 busy cores ran 16x slower than 1 thread here).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed generate calls per engine")
     parser.add_argument("--dtype", default="bfloat16", help="vLLM's dtype")
     parser.add_argument("--hf-dtype", default="float32", help="transformers' dtype (bfloat16 is slow without AVX512-BF16)")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads of transformers (default: the compute threads of vLLM-CPU)")
     parser.add_argument("--compile", action="store_true", help="vLLM compiled (enforce_eager: false)")
     parser.add_argument("--json", action="store_true")

@@ -10,7 +10,7 @@ soon as its questions are done, then finalizes the folder. Timed: `run_generatio
 from queueing the first request to the last shard written; engine start, rendering and finalize are
 reported apart.
 
-Raw: `vllm.LLM(...)` with the engine arguments `VllmEngine` passes (the same `EngineConfig`), the
+Raw: `vllm.LLM(...)` with the engine arguments and CPU thread binding `VllmEngine` uses (the same `EngineConfig`), the
 same prompts (rendered by the step's own `_teacher_prompts` with vLLM's tokenizer), the same
 `SamplingParams` (the step's stop strings included) and one `llm.generate` over all prompts, without
 a progress bar. Timed: that call alone.
@@ -82,9 +82,10 @@ def raw_side(cfg, sampling, model_path: str, problems: list[dict], strategies: t
     """Plain `vllm.LLM.generate` over the step's prompts (runs in a child)."""
     import vllm
 
-    from distill.engines.vllm_engine import llm_kwargs
+    from distill.engines.vllm_engine import bind_all_cpus, llm_kwargs
     from tasks.generate import _stop_strings, _teacher_prompts
 
+    bind_all_cpus(cfg)  # the same thread binding as VllmEngine
     started = time.perf_counter()
     llm = vllm.LLM(**llm_kwargs(cfg, model_path))  # what VllmEngine passes for the same config
     start_s = time.perf_counter() - started
