@@ -34,6 +34,9 @@ def _check_engine(engine: EngineConfig, where: str) -> None:
         raise ConfigError(f"{where}.base_url: the openai engine needs the endpoint URL")
     if engine.kind == "file" and not engine.files:
         raise ConfigError(f"{where}.files: the file engine needs rationale files")
+    if engine.replicas > 1 and engine.kind in ("openai", "file"):
+        raise ConfigError(f"{where}.replicas: engine replicas are for local engines (vllm, transformers); "
+                          f"the {engine.kind} engine runs as one")
     if engine.kind not in ("openai", "file"):
         _check_model(engine.model, f"{where}.model")
 

@@ -117,3 +117,16 @@ def test_tensorboard_option_without_the_package_fails_before_training(monkeypatc
         run_train_cli(str(config), [f"runs_root={tmp_path / 'runs'}", "train.tensorboard=true",
                                     f"train_set={tmp_path / 'missing.parquet'}"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_replicas_of_a_remote_or_file_engine_are_refused_up_front(tmp_path):
+    from distill.config import ConfigError
+    from flows.config_files import read_config
+    from flows.preflight import preflight
+
+    config = REPO / "configs" / "quickstart.yaml"
+    cfg = read_config(config, ["teacher.engine.kind=openai", "teacher.engine.base_url=http://127.0.0.1:9/v1",
+                               "teacher.engine.replicas=2"])
+    with pytest.raises(ConfigError, match=r"teacher\.engine\.replicas"):
+        preflight(cfg)
+    preflight(read_config(config, ["teacher.engine.replicas=2"]))  # vllm replicas are fine
