@@ -259,7 +259,10 @@ def test_vllm_cpu_threads_are_bound_to_every_allowed_cpu_unless_the_user_chose(m
     from distill.config import EngineConfig
     from distill.engines.vllm_engine import bind_all_cpus
 
-    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    # setenv first so that monkeypatch restores the variable's absence: bind_all_cpus writes
+    # os.environ itself, and a binding leaked to later tests breaks every vLLM engine they start.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "unset")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
     import torch
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 1})
