@@ -82,6 +82,11 @@ def bind_all_cpus(cfg: EngineConfig) -> None:
     generation about 1.7x faster there (the scheduler mostly waits for the model), measured with
     the embedded model (BENCHMARKS.md). A `VLLM_CPU_OMP_THREADS_BIND` already in the environment
     wins; tensor parallelism on CPUs needs one list per rank, so it is left alone too.
+
+    Reproducibility: with several compute threads, sampled (temperature > 0) tokens of vLLM-CPU were
+    seen to differ between two generations after reseeding with the same seed (greedy output did
+    not); with one thread they repeat. Set VLLM_CPU_OMP_THREADS_BIND to a single core where
+    bit-reproducible sampling matters more than speed.
     """
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or cfg.tensor_parallel_size != 1:
         return
