@@ -173,7 +173,6 @@ def run_generation(engine, shards: list[list[PromptSpec]], sampling: SamplingCon
     return stats
 
 
-
 def shard_seed(seed: int, index: int) -> int:
     """The sampling seed of shard `index` under the configured `seed` (31 bits, as engines take)."""
     digest = hashlib.sha256(f"siked-shard:{seed}:{index}".encode()).digest()

@@ -230,7 +230,11 @@ def write_json(url: str, obj: Any) -> None:
 
 def read_json(url: str) -> Any:
     """Parse a JSON file; ArtifactMissing when absent, ArtifactCorrupt when not valid JSON."""
-    data = read_bytes(url)
+    return parse_json(read_bytes(url), url)
+
+
+def parse_json(data: bytes, url: str) -> Any:
+    """Parse the bytes read from `url`; ArtifactCorrupt when they are not valid JSON."""
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

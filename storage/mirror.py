@@ -137,8 +137,9 @@ def _download(url: str, local: str) -> None:
     parent, name = os.path.split(local.rstrip("/"))
     for stale in Path(parent).glob(f".{name}.tmp-*"):  # left by a killed download
         shutil.rmtree(stale, ignore_errors=True)
+    # One read: the files fetched, checked and the manifest written are of the same version.
     manifest_bytes = fs.read_bytes(dir_manifest_url(url))
-    manifest = fs.read_json(dir_manifest_url(url))
+    manifest = fs.parse_json(manifest_bytes, dir_manifest_url(url))
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         filesystem, root = fs.resolve(url)
