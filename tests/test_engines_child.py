@@ -66,8 +66,11 @@ def _alive(pid: int) -> bool:
 
 def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
     pids = tmp_path / "pids"
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT; the parent installs the handler a terminal would give it.
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {str(REPO_ROOT)!r})
         from distill.engines.child import run_in_child
         from tests.test_engines_child import sleep_with_a_worker
@@ -78,8 +81,14 @@ def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
         time.sleep(0.2)
     assert pids.exists(), "the child never started"
     child, worker = (int(x) for x in pids.read_text().split())
-    parent.send_signal(signal.SIGINT)
-    parent.wait(timeout=180)  # a loaded machine is slow to unwind; the grace period is 10 s
+    try:
+        parent.send_signal(signal.SIGINT)
+        parent.wait(timeout=180)  # a loaded machine is slow to unwind; the grace period is 10 s
+    except BaseException:
+        for pid in (parent.pid, child, worker):  # nothing outlives a failed test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        raise
     assert b"KeyboardInterrupt" in parent.stderr.read()
     deadline = time.monotonic() + 30
     while (_alive(child) or _alive(worker)) and time.monotonic() < deadline:
