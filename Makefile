@@ -29,7 +29,7 @@ quickstart: model
 	$(BIN)/siked run configs/quickstart.yaml
 
 test: model
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
