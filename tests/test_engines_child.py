@@ -96,6 +96,33 @@ def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
     assert not _alive(child) and not _alive(worker)
 
 
+def test_killing_the_parent_outright_ends_the_child_and_its_processes(tmp_path):
+    """SIGKILL leaves the parent no chance to clean up: the child learns of it by its parent-death
+    signal and must take its own processes (vLLM's engine and workers) down with it."""
+    pids = tmp_path / "pids"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from distill.engines.child import run_in_child
+        from tests.test_engines_child import sleep_with_a_worker
+        run_in_child(sleep_with_a_worker, {str(pids)!r})
+    """)])
+    deadline = time.monotonic() + 120
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pids.exists(), "the child never started"
+    child, worker = (int(x) for x in pids.read_text().split())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while (_alive(child) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in (child, worker) if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors
+
+
 def sleep_with_a_worker(pids_file: str) -> None:
     """Start a process of our own (as vLLM starts its engine), report both pids, then wait."""
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

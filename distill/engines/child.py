@@ -9,7 +9,8 @@ inherited but the environment), leads a process group of its own, and returns `f
 pickle. An exception in the child is raised again in the parent with the same type (when it can be
 pickled), chained to the child's traceback. If the parent is interrupted (Ctrl-C, SIGTERM turned
 into an exception, an error), the whole group, vLLM's engine and workers included, is terminated,
-then killed; on Linux the child also dies with its parent if the parent is killed outright.
+then killed; on Linux the group also ends if the parent is killed outright (the child gets a
+parent-death SIGTERM and passes it to its group).
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def _child_main(sender, fn: Callable[..., Any], args: tuple, kwargs: dict) -> No
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGTERM when the parent dies, even by SIGKILL (a no-op elsewhere)."""
+    """Linux: SIGTERM when the parent dies, even by SIGKILL (a no-op elsewhere); a SIGTERM ends the
+    whole group, so vLLM's engine and workers, which would outlive a child that merely exits, go too."""
+    signal.signal(signal.SIGTERM, _terminate_group)
     try:
         import ctypes
 
@@ -111,6 +114,13 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _terminate_group(signum, frame) -> None:
+    """SIGTERM to every process of our group, this one included (with the default action restored, so
+    it ends here). The others get their own shutdown; the parent, if alive, SIGKILLs any straggler."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.killpg(0, signal.SIGTERM)
 
 
 def _end_group(child) -> None:
