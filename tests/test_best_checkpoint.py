@@ -1,0 +1,34 @@
+"""Which validation step becomes the student: accuracy first, then the supervised loss (MI noise aside).
+
+    pytest tests/test_best_checkpoint.py
+"""
+
+from distill.training.loop import _better, fit_loss
+
+
+def val(accuracy, label, rationale, mi):
+    return {"accuracy": accuracy, "loss_label": label, "loss_rationale": rationale, "loss_mi": mi,
+            "loss": 0.5 * label + 0.5 * rationale + 0.1 * mi}
+
+
+def test_fit_loss_is_the_weighted_supervised_terms():
+    assert fit_loss(val(0.0, 2.0, 1.0, 25.0), alpha=0.2) == 0.2 * 2.0 + 0.8 * 1.0
+
+
+def test_equal_accuracy_the_better_fit_wins_whatever_the_mi_term_says():
+    first = val(0.0, 1.6, 1.10, 21.0)
+    later = val(0.0, 1.6, 0.90, 24.0)  # fits better; its total loss is higher through the MI term alone
+    assert later["loss"] > first["loss"]
+    best = {"step": 2, "accuracy": 0.0, "loss": first["loss"], "fit_loss": fit_loss(first, 0.5)}
+    assert _better(later["accuracy"], fit_loss(later, 0.5), best)
+    assert not _better(first["accuracy"], fit_loss(first, 0.5) + 0.01, best)
+
+
+def test_higher_accuracy_wins_over_any_loss():
+    best = {"step": 2, "accuracy": 0.5, "loss": 1.0, "fit_loss": 0.1}
+    assert _better(0.75, 9.0, best) and not _better(0.25, 0.0, best)
+    assert _better(0.0, 1.0, None)
+
+
+def test_a_best_recorded_before_fit_loss_existed_compares_with_its_loss():
+    assert _better(0.0, 0.9, {"step": 4, "accuracy": 0.0, "loss": 1.0})
