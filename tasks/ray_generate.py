@@ -28,9 +28,10 @@ starts, and a replica checks its shard's manifest before generating it (a lost r
 written it just before it died). A replica that fails while starting (bad model path, engine error)
 or a Python error while generating fails the step at once: those would fail again.
 
-A test hook: with `SIKED_TEST_REPLICA_EXIT=<replica>:<count>` in the environment, replica number
-`<replica>` ends its process (os._exit) after generating, and before writing, its shard number
-`<count> + 1`: a replica lost mid-shard.
+A test hook: with `SIKED_TEST_REPLICA_EXIT=<shard>:<marker file>` in the environment, the replica
+that generates shard `<shard>` ends its process (os._exit) after generating and before writing it,
+once: it first creates the marker file (holding its replica number), and a replica that finds the
+marker there carries on. A replica lost mid-shard, whichever replica the timing gave that shard.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class ShardWriter:
         prepared = self.prepared
         rows, stats = generate_shard(self.engine, prepared.shards[index], index, prepared.sampling,
                                      prepared.provenance, lora_path=self.job.lora_path, tag_of=prepared.tag_of)
-        self._exit_hook()
+        self._exit_hook(index)
         self.out.write_shard(index, rows)
         self.shards_written += 1
         return {"shard": index, "replica": self.replica_id, "skipped": False, **stats}
@@ -104,13 +105,20 @@ class ShardWriter:
     def _complete(self, index: int) -> bool:
         return file_problem(self.out.shard_url(index), kind="samples", config_hash=self.job.key) is None
 
-    def _exit_hook(self) -> None:
+    def _exit_hook(self, index: int) -> None:
         wanted = os.environ.get(EXIT_HOOK_ENV)
         if not wanted:
             return
-        replica, count = (int(part) for part in wanted.split(":"))
-        if replica == self.replica_id and self.shards_written == count:
-            os._exit(3)
+        shard, marker = wanted.split(":", 1)
+        if int(shard) != index:
+            return
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(self.replica_id).encode())
+        os.close(fd)
+        os._exit(3)
 
     def close(self) -> None:
         self.engine.close()

@@ -5,10 +5,14 @@ entry point or, better, in a child process of its own (`distill.engines.child.ru
 also returns all of vLLM's memory when the step ends.
 
 Seeding: the engine is seeded once (`LLM(seed=cfg.seed)`); requests carry no seed of their own,
-because vLLM on CPU dies on a per-request seed ("CPU Generator does not use offset"). Samples are
-therefore reproducible for the same engine seed, prompts and request order. An engine built from
-`reseedable(cfg)` also offers `reseed(seed)`, which reseeds the sampler in vLLM's worker between
-batches (replicated generation reseeds it before each shard).
+because vLLM on CPU dies on a per-request seed ("CPU Generator does not use offset"). The random
+numbers a request gets then depend on the batches it was sampled in: with vLLM's engine core in a
+process of its own (the default), requests reach it while it is already stepping, so under load
+the batches, and the samples, can differ between two runs with the same seed. An engine built from
+`reseedable(cfg)` offers `reseed(seed)`, which reseeds the sampler in vLLM's worker between
+batches (replicated generation reseeds it before each shard), and runs the engine core in-process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, unless set): every request of a call is queued before the
+first step, so a reseeded call repeats its samples.
 
 LoRA: start with `enable_lora: true` (and `vllm_args: {max_lora_rank: R}` when the adapter's rank
 exceeds vLLM's default of 16); `lora_path` then names a PEFT adapter folder. An adapter rewritten
@@ -106,6 +110,9 @@ class VllmEngine:
 
         kwargs = llm_kwargs(cfg, model_path)
         bind_all_cpus(cfg)
+        if kwargs.get("worker_extension_cls") == RESEED_EXTENSION:
+            # Reseeding only repeats samples if the batches repeat (module docstring).
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.version = vllm.__version__
         self.model = model_path
         self.seed = cfg.seed
