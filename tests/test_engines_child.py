@@ -64,7 +64,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
+def _parent_running_a_child(tmp_path, **popen) -> tuple[subprocess.Popen, int, int]:
+    """A parent process whose `run_in_child` child started a worker of its own: (parent, child pid,
+    worker pid), once the child has reported both."""
     pids = tmp_path / "pids"
     # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
     # ignored SIGINT; the parent installs the handler a terminal would give it.
@@ -75,12 +77,25 @@ def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
         from distill.engines.child import run_in_child
         from tests.test_engines_child import sleep_with_a_worker
         run_in_child(sleep_with_a_worker, {str(pids)!r})
-    """)], stderr=subprocess.PIPE)
+    """)], **popen)
     deadline = time.monotonic() + 120
     while not pids.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert pids.exists(), "the child never started"
     child, worker = (int(x) for x in pids.read_text().split())
+    return parent, child, worker
+
+
+def _wait_until_gone(pids: tuple[int, ...], seconds: float = 30) -> list[int]:
+    """The pids still alive after waiting up to `seconds` for all of them to end."""
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
+    parent, child, worker = _parent_running_a_child(tmp_path, stderr=subprocess.PIPE)
     try:
         parent.send_signal(signal.SIGINT)
         parent.wait(timeout=180)  # a loaded machine is slow to unwind; the grace period is 10 s
@@ -90,34 +105,16 @@ def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         raise
     assert b"KeyboardInterrupt" in parent.stderr.read()
-    deadline = time.monotonic() + 30
-    while (_alive(child) or _alive(worker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(child) and not _alive(worker)
+    assert not _wait_until_gone((child, worker))
 
 
 def test_killing_the_parent_outright_ends_the_child_and_its_processes(tmp_path):
     """SIGKILL leaves the parent no chance to clean up: the child learns of it by its parent-death
     signal and must take its own processes (vLLM's engine and workers) down with it."""
-    pids = tmp_path / "pids"
-    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO_ROOT)!r})
-        from distill.engines.child import run_in_child
-        from tests.test_engines_child import sleep_with_a_worker
-        run_in_child(sleep_with_a_worker, {str(pids)!r})
-    """)])
-    deadline = time.monotonic() + 120
-    while not pids.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert pids.exists(), "the child never started"
-    child, worker = (int(x) for x in pids.read_text().split())
+    parent, child, worker = _parent_running_a_child(tmp_path)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 30
-    while (_alive(child) or _alive(worker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    survivors = [pid for pid in (child, worker) if _alive(pid)]
+    survivors = _wait_until_gone((child, worker))
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors
