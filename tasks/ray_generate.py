@@ -86,7 +86,6 @@ class ShardWriter:
             engine = make_replica_engine(job.engine, model_path_of(job))
         self.engine = engine
         self.prepared = prepare_job(job, engine)
-        self.shards_written = 0
 
     def generate(self, index: int) -> dict:
         """Generate and write shard `index` (unless it is complete already); what was done."""
@@ -99,7 +98,6 @@ class ShardWriter:
                                      prepared.provenance, lora_path=self.job.lora_path, tag_of=prepared.tag_of)
         self._exit_hook(index)
         self.out.write_shard(index, rows)
-        self.shards_written += 1
         return {"shard": index, "replica": self.replica_id, "skipped": False, **stats}
 
     def _complete(self, index: int) -> bool:

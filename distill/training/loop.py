@@ -18,8 +18,8 @@ float32 on CPU. The data order of epoch e is a permutation drawn from `seed + e`
 the data is a function of the step alone and a resumed run continues the same trajectory.
 
 The best checkpoint is chosen on the held-out validation questions (label-mode answer accuracy,
-ties broken by the supervised validation loss, `fit_loss`), never on a test set. With `val_fraction: 0` there is no validation
-and the last step is the student.
+ties broken by the supervised validation loss, `fit_loss`), never on a test set. With
+`val_fraction: 0` there is no validation and the last step is the student.
 
 Distributed: started by `torchrun` (RANK / WORLD_SIZE in the environment), DDP or FSDP2
 (`fully_shard`) over NCCL on GPUs, gloo on CPUs; see `student.py` and `launch.py`. Logged losses are
