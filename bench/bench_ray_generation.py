@@ -3,7 +3,7 @@
     python bench/bench_ray_generation.py                          # 16 arith questions, 2 replicas
     python bench/bench_ray_generation.py --questions 64 --shard-size 8 --max-tokens 128 --json
 
-Both sides are the generation step's own child-process bodies (`tasks/generate.py`): the baseline
+Both sides are the generation step's own child-process bodies (`tasks/jobs/generate.py`): the baseline
 is `generate_into` (`engine.replicas: 1`, one vLLM engine, every prompt in one continuous batch),
 the other `ray_generate_into` (`engine.replicas: N`, a local Ray instance, one vLLM engine per
 replica, whole shards handed out one at a time, each in a batch of its own). The questions are
@@ -14,7 +14,7 @@ Two figures per side: end to end (output tokens over the whole step's wall time:
 starts, Ray's start, generation, writing) and generating (output tokens over the time the engines
 spent in generation; for replicas the busiest replica's time, as they run side by side). The ratio
 is replicas over baseline. On a CPU-only machine each replica gets its share of the cores (see
-`tasks.ray_generate.local_cpu_layout`), so the ratio measures how well the cores are split, not a
+`tasks.jobs.ray_executor.local_cpu_layout`), so the ratio measures how well the cores are split, not a
 gain in hardware; on a GPU machine each replica gets its own GPU.
 """
 
@@ -44,7 +44,7 @@ def write_problems(folder: Path, count: int) -> str:
 
 def make_job(problems_url: str, folder: Path, name: str, args, replicas: int):
     from distill.config import EngineConfig, SamplingConfig
-    from tasks.generate import GenerationJob
+    from tasks.jobs.generate import GenerationJob
 
     engine = EngineConfig(kind="vllm", model=args.model, dtype=args.dtype, max_model_len=4096, replicas=replicas)
     sampling = SamplingConfig(n=args.n, temperature=0.0, max_tokens=args.max_tokens, stop=[])
@@ -80,8 +80,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from tasks.generate import generate_into
-    from tasks.ray_generate import ray_generate_into
+    from tasks.jobs.generate import generate_into
+    from tasks.jobs.ray_executor import ray_generate_into
 
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # vLLM and Ray log to stdout: keep the report apart

@@ -3,7 +3,7 @@
     python bench/bench_teacher.py                  # 8 arith questions x 3 strategies x n=2, 128 tokens
     python bench/bench_teacher.py --repeats 3 --json teacher.engine.dtype=bfloat16
 
-Project: the generation step's child-process body itself (`tasks.generate.generate_into`): it reads
+Project: the generation step's child-process body itself (`tasks.jobs.generate.generate_into`): it reads
 the problems artifact, starts the `vllm` engine, renders the few-shot prompts, streams completions
 through `run_generation` and writes each Parquet shard (rows, sha256, manifest) through storage as
 soon as its questions are done, then finalizes the folder. Timed: `run_generation`'s own window,
@@ -11,7 +11,7 @@ from queueing the first request to the last shard written; engine start, renderi
 reported apart.
 
 Raw: `vllm.LLM(...)` with the engine arguments and CPU thread binding `VllmEngine` uses (the same `EngineConfig`), the
-same prompts (rendered by the step's own `_teacher_prompts` with vLLM's tokenizer), the same
+same prompts (rendered by the step's own `distill.prompts.teacher_prompts` with vLLM's tokenizer), the same
 `SamplingParams` (the step's stop strings included) and one `llm.generate` over all prompts, without
 a progress bar. Timed: that call alone.
 
@@ -83,15 +83,15 @@ def raw_side(cfg, sampling, model_path: str, problems: list[dict], strategies: t
     import vllm
 
     from distill.engines.vllm_engine import bind_all_cpus, llm_kwargs
-    from tasks.generate import _stop_strings, _teacher_prompts
+    from distill.prompts import stop_strings, teacher_prompts
 
     bind_all_cpus(cfg)  # the same thread binding as VllmEngine
     started = time.perf_counter()
     llm = vllm.LLM(**llm_kwargs(cfg, model_path))  # what VllmEngine passes for the same config
     start_s = time.perf_counter() - started
-    prompts = [spec.prompt for spec in _teacher_prompts(problems, strategies, llm.get_tokenizer(),
+    prompts = [spec.prompt for spec in teacher_prompts(problems, strategies, llm.get_tokenizer(),
                                                          cfg.chat_template, shots)]
-    stopped = _stop_strings(sampling, teacher=True)
+    stopped = stop_strings(sampling, teacher=True)
     params = vllm.SamplingParams(n=stopped.n, temperature=stopped.temperature, top_p=stopped.top_p,
                                  max_tokens=stopped.max_tokens, stop=list(stopped.stop) or None)
     cpu, started = tree_cpu_s(), time.perf_counter()
@@ -107,7 +107,7 @@ def project_side(job) -> dict:
     """The step's `generate_into`, with its finalize timed apart (runs in a child)."""
     import distill.generation
     from storage.shards import ShardedArtifact
-    from tasks.generate import generate_into
+    from tasks.jobs.generate import generate_into
 
     finalize, generation = ShardedArtifact.finalize, distill.generation.run_generation
     timed = {"finalize_s": 0.0}
@@ -172,7 +172,7 @@ def main() -> None:
     from flows.config_files import read_config
     from storage.artifacts import write_artifact
     from storage.paths import models_dir
-    from tasks.generate import GenerationJob
+    from tasks.jobs.generate import GenerationJob
 
     # The config's teacher engine (the quickstart's: embedded SmolLM2, seeded); both sides get it.
     teacher = read_config(args.config, args.overrides).teacher

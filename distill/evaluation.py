@@ -19,8 +19,13 @@ from typing import Any
 from distill.answers import answers_match
 from distill.config import SamplingConfig
 from distill.engines.base import GenerationRequest
-from distill.student_format import (label_prompt, parse_label_output, parse_student_output, rationale_prompt,
-                                    student_prompt_hash)
+from distill.student_format import (
+    label_prompt,
+    parse_label_output,
+    parse_student_output,
+    rationale_prompt,
+    student_prompt_hash,
+)
 from distill.verify import PARSER_VERSION, verify_samples
 
 MODES = ("rationale", "label")

@@ -182,3 +182,11 @@ def verify_samples(samples: Iterable[Mapping[str, Any]], gold: Mapping[str, floa
                    parser_version=PARSER_VERSION, exec_seconds=seconds)
         out.append(row)
     return out
+
+
+def sandbox_limits(cfg):
+    """The sandbox limits a VerifyConfig asks for (PoT programs in verification and evaluation)."""
+    from distill.sandbox import SandboxLimits
+
+    return SandboxLimits(timeout_s=cfg.timeout_s, cpu_seconds=cfg.cpu_seconds, memory_mb=cfg.memory_mb,
+                         max_output_kb=cfg.max_output_kb)

@@ -8,7 +8,10 @@
     siked train CONFIG [k=v ...]     # student training
     siked run CONFIG [k=v ...]       # the whole pipeline (teacher, iterations, evaluation, report)
     siked resume RUN                 # continue a failed or killed run from its artifacts
-    siked status RUN [--json]        # done / missing / failed for every step of a run
+    siked status RUN [--json]        # done / running / failed / missing for every step of a run
+    siked plan CONFIG [k=v] [--json] # every step: reuse (whose output) or run, and what runs amount to
+    siked verify RUN                 # re-hash every output a run uses; name altered or missing files
+    siked gc [--dry-run]             # delete step outputs no run refers to
     siked eval MODEL [k=v ...]       # evaluate any checkpoint or model
     siked serve CONFIG [k=v ...] --cron "0 3 * * *"   # serve on a schedule (needs a Prefect server)
     siked report RUN                 # Markdown report + plots of a run folder (path or URL)
@@ -117,6 +120,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_cli(args.run, args.json)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from flows.plan import plan_cli
+
+    return plan_cli(args.config, args.overrides, args.json)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from flows.store_cli import verify_cli
+
+    return verify_cli(args.run)
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from flows.store_cli import gc_cli
+
+    return gc_cli(args.runs_root, args.dry_run)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from flows.run_cli import eval_cli
 
@@ -165,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
 
+    plan = sub.add_parser("plan", help="what `siked run` would do: every step, reuse or run")
+    plan.add_argument("config")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+    plan.add_argument("--json", action="store_true", help="a JSON list of {step, iteration, kind, action, ...}")
+    plan.set_defaults(func=_cmd_plan)
+
+    check = sub.add_parser("verify", help="re-hash every output a run uses against its manifest")
+    check.add_argument("run", help="the run folder (path or URL)")
+    check.set_defaults(func=_cmd_verify)
+
+    gc = sub.add_parser("gc", help="delete step outputs that no run refers to")
+    gc.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
+    gc.add_argument("--runs-root", default=None, help="default: $SIKED_HOME/runs")
+    gc.set_defaults(func=_cmd_gc)
+
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint folder or model on the configured benchmarks")
     evaluate.add_argument("model", help="checkpoint folder, builtin:NAME or Hub id")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
@@ -206,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     args = build_parser().parse_args(argv)
+    if argv is None:  # the `siked` program itself, not a caller inside another Python program
+        _exit_cleanly_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -221,6 +259,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("siked: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C: child processes are
+    ended and Prefect's temporary API server is shut down instead of being left orphaned."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

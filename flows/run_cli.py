@@ -12,8 +12,9 @@ from distill.config import ConfigError, RunConfig, load_config
 from flows.config_files import read_config
 from flows.preflight import preflight
 from flows.run_setup import run_layout
-from storage.fs import exists, read_bytes
+from storage.fs import ArtifactMissing, exists, read_bytes
 from storage.paths import RunLayout, layout_for_run_dir
+from storage.step_store import OldRunFolder, read_index
 
 
 def _say(text: str) -> None:
@@ -49,6 +50,12 @@ def load_run(run: str) -> tuple[RunConfig, RunLayout]:
     if run_layout(cfg).run_id != layout.run_id:
         raise ConfigError(f"{layout.config} does not belong to {layout.run_id} "
                           f"(its config maps to {run_layout(cfg).run_id}); was it edited?")
+    try:
+        read_index(layout)
+    except OldRunFolder as exc:
+        raise ConfigError(str(exc)) from None
+    except ArtifactMissing:
+        pass  # killed before its first step: resuming starts it
     return cfg, layout
 
 
@@ -76,13 +83,25 @@ def eval_cli(model: str, overrides: list[str], config_path: str | None) -> int:
     if not cfg.eval.benchmarks:
         raise ConfigError("eval.benchmarks is empty: name at least one, e.g. "
                           "'eval.benchmarks=[{name: arith, split: test}]'")
+    model_hash = None
     if Path(model).expanduser().is_dir():
         model = str(Path(model).expanduser().resolve())
+        model_hash = _folder_hash(model)
     cfg = cfg.model_copy(update={"name": "eval"})
     cfg.train = cfg.train.model_copy(update={"model": model})
     preflight(cfg)
-    scores, folder = eval_only_flow(cfg, model)
+    scores, folder = eval_only_flow(cfg, model, model_hash)
     for s in scores:
         print(f"{s['benchmark']:<16} {s['mode']:<9} accuracy {s['accuracy']:.4f}  (n={s['n']})", file=sys.stderr)
     print(folder)
     return 0
+
+
+def _folder_hash(folder: str) -> str | None:
+    """The content hash of a marked model folder (a student), None for an unmarked one."""
+    from storage.folders import folder_manifest
+
+    try:
+        return folder_manifest(folder)["content_hash"]
+    except ArtifactMissing:
+        return None

@@ -1,10 +1,16 @@
-"""Where a run lives and what it records before any work: its id, folder and resolved config."""
+"""Where a run lives and what it records before any work: its id, folder, resolved config and the
+index of the steps it uses (storage.step_store)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from distill.config import RunConfig, section_hash, to_yaml
 from storage.fs import exists, write_bytes
 from storage.paths import RunLayout, default_runs_root
+from storage.step_store import write_index
+from tasks.jobs.pipeline import Step
+from tasks.steps import submit_step
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -22,3 +28,26 @@ def save_config(layout: RunLayout, cfg: RunConfig) -> None:
     """The resolved config, saved with the run (once: a rerun maps to the same content)."""
     if not exists(layout.config):
         write_bytes(layout.config, to_yaml(cfg).encode("utf-8"))
+
+
+def record_run(layout: RunLayout, cfg: RunConfig, steps: dict[str, Step]) -> None:
+    """config.yaml and steps.json, before any step runs: the index tells `siked gc` which outputs
+    this run uses from the moment it starts, and `siked verify` what to check."""
+    save_config(layout, cfg)
+    write_index(layout, [step.index_entry() for step in steps.values()])
+
+
+@dataclass(frozen=True)
+class Run:
+    """One flow run's steps (tasks.jobs.pipeline) and where its own files go."""
+
+    cfg: RunConfig
+    layout: RunLayout
+    steps: dict[str, Step]
+
+    def submit(self, task, name: str, /, **params):
+        return submit_step(task, self.steps[name], self.layout.run_id, **params)
+
+    def output(self, name: str, role: str) -> str:
+        return self.steps[name].output(role)
+

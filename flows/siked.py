@@ -5,136 +5,110 @@
 Reads like the paper's algorithm: the teacher solves the training problems with every strategy,
 correct solutions train the student (iteration 0); then each iteration the student samples its own
 solutions, the correct ones are mixed with teacher data, and the student is trained again, starting
-from the previous student. Every step writes Parquet through storage and is skipped when its
-manifest says it is done, so rerunning a finished config executes nothing and `siked resume`
-continues a killed run from its artifacts.
+from the previous student. What each step reads and where it writes is described once, in
+tasks.jobs.pipeline; a step whose outputs are complete in the step store (computed by this run or by
+any other run that agrees on what the step reads) is reused, so rerunning a finished config executes
+nothing, a changed config executes only the steps it changes, and `siked resume` continues a killed
+run from its artifacts.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from distill.config import BenchmarkRef, RunConfig
-from distill.mixing import alpha_for_iteration
-from flows.run_setup import run_layout, save_config
+from distill.config import RunConfig
+from flows.run_setup import Run, record_run, run_layout
 from flows.teacher import teacher_steps
 from flows.ui import publish_base, publish_iteration, publish_run_report
 from storage.fs import write_json
-from storage.paths import DataDirMissing, RunLayout, data_dir
+from storage.paths import RunLayout
 from tasks.distill_set import build_distill_set
 from tasks.evaluate import EvalJob, evaluate_model
 from tasks.generate import GenerationJob, generate_samples
 from tasks.gpu import engine_devices, on_gpus, train_devices
+from tasks.jobs.pipeline import eval_only_steps, eval_targets, pipeline_steps, skipped_eval_sets
 from tasks.mix import mix_training_set
 from tasks.problems import freeze_problems
-from tasks.steps import step_key, submit_step
 from tasks.train import TrainJob, train_student_step
 from tasks.verify import verify
 
 
-def eval_problem_sets(cfg: RunConfig, layout: RunLayout) -> list[tuple[str, str]]:
-    """(benchmark label, problems URL) of every evaluation set, frozen once per run."""
-    sets = []
-    for ref in cfg.eval.benchmarks:
-        if ref.skip_if_missing and not _data_available(ref, cfg.data_dir):
-            get_run_logger().warning("skipping %s: no data folder (SIKED_DATA_DIR) and skip_if_missing is set", ref.name)
-            continue
-        label = f"{ref.name}-{ref.split}"
-        url = layout.problems(f"eval-{label}")
-        key = step_key("problems", ref)
-        submit_step(freeze_problems, key, url, "problems", ref=ref, name=f"eval-{label}", output=url, key=key,
-                    data_folder=cfg.data_dir)
-        sets.append((label, url))
-    return sets
+def freeze_eval_sets(run: Run) -> None:
+    """Every evaluation set the config names, frozen once and shared by every stage's evaluation."""
+    for ref in skipped_eval_sets(run.cfg):
+        get_run_logger().warning("skipping %s: no data folder (SIKED_DATA_DIR) and skip_if_missing is set", ref.name)
+    for i, ref in enumerate(run.cfg.eval.benchmarks):
+        name = f"problems/eval-{ref.name}-{ref.split}"
+        if name in run.steps:
+            step = run.steps[name]
+            run.submit(freeze_problems, name, ref=ref, name=name.removeprefix("problems/"),
+                       output=step.output("problems"), key=step.key, data_folder=run.cfg.data_dir)
 
 
-def _data_available(ref: BenchmarkRef, configured: str | None) -> bool:
-    if ref.name == "arith" or ref.source == "hub":
-        return True
-    try:
-        data_dir(configured)
-    except DataDirMissing:
-        return False
-    return True
-
-
-def evaluate(cfg: RunConfig, layout: RunLayout, model: str, label: str, stage: str,
-             eval_sets: list[tuple[str, str]], inputs: list[str]) -> list[dict]:
-    """Summaries of `model` on every evaluation set and mode (`stage`: `base` or `iter-XX`)."""
-    if not eval_sets:
+def evaluate(run: Run, stage: str, model: str) -> list[dict]:
+    """Summaries of `model` on every evaluation set and mode (`stage`: `base`, `iter-XX` or `eval`)."""
+    name = f"{stage}/evaluate"
+    if name not in run.steps:
         return []
-    engine = cfg.siked.engine
-    key = step_key("evaluate", {"engine": engine, "eval": cfg.eval, "verify": cfg.verify},
-                   inputs=[url for _, url in eval_sets] + inputs, model=model)
-    targets = tuple((bench, url, mode, layout.predictions_at(stage, bench, mode))
-                    for bench, url in eval_sets for mode in cfg.eval.modes)
-    job = EvalJob(model=model, engine=engine, verify=cfg.verify, max_tokens=cfg.eval.max_tokens,
-                  label_max_tokens=cfg.eval.label_max_tokens,
-                  targets=targets, key=key, label=label)
+    step, engine = run.steps[name], run.cfg.siked.engine
+    job = EvalJob(model=model, engine=engine, verify=run.cfg.verify, max_tokens=run.cfg.eval.max_tokens,
+                  label_max_tokens=run.cfg.eval.label_max_tokens, targets=eval_targets(step, run.steps),
+                  key=step.key, label=stage)
     with on_gpus(engine_devices(engine)):
-        return submit_step(evaluate_model, key, [t[3] for t in targets], "predictions", job=job)
+        return run.submit(evaluate_model, name, job=job)
 
 
-def train(cfg: RunConfig, layout: RunLayout, iteration: int, train_set_url: str, start_model: str,
-          start_inputs: list[str]) -> dict:
+def train(run: Run, iteration: int, train_set_url: str, start_model: str) -> dict:
     """Train the student of `iteration` on `train_set_url`, starting from `start_model`."""
-    output = layout.student(iteration)
-    key = step_key("train", cfg.train, inputs=[train_set_url] + start_inputs, start=start_model)
-    job = TrainJob(train_set_url=train_set_url, start_model=start_model, cfg=cfg.train, output_dir=output,
-                   checkpoint_dir=layout.checkpoints(iteration), metrics_url=layout.train_metrics(iteration),
-                   key=key, iteration=iteration)
-    with on_gpus(train_devices(cfg.train)):
-        return submit_step(train_student_step, key, output, None, job=job)
+    name = f"iter-{iteration:02d}/train"
+    step = run.steps[name]
+    job = TrainJob(train_set_url=train_set_url, start_model=start_model, cfg=run.cfg.train,
+                   output_dir=step.output("student"), checkpoint_dir=f"{step.folder}/checkpoints",
+                   metrics_url=step.output("metrics"), key=step.key, iteration=iteration)
+    with on_gpus(train_devices(run.cfg.train)):
+        return run.submit(train_student_step, name, job=job)
 
 
-def self_generate(cfg: RunConfig, layout: RunLayout, iteration: int, student: str, problems_url: str,
-                  student_inputs: list[str]) -> dict:
-    output = layout.samples(iteration)
-    sampling = cfg.siked.sampling
-    key = step_key("generate", {"engine": cfg.siked.engine, "sampling": sampling,
-                                "shard_size": cfg.teacher.shard_size},
-                   inputs=[problems_url] + student_inputs, iteration=iteration)
-    job = GenerationJob(problems_url=problems_url, output_url=output, key=key, engine=cfg.siked.engine,
-                        sampling=sampling, model=student, strategies=(), shard_size=cfg.teacher.shard_size,
-                        iteration=iteration, source="student")
+def self_generate(run: Run, iteration: int, student: str) -> dict:
+    name = f"iter-{iteration:02d}/generate"
+    step, cfg = run.steps[name], run.cfg
+    job = GenerationJob(problems_url=run.output("problems/train", "problems"), output_url=step.output("samples"),
+                        key=step.key, engine=cfg.siked.engine, sampling=cfg.siked.sampling, model=student,
+                        strategies=(), shard_size=cfg.teacher.shard_size, iteration=iteration, source="student")
     with on_gpus(engine_devices(cfg.siked.engine)):
-        return submit_step(generate_samples, key, output, "samples", job=job)
+        return run.submit(generate_samples, name, job=job)
 
 
 @flow(name="siked-iteration", flow_run_name="iteration-{iteration:02d}")
-def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, student: dict, problems_url: str,
-                    teacher_set_url: str, eval_sets: list[tuple[str, str]]) -> dict:
+def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, student: dict) -> dict:
     """One SIKeD iteration: self-generate, verify, keep the correct, mix, train, evaluate."""
-    student_inputs = [student["path"]]
-    samples = self_generate(cfg, layout, iteration, student["path"], problems_url, student_inputs)
+    run = Run(cfg, layout, pipeline_steps(cfg, layout))
+    stage = f"iter-{iteration:02d}"
+    problems_url = run.output("problems/train", "problems")
+    samples = self_generate(run, iteration, student["path"])
 
-    verified_url = layout.verified(iteration)
-    key = step_key("verify", cfg.verify, inputs=[samples["path"]])
-    verified = submit_step(verify, key, verified_url, "verified", samples_url=samples["path"],
-                           problems_url=problems_url, output=verified_url, key=key, cfg=cfg.verify,
-                           iteration=iteration)
+    verified_url = run.output(f"{stage}/verify", "verified")
+    verified = run.submit(verify, f"{stage}/verify", samples_url=samples["path"], problems_url=problems_url,
+                          output=verified_url, key=run.steps[f"{stage}/verify"].key, cfg=run.cfg.verify,
+                          iteration=iteration)
 
-    self_set_url = layout.distill_set(iteration)
-    key = step_key("distill_set", {"biased": None}, inputs=[verified_url, problems_url])
-    self_set = submit_step(build_distill_set, key, self_set_url, "train_examples", verified_url=verified_url,
-                           problems_url=problems_url, output=self_set_url, key=key, iteration=iteration)
+    self_set_url = run.output(f"{stage}/distill_set", "distill_set")
+    self_set = run.submit(build_distill_set, f"{stage}/distill_set", verified_url=verified_url,
+                          problems_url=problems_url, output=self_set_url, key=run.steps[f"{stage}/distill_set"].key,
+                          iteration=iteration)
 
-    train_set_url = layout.train_set(iteration)
-    target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
-    key = step_key("mix", {"rule": cfg.siked.mixing, "alpha": target, "seed": cfg.seed},
-                   inputs=[self_set_url, verified_url, teacher_set_url])
-    mixed = submit_step(mix_training_set, key, train_set_url, "train_examples", self_set_url=self_set_url,
-                        verified_url=verified_url, teacher_set_url=teacher_set_url, output=train_set_url, key=key,
-                        iteration=iteration, rule=cfg.siked.mixing, target_alpha=target, seed=cfg.seed)
+    mix_step = run.steps[f"{stage}/mix"]
+    mixed = run.submit(mix_training_set, mix_step.name, self_set_url=self_set_url, verified_url=verified_url,
+                       teacher_set_url=run.output("iter-00/distill_set", "distill_set"),
+                       output=mix_step.output("train_set"), key=mix_step.key, iteration=iteration,
+                       rule=run.cfg.siked.mixing, target_alpha=mix_step.reads["target_alpha"], seed=run.cfg.seed)
 
-    continuing = cfg.train.continue_from_previous
-    start = student["path"] if continuing else cfg.train.model
-    new_student = train(cfg, layout, iteration, train_set_url, start, student_inputs if continuing else [])
-    scores = evaluate(cfg, layout, new_student["path"], f"iter-{iteration:02d}", f"iter-{iteration:02d}",
-                      eval_sets, [new_student["path"]])
+    start = student["path"] if run.cfg.train.continue_from_previous else run.cfg.train.model
+    new_student = train(run, iteration, mixed["path"], start)
+    scores = evaluate(run, stage, new_student["path"])
     record = {"iteration": iteration, "samples": samples, "verified": verified, "self_set": self_set,
               "mix": mixed["mix"], "train_set": mixed, "student": new_student, "eval": scores}
-    publish_iteration(layout, record)
+    publish_iteration(run.layout, record)
     return record
 
 
@@ -142,35 +116,35 @@ def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, student: 
 def siked_flow(cfg: RunConfig) -> dict:
     """Teacher round (iteration 0), then `cfg.siked.iterations` self-guided iterations."""
     layout = run_layout(cfg)
-    save_config(layout, cfg)
-    eval_sets = eval_problem_sets(cfg, layout)
-    base_scores = (evaluate(cfg, layout, cfg.train.model, "base", "base", eval_sets, [])
-                   if cfg.eval.evaluate_base else [])
+    run = Run(cfg, layout, pipeline_steps(cfg, layout))
+    record_run(layout, cfg, run.steps)
+    freeze_eval_sets(run)
+    base_scores = evaluate(run, "base", cfg.train.model)
     if base_scores:
         publish_base(layout, base_scores)
 
-    teacher = teacher_steps(cfg, layout)
-    problems_url, teacher_set_url = teacher["problems"]["path"], teacher["distill_set"]["path"]
-    student = train(cfg, layout, 0, teacher_set_url, cfg.train.model, [])
-    scores = evaluate(cfg, layout, student["path"], "iter-00", "iter-00", eval_sets, [student["path"]])
+    teacher = teacher_steps(run)
+    student = train(run, 0, teacher["distill_set"]["path"], cfg.train.model)
+    scores = evaluate(run, "iter-00", student["path"])
     records = [{"iteration": 0, "teacher": teacher, "student": student, "eval": scores}]
     publish_iteration(layout, records[0])
 
     for iteration in range(1, cfg.siked.iterations + 1):
-        record = siked_iteration(cfg, layout, iteration, student, problems_url, teacher_set_url, eval_sets)
+        record = siked_iteration(cfg, layout, iteration, student)
         student = record["student"]
         records.append(record)
 
-    report = publish_run_report(layout)
+    report = publish_run_report(layout, run.steps["report"])
     return {"run_id": layout.run_id, "run_dir": layout.run_dir, "report": report, "iterations": len(records)}
 
 
 @flow(name="siked-eval", flow_run_name="eval-{cfg.name}")
-def eval_only_flow(cfg: RunConfig, model: str) -> tuple[list[dict], str]:
+def eval_only_flow(cfg: RunConfig, model: str, model_hash: str | None = None) -> tuple[list[dict], str]:
     """Evaluate one model on the configured benchmarks, as runs evaluate their students."""
     layout = run_layout(cfg)
-    save_config(layout, cfg)
-    eval_sets = eval_problem_sets(cfg, layout)
-    scores = evaluate(cfg, layout, model, "eval", "eval", eval_sets, [])
+    run = Run(cfg, layout, eval_only_steps(cfg, layout, model, model_hash))
+    record_run(layout, cfg, run.steps)
+    freeze_eval_sets(run)
+    scores = evaluate(run, "eval", model)
     write_json(layout.summary("eval"), {"stage": "eval", "model": model, "eval": scores})
     return scores, layout.run_dir

@@ -12,48 +12,43 @@ import sys
 from prefect import flow
 
 from distill.config import RunConfig
-from flows.run_setup import run_layout, save_config
-from storage.paths import DataDirMissing, RunLayout, data_dir
+from flows.run_setup import Run, record_run, run_layout
+from storage.paths import DataDirMissing, data_dir
 from tasks.distill_set import build_distill_set
 from tasks.generate import GenerationJob, generate_samples
 from tasks.gpu import engine_devices, on_gpus
+from tasks.jobs.pipeline import pipeline_steps
 from tasks.problems import freeze_problems
-from tasks.steps import step_key, submit_step
 from tasks.verify import verify
 
 
-def teacher_steps(cfg: RunConfig, layout: RunLayout) -> dict:
+def teacher_steps(run: Run) -> dict:
     """Run (or reuse) the teacher steps of iteration 0; returns their artifact refs."""
-    problems_url = layout.problems("train")
-    key = step_key("problems", cfg.train_data)
-    problems = submit_step(freeze_problems, key, problems_url, "problems",
-                           ref=cfg.train_data, name="train", output=problems_url, key=key,
-                           data_folder=cfg.data_dir)
+    cfg, teacher = run.cfg, run.cfg.teacher
+    step = run.steps["problems/train"]
+    problems_url = step.output("problems")
+    problems = run.submit(freeze_problems, step.name, ref=cfg.train_data, name="train", output=problems_url,
+                          key=step.key, data_folder=cfg.data_dir)
 
-    samples_url = layout.samples(0)
-    teacher = cfg.teacher
-    key = step_key("generate", {"engine": teacher.engine, "sampling": teacher.sampling,
-                                "strategies": teacher.strategies, "shard_size": teacher.shard_size,
-                                "shots": teacher.shots},
-                   inputs=[problems_url])
-    job = GenerationJob(problems_url=problems_url, output_url=samples_url, key=key, engine=teacher.engine,
+    step = run.steps["iter-00/generate"]
+    samples_url = step.output("samples")
+    job = GenerationJob(problems_url=problems_url, output_url=samples_url, key=step.key, engine=teacher.engine,
                         sampling=teacher.sampling, model=teacher.engine.model,
                         strategies=tuple(teacher.strategies), shard_size=teacher.shard_size,
                         iteration=0, source="teacher", shots=teacher.shots,
                         data_dir=_data_dir_if_any(cfg) if teacher.engine.kind == "file" else None)
     with on_gpus(engine_devices(teacher.engine)):
-        samples = submit_step(generate_samples, key, samples_url, "samples", job=job)
+        samples = run.submit(generate_samples, step.name, job=job)
 
-    verified_url = layout.verified(0)
-    key = step_key("verify", cfg.verify, inputs=[samples_url])
-    verified = submit_step(verify, key, verified_url, "verified", samples_url=samples_url,
-                           problems_url=problems_url, output=verified_url, key=key, cfg=cfg.verify, iteration=0)
+    step = run.steps["iter-00/verify"]
+    verified_url = step.output("verified")
+    verified = run.submit(verify, step.name, samples_url=samples_url, problems_url=problems_url,
+                          output=verified_url, key=step.key, cfg=cfg.verify, iteration=0)
 
-    set_url = layout.distill_set(0)
-    key = step_key("distill_set", {"biased": teacher.biased}, inputs=[verified_url, problems_url])
-    distill_set = submit_step(build_distill_set, key, set_url, "train_examples",
-                              verified_url=verified_url, problems_url=problems_url, output=set_url, key=key,
-                              iteration=0, biased=teacher.biased)
+    step = run.steps["iter-00/distill_set"]
+    distill_set = run.submit(build_distill_set, step.name, verified_url=verified_url, problems_url=problems_url,
+                             output=step.output("distill_set"), key=step.key, iteration=0,
+                             biased=teacher.biased)
     return {"problems": problems, "samples": samples, "verified": verified, "distill_set": distill_set}
 
 
@@ -67,8 +62,9 @@ def _data_dir_if_any(cfg: RunConfig) -> str | None:
 @flow(name="siked-teacher", flow_run_name="teacher-{cfg.name}")
 def teacher_flow(cfg: RunConfig) -> dict:
     layout = run_layout(cfg)
-    save_config(layout, cfg)
-    refs = teacher_steps(cfg, layout)
+    run = Run(cfg, layout, pipeline_steps(cfg, layout))
+    record_run(layout, cfg, run.steps)
+    refs = teacher_steps(run)
     refs["run_dir"] = layout.run_dir
     return refs
 

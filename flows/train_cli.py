@@ -95,7 +95,9 @@ def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: i
         url = layout.train_set(iteration)
         write_artifact(url, rows, "train_examples", config_hash=section_hash(cfg.train_data))
         return rows, url
-    url = layout.distill_set(0)
+    from tasks.jobs.pipeline import pipeline_steps
+
+    url = pipeline_steps(cfg, layout)["iter-00/distill_set"].output("distill_set")
     if not is_complete(url, kind="train_examples"):
         raise ConfigError(f"no training rows: give train_set=PATH, run `siked teacher` with this config "
                           f"first (it writes {url}), or use train_data.name=dss_svamp")

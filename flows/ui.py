@@ -13,8 +13,9 @@ from typing import Any
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.report import write_report
-from storage.fs import write_json
-from storage.paths import RunLayout
+from storage.fs import write_bytes, write_json
+from storage.paths import RunLayout, join
+from tasks.jobs.pipeline import REPORT_KEY_FILE, Step, incomplete
 
 
 def _key(*parts: Any) -> str:
@@ -73,8 +74,13 @@ def publish_base(layout: RunLayout, scores: list[dict]) -> None:
     write_json(layout.summary("base"), {"stage": "base", "eval": scores})
 
 
-def publish_run_report(layout: RunLayout) -> str:
-    """Write the run report (Markdown + plots) from the run folder and attach it to the flow run."""
+def publish_run_report(layout: RunLayout, step: Step) -> str:
+    """Write the run report (Markdown + plots) from the run folder and attach it to the flow run.
+    Skipped when the report on disk was written from the same step outputs (`step.key`)."""
+    key_file = join(step.folder, REPORT_KEY_FILE)
+    if incomplete(step) is None:
+        return layout.report()
     path, markdown = write_report(layout)
+    write_bytes(key_file, step.key.encode())
     create_markdown_artifact(markdown, key=_key(layout.run_id, "report"), description=f"SIKeD run {layout.run_id}")
     return path

@@ -22,16 +22,27 @@ from typing import Any
 import pyarrow as pa
 
 from storage import fs
-from storage.folders import folder_problem
+from storage.folders import folder_problem, folder_problems
 from storage.fs import ArtifactCorrupt, ArtifactError, ArtifactMissing
 from storage.manifest import dir_manifest_url, manifest_url, read_manifest
 from storage.parquet_file import file_problem, read_file, write_file
-from storage.shards import ShardedArtifact, ShardsMissing, read_sharded, sharded_problem
+from storage.shards import ShardedArtifact, ShardsMissing, read_sharded, sharded_problem, sharded_problems
 from storage.tables import Rows, SchemaMismatch, to_table
 
 __all__ = [
-    "ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "SchemaMismatch", "ShardedArtifact", "ShardsMissing",
-    "artifact_ref", "incomplete_reason", "is_complete", "read_artifact", "read_manifest", "to_table",
+    "ArtifactCorrupt",
+    "ArtifactError",
+    "ArtifactMissing",
+    "SchemaMismatch",
+    "ShardedArtifact",
+    "ShardsMissing",
+    "artifact_problems",
+    "artifact_ref",
+    "incomplete_reason",
+    "is_complete",
+    "read_artifact",
+    "read_manifest",
+    "to_table",
     "write_artifact",
 ]
 
@@ -91,3 +102,18 @@ def artifact_ref(url: str) -> dict[str, Any]:
     manifest = read_manifest(url)
     return {"path": str(url), "kind": manifest.get("kind"), "rows": manifest.get("rows"),
             "content_hash": manifest["content_hash"]}
+
+
+def artifact_problems(url: str) -> list[str]:
+    """Every file of the artifact at `url` that is missing or altered, each sentence naming it: the
+    whole check (sha256 of every file, every shard, every file of a marked folder), for `siked verify`."""
+    if fs.exists(manifest_url(url)):
+        problem = file_problem(url, verify_hash=True)
+        return [problem] if problem else []
+    if fs.exists(dir_manifest_url(url)):
+        try:
+            manifest_type = fs.read_json(dir_manifest_url(url)).get("type")
+        except ArtifactCorrupt as e:
+            return [str(e)]
+        return folder_problems(url) if manifest_type == "folder" else sharded_problems(url)
+    return [f"{url} has no manifest" + (" (its write did not finish)" if fs.exists(url) else " (missing)")]

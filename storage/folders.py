@@ -88,3 +88,21 @@ def folder_problem(folder_url: str, *, config_hash: str | None = None,
 
 def is_folder_complete(folder_url: str, *, config_hash: str | None = None, verify_hashes: bool = False) -> bool:
     return folder_problem(folder_url, config_hash=config_hash, verify_hashes=verify_hashes) is None
+
+
+def folder_problems(folder_url: str) -> list[str]:
+    """Every file of a marked folder that is missing or altered (size and sha256 checked)."""
+    try:
+        manifest = folder_manifest(folder_url)
+    except (ArtifactMissing, ArtifactCorrupt) as e:
+        return [str(e)]
+    present = fs.list_files(folder_url)
+    problems = []
+    for entry in manifest["files"]:
+        url = join(folder_url, entry["path"])
+        if entry["path"] not in present:
+            problems.append(f"{url} is listed in the folder manifest but missing")
+        elif present[entry["path"]] != entry["size"] or (
+                entry.get("sha256") and fs.sha256_file(url) != entry["sha256"]):
+            problems.append(f"{url} does not match the size or sha256 in the folder manifest")
+    return problems

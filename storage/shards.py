@@ -189,3 +189,20 @@ def sharded_problem(url: str, *, kind: str | None = None, config_hash: str | Non
     except (ArtifactMissing, ArtifactCorrupt, SchemaMismatch) as e:
         return str(e)
     return None
+
+
+def sharded_problems(url: str) -> list[str]:
+    """Every shard of a finalized sharded artifact that is missing or altered (sha256 checked)."""
+    try:
+        manifest = _folder_manifest(url, None)
+    except (ArtifactMissing, ArtifactCorrupt, SchemaMismatch) as e:
+        return [str(e)]
+    problems = []
+    for entry in manifest["shards"]:
+        try:
+            problem = file_problem(join(url, entry["file"]), verify_hash=True, manifest=_shard_manifest(url, entry))
+        except (ArtifactMissing, ArtifactCorrupt) as e:
+            problem = str(e)
+        if problem:
+            problems.append(problem)
+    return problems

@@ -1,78 +1,18 @@
-"""Evaluation step: one model on every configured benchmark, in rationale and label mode.
-
-One child process holds one engine for all (benchmark, mode) pairs; each pair is its own
-PREDICTIONS artifact, written as soon as it is done, so a rerun evaluates only the missing pairs.
-The summary (accuracy, strategy histogram, failure shares, protocol) sits beside each artifact.
-"""
+"""Evaluation step: one model on every configured benchmark, in rationale and label mode, in one
+child process (tasks.jobs.evaluate); only the (benchmark, mode) pairs not yet on disk are run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from prefect import task
 
-from distill.config import EngineConfig, VerifyConfig
-from storage.artifacts import is_complete
-from storage.fs import exists, read_json, write_json
-
-
-@dataclass(frozen=True)
-class EvalJob:
-    model: str  # model spec or folder
-    engine: EngineConfig
-    verify: VerifyConfig
-    max_tokens: int
-    label_max_tokens: int
-    # (benchmark name, problems artifact URL, mode, predictions output URL)
-    targets: tuple[tuple[str, str, str, str], ...]
-    key: str
-    label: str  # e.g. "base" or "iter-01", for names in the UI
-    extra: dict = field(default_factory=dict)
-
-
-def summary_url(predictions_url: str) -> str:
-    return predictions_url.removesuffix(".parquet") + ".summary.json"
-
-
-def _pending(job: EvalJob) -> list[tuple[str, str, str, str]]:
-    return [t for t in job.targets
-            if not (is_complete(t[3], kind="predictions", config_hash=job.key) and exists(summary_url(t[3])))]
-
-
-def evaluate_into(job: EvalJob) -> None:
-    """Child-process body: evaluate the pending (benchmark, mode) pairs and write each one."""
-    from distill.engines import make_engine
-    from distill.evaluation import evaluate, summarize_predictions
-    from distill.models import resolve_model
-    from distill.sandbox import SandboxPool
-    from storage.artifacts import read_artifact, write_artifact
-    from storage.mirror import local_model
-    from storage.paths import models_dir
-    from tasks.verify import sandbox_limits
-
-    pending = _pending(job)
-    model_path = resolve_model(local_model(job.model), models_dir())  # a remote student is mirrored
-    engine = make_engine(job.engine, model_path)
-    limits = sandbox_limits(job.verify)
-    try:
-        with SandboxPool(limits, job.verify.workers) as pool:
-            for benchmark, problems_url, mode, output in pending:
-                problems = read_artifact(problems_url, "problems").to_pylist()
-                max_tokens = job.max_tokens if mode == "rationale" else job.label_max_tokens
-                rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool)
-                summary = summarize_predictions(rows)
-                write_json(summary_url(output), summary)
-                write_artifact(output, rows, "predictions", config_hash=job.key, parents=[problems_url])
-                print(f"eval {job.label}: {benchmark} {mode} accuracy {summary['accuracy']:.3f} "
-                      f"({len(rows)} problems)", flush=True)
-    finally:
-        engine.close()
+from storage.fs import read_json
+from tasks.jobs.evaluate import EvalJob, evaluate_into, pending_targets, summary_url
 
 
 @task(name="evaluate", task_run_name="{job.label}-evaluate", retries=1, retry_delay_seconds=5)
 def evaluate_model(job: EvalJob) -> list[dict]:
     """Summaries of every (benchmark, mode) pair of `job`, evaluating those not yet on disk."""
-    if _pending(job):
+    if pending_targets(job):
         from distill.engines.child import run_in_child
 
         run_in_child(evaluate_into, job)

@@ -26,8 +26,11 @@ def with_progress(key: str, description: str, fraction: Callable[[], float], wor
                   *args: Any) -> T:
     """Run `work(*args)` while a progress artifact tracks `fraction()` (0..1), polled every 2 s."""
     try:
-        artifact_id = create_progress_artifact(0.0, key=_artifact_key(key), description=description)
-    except Exception:  # no Prefect run context (called outside a flow): run without the artifact
+        from prefect.runtime import flow_run
+
+        # Keys are global on a Prefect server: scoped by the flow run, so runs never overwrite each other's.
+        artifact_id = create_progress_artifact(0.0, key=_artifact_key(f"{flow_run.id}-{key}"), description=description)
+    except Exception:  # noqa: BLE001 -- no Prefect run context (called outside a flow): run without the artifact
         return work(*args)
     stop = threading.Event()
 
@@ -39,7 +42,7 @@ def with_progress(key: str, description: str, fraction: Callable[[], float], wor
                 if value != last:
                     update_progress_artifact(artifact_id, value)
                     last = value
-            except Exception:  # progress is best effort: never fail the step over it
+            except Exception:  # noqa: BLE001, S110 -- progress is best effort: never fail the step over it
                 pass
 
     watcher = threading.Thread(target=poll, daemon=True)

@@ -1,59 +1,48 @@
-"""Step keys and the rule that a finished step never runs again.
+"""The rule that a finished step never runs again, in this run or in any other run sharing it.
 
-A step's key hashes its config section, the content hashes of its input artifacts (from their
-manifests) and the code's cache version. The key is written into the output's manifest as its
-`config_hash`; the step is done when that manifest exists and matches (storage.is_complete).
+`submit_step(task, step, run_id, **params)` runs one step of tasks.jobs.pipeline as a Prefect task:
 
-Prefect caching sits on top: a task whose output is complete is submitted with the step key as its
-cache key, so Prefect reports it as Cached without running it; a task whose output is missing or
-stale is submitted with `refresh_cache=True` and runs. The files on disk stay the truth: every task
-body checks its manifest first, so a wiped Prefect home or a run the API still calls "Running"
-costs nothing but the check.
+- outputs complete (tasks.jobs.pipeline.incomplete): the task is submitted with the step key as its
+  cache key and Prefect reports it Cached (or, with no cached result in this Prefect home, its body
+  finds the manifests and returns at once);
+- otherwise the run takes the step's claim (storage.step_store), waiting while another run computes
+  the same step, checks again, and runs the task with `refresh_cache=True`; `step.json`, written
+  last in the step folder, records which run computed it.
+
+The files on disk stay the truth: a wiped Prefect home or a run the API still calls "Running" costs
+nothing but the checks.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from importlib import metadata
 from typing import Any
 
-from pydantic import BaseModel
-
-from distill.config import section_hash
-from storage.artifacts import is_complete, read_manifest
-
-# Bump when a change to the code must invalidate finished steps (the package version is part of
-# the key too). Git commits alone do not: resuming after an unrelated fix must reuse finished work.
-CACHE_VERSION = "1"
+from storage.step_store import claim_step, write_step_info
+from tasks.jobs.pipeline import Step, incomplete
 
 
-def cache_version() -> str:
-    try:
-        package = metadata.version("siked-pipeline")
-    except metadata.PackageNotFoundError:
-        package = "0"
-    return f"{package}/{CACHE_VERSION}"
+def _cached(task, step: Step, refresh: bool):
+    return task.with_options(cache_key_fn=lambda *_: step.key, refresh_cache=refresh)
 
 
-def step_key(step: str, config: BaseModel | dict | list | None = None, inputs: list[str] = (),
-             **extra: Any) -> str:
-    """Key of one step: its name, config, input artifacts' content hashes, code cache version."""
-    payload = {
-        "step": step,
-        "config": section_hash(config) if config is not None else None,
-        "inputs": [read_manifest(url)["content_hash"] for url in inputs],
-        "code": cache_version(),
-        "extra": extra,
-    }
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+def _log_wait(step: Step):
+    def say(holder: dict) -> None:
+        from prefect import get_run_logger
+
+        who = holder.get("label") or "another run"
+        get_run_logger().info("waiting for %s: %s is computing it (pid %s on %s)", step.name, who,
+                              holder.get("pid", "?"), holder.get("host", "?"))
+    return say
 
 
-def submit_step(task, key: str, outputs: str | list[str], kind: str | None, /, **params: Any):
-    """Run `task(**params)` under Prefect with `key` as its cache key, refreshing the cache when
-    an `outputs` artifact is not complete under that key. Returns the task's result."""
-    urls = [outputs] if isinstance(outputs, str) else outputs
-    done = all(is_complete(url, kind=kind, config_hash=key, verify_hash=False) for url in urls)
-    configured = task.with_options(cache_key_fn=lambda *_: key, refresh_cache=not done)
-    return configured(**params)
+def submit_step(task, step: Step, run_id: str, /, **params: Any):
+    """Run `task(**params)` for `step` unless its outputs are complete; returns the task's result."""
+    if incomplete(step) is None:
+        return _cached(task, step, refresh=False)(**params)
+    with claim_step(step.folder, f"{run_id} {step.name}", on_wait=_log_wait(step)):
+        done = incomplete(step) is None  # another run may have finished it while this one waited
+        result = _cached(task, step, refresh=not done)(**params)
+        if not done:
+            write_step_info(step.folder, {"run": run_id, "step": step.name, "kind": step.kind, "key": step.key,
+                                          "iteration": step.iteration, "reads": step.reads, "inputs": step.inputs})
+    return result

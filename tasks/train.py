@@ -1,6 +1,6 @@
 """Training step: one student per iteration, trained in child processes, merged and marked done.
 
-The training loop checkpoints every N steps under `<iter>/checkpoints/`, so a step killed mid-way
+The training loop checkpoints every N steps under `checkpoints/` in the step's folder, so a step killed mid-way
 resumes from its newest complete checkpoint; the student folder gets its manifest last.
 
 Under a remote run root (s3://) training runs in the local mirrors of those folders
@@ -11,49 +11,21 @@ resumed on another machine retrains that iteration from its start model.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
 
-from distill.config import TrainConfig
 from storage.artifacts import is_complete, read_artifact, write_artifact
 from storage.folders import folder_manifest, unmark_folder_complete
 from storage.mirror import local_model, mirror_dir, publish_folder
 from storage.paths import models_dir
+from tasks.jobs.train import TrainJob, fraction_done, planned_steps
 from tasks.progress import with_progress
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    train_set_url: str
-    start_model: str  # model spec or the previous student's folder
-    cfg: TrainConfig
-    output_dir: str
-    checkpoint_dir: str
-    metrics_url: str
-    key: str
-    iteration: int
 
 
 def _ref(job: TrainJob) -> dict:
     manifest = folder_manifest(job.output_dir)
     return {"path": job.output_dir, "content_hash": manifest["content_hash"], "train": manifest.get("info", {})}
-
-
-def _fraction_done(job: TrainJob, total_steps: int) -> float:
-    metrics = Path(mirror_dir(job.checkpoint_dir)) / "metrics.jsonl"
-    if not metrics.is_file() or total_steps <= 0:
-        return 0.0
-    lines = metrics.read_text(encoding="utf-8").strip().splitlines()
-    steps = [json.loads(line).get("step", 0) for line in lines[-5:] if line.startswith("{")]
-    return max(steps, default=0) / total_steps
-
-
-def _planned_steps(cfg: TrainConfig, rows: int) -> int:
-    per_step = cfg.batch_size * cfg.grad_accum
-    return cfg.max_steps or max(1, round(cfg.epochs * -(-rows // per_step)))
 
 
 @task(name="train", task_run_name="iter-{job.iteration:02d}-train", retries=1, retry_delay_seconds=5)
@@ -72,7 +44,7 @@ def train_student_step(job: TrainJob) -> dict:
     unmark_folder_complete(job.output_dir)  # the shared copy, then the local one being rewritten
     unmark_folder_complete(output)
     result = with_progress(f"train-{Path(job.output_dir).parent.name}", f"Training iteration {job.iteration}",
-                           lambda: _fraction_done(job, _planned_steps(job.cfg, len(rows))),
+                           lambda: fraction_done(job, planned_steps(job.cfg, len(rows))),
                            launch_training, job.cfg, rows, model_path, output, checkpoints)
     write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key,
                    parents=[job.train_set_url])

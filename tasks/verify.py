@@ -8,20 +8,13 @@ from distill.config import VerifyConfig
 from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
 
 
-def sandbox_limits(cfg: VerifyConfig):
-    from distill.sandbox import SandboxLimits
-
-    return SandboxLimits(timeout_s=cfg.timeout_s, cpu_seconds=cfg.cpu_seconds, memory_mb=cfg.memory_mb,
-                         max_output_kb=cfg.max_output_kb)
-
-
 @task(name="verify", task_run_name="iter-{iteration:02d}-verify", retries=1, retry_delay_seconds=5)
 def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: VerifyConfig,
            iteration: int) -> dict:
     """VERIFIED rows for the samples at `samples_url`, gold answers from `problems_url`."""
     if is_complete(output, kind="verified", config_hash=key):
         return artifact_ref(output)
-    from distill.verify import verify_samples
+    from distill.verify import sandbox_limits, verify_samples
 
     problems = read_artifact(problems_url, "problems", columns=["id", "answer"]).to_pydict()
     gold = dict(zip(problems["id"], problems["answer"], strict=True))

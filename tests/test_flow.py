@@ -18,6 +18,8 @@ from distill.config import ConfigError, load_config
 from flows.cli import main
 from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
+from storage.paths import layout_for_run_dir
+from storage.step_store import step_output
 
 REPO = Path(__file__).resolve().parents[1]
 # Prefect keys task runs by the task function's name.
@@ -25,9 +27,9 @@ STEP_FUNCTIONS = {"freeze_problems", "generate_samples", "verify", "build_distil
                   "train_student_step", "evaluate_model"}
 # Artifacts every run computes the same way from the same config (the student's weights are
 # compared through the training metrics instead: resumed training matches within 1e-4).
-DETERMINISTIC = ["problems/train.parquet", "iter-00/teacher_samples", "iter-00/verified.parquet",
-                 "iter-00/distill_set.parquet", "iter-01/self_samples", "iter-01/verified.parquet",
-                 "iter-01/distill_set.parquet", "iter-01/train_set.parquet"]
+DETERMINISTIC = [("problems/train", "problems"), ("iter-00/generate", "samples"), ("iter-00/verify", "verified"),
+                 ("iter-00/distill_set", "distill_set"), ("iter-01/generate", "samples"),
+                 ("iter-01/verify", "verified"), ("iter-01/distill_set", "distill_set"), ("iter-01/mix", "train_set")]
 
 
 TRAIN = {"name": "arith", "split": "train", "difficulty": 1, "size": 6, "seed": 5}
@@ -73,14 +75,25 @@ def tiny_run_overrides(root: Path, model: Path, **extra: str) -> list[str]:
     return [f"{k}={v}" for k, v in settings.items()]
 
 
-def task_states_of_last_run() -> dict[str, list[str]]:
-    """State names of every step task of the newest `siked` flow run and its subflows."""
+def output_of(run: Path, step: str, role: str) -> str:
+    """Where the run's step keeps an output (the step store, named by the run's steps.json)."""
+    return step_output(layout_for_run_dir(str(run)), step, role)
+
+
+def task_runs_of_last_run() -> list[tuple[str, str, str]]:
+    """(task function, task run name, state name) of every task run of the newest `siked` flow run
+    and its subflows."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
-                                                FlowRunFilterParentFlowRunId)
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
-    async def read() -> dict[str, list[str]]:
+    async def read() -> list[tuple[str, str, str]]:
         async with get_client() as client:
             [top] = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["siked"])),
                                                 sort=FlowRunSort.START_TIME_DESC, limit=1)
@@ -88,13 +101,39 @@ def task_states_of_last_run() -> dict[str, list[str]]:
                 flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[top.id])))
             ids = [top.id, *[c.id for c in children]]
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-        states: dict[str, list[str]] = {}
-        for run in runs:
-            task = run.task_key.rsplit("-", 1)[0]
-            states.setdefault(task, []).append(run.state.name if run.state else "none")
-        return states
+        return [(run.task_key.rsplit("-", 1)[0], run.name, run.state.name if run.state else "none") for run in runs]
 
     return asyncio.run(read())
+
+
+def task_states_of_last_run() -> dict[str, list[str]]:
+    """State names of every step task of the newest `siked` flow run, by task function."""
+    states: dict[str, list[str]] = {}
+    for task, _, state in task_runs_of_last_run():
+        states.setdefault(task, []).append(state)
+    return states
+
+
+def task_run_name(step: str) -> str | None:
+    """The Prefect task run name of a pipeline step (tasks' `task_run_name`); None for the report."""
+    stage, _, kind = step.partition("/")
+    if step == "report":
+        return None
+    if stage == "problems":
+        return f"problems-{kind}"
+    if kind == "generate":
+        return f"{stage}-generate-{'teacher' if stage == 'iter-00' else 'student'}"
+    return f"{stage}-{kind.replace('_', '-')}"
+
+
+def executed_steps_of_last_run() -> set[str]:
+    """Task run names of the newest run's step tasks that did not come from the cache."""
+    return {name for task, name, state in task_runs_of_last_run() if task in STEP_FUNCTIONS and state != "Cached"}
+
+
+def planned_to_run(config: str, overrides: list[str], capsys) -> set[str]:
+    assert main(["plan", config, *overrides, "--json"]) == 0
+    return {row["step"] for row in json.loads(capsys.readouterr().out) if row["action"] == "run"}
 
 
 # Columns that legitimately differ between two runs of one config: where the student lives (the
@@ -107,16 +146,17 @@ def artifact_rows(run: Path) -> dict[str, list[dict]]:
     from storage.artifacts import read_artifact
 
     rows = {}
-    for name in DETERMINISTIC:
-        kind = read_manifest(str(run / name))["kind"]
-        table = read_artifact(str(run / name), kind)
-        rows[name] = table.drop_columns([c for c in VOLATILE if c in table.column_names]).to_pylist()
+    for step, role in DETERMINISTIC:
+        url = output_of(run, step, role)
+        kind = read_manifest(url)["kind"]
+        table = read_artifact(url, kind)
+        rows[step] = table.drop_columns([c for c in VOLATILE if c in table.column_names]).to_pylist()
     return rows
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_full_run_then_a_rerun_that_executes_nothing(tmp_path, tiny_model_path, capsys):
+def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_what_they_touch(tmp_path, tiny_model_path, capsys):
     config = str(REPO / "configs/quickstart.yaml")
     overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path)
     assert main(["run", config, *overrides]) == 0
@@ -131,11 +171,39 @@ def test_full_run_then_a_rerun_that_executes_nothing(tmp_path, tiny_model_path, 
     assert statuses and all(s["state"] == "done" for s in statuses), statuses
 
     assert main(["run", config, *overrides]) == 0
+    capsys.readouterr()
     second = task_states_of_last_run()
     assert STEP_FUNCTIONS <= set(second), second
     executed = {task: states for task, states in second.items()
                 if task in STEP_FUNCTIONS and any(state != "Cached" for state in states)}
     assert not executed, f"tasks ran again: {executed}"
+
+    # One more iteration, another learning rate, another evaluation budget: the plan names exactly
+    # the steps each change touches, and the run executes exactly those.
+    assert planned_to_run(config, overrides, capsys) == set()
+    teacher_side = {"problems/train", "problems/eval-arith-test", "iter-00/generate", "iter-00/verify",
+                    "iter-00/distill_set", "base/evaluate"}
+    changes = {
+        "siked.iterations=2": lambda steps: {s for s in steps if s.startswith("iter-02/")} | {"report"},
+        "train.lr=0.0005": lambda steps: set(steps) - teacher_side,
+        "eval.max_tokens=6": lambda steps: {s for s in steps if s.endswith("/evaluate")} | {"report"},
+    }
+    for change, expected_of in changes.items():
+        variant = [*overrides, change]
+        steps = {row["step"] for row in _plan(config, variant, capsys)}
+        expected = expected_of(steps)
+        assert planned_to_run(config, variant, capsys) == expected, change
+        assert main(["run", config, *variant]) == 0
+        variant_run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+        executed = executed_steps_of_last_run()
+        assert executed == {task_run_name(s) for s in expected} - {None}, change
+        assert (variant_run / "report/report.md").is_file()
+        assert planned_to_run(config, variant, capsys) == set(), f"{change}: a rerun would execute steps"
+
+
+def _plan(config: str, overrides: list[str], capsys) -> list[dict]:
+    assert main(["plan", config, *overrides, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
 @pytest.mark.slow
@@ -154,8 +222,9 @@ def test_run_killed_during_training_then_resumed(tmp_path, tiny_model_path):
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            if list(killed_root.glob("flow-*/iter-01/checkpoints/step-*/state.json")) or \
-                    list(killed_root.glob("flow-*/iter-01/checkpoints/step-*")):
+            index = list(killed_root.glob("flow-*/steps.json"))
+            train_dir = index and Path(output_of(index[0].parent, "iter-01/train", "student")).parent
+            if train_dir and list(train_dir.glob("checkpoints/step-*")):
                 break
             assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
             time.sleep(0.1)
@@ -165,31 +234,32 @@ def test_run_killed_during_training_then_resumed(tmp_path, tiny_model_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     [run] = list(killed_root.glob("flow-*"))
-    assert not (run / "iter-01/student/_manifest.json").exists()
-    finished = {p: p.stat().st_mtime_ns for p in run.rglob("*.manifest.json")}
-    finished.update({p: p.stat().st_mtime_ns for p in run.rglob("_manifest.json")})
+    assert not (Path(output_of(run, "iter-01/train", "student")) / "_manifest.json").exists()
+    # Finished outputs in the step store and the run folder alike.
+    finished = {p: p.stat().st_mtime_ns for p in killed_root.rglob("*.manifest.json")}
+    finished.update({p: p.stat().st_mtime_ns for p in killed_root.rglob("_manifest.json")})
 
     status = subprocess.run([sys.executable, "-m", "flows.cli", "status", str(run), "--json"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     states = {(s["stage"], s["step"]): s["state"] for s in json.loads(status.stdout)}
     assert states[("iter-01", "train")] == "failed" and states[("iter-00", "train")] == "done"
 
     resumed = subprocess.run([sys.executable, "-m", "flows.cli", "resume", str(run)], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=1800)
+                             capture_output=True, text=True, timeout=1800, check=False)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten by the resume"
 
     clean = subprocess.run([sys.executable, "-m", "flows.cli", "run", config,
                             *tiny_run_overrides(clean_root, tiny_model_path, **slow_training)],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
     assert clean.returncode == 0, clean.stderr[-4000:]
     [clean_run] = list(clean_root.glob("flow-*"))
     assert clean_run.name == run.name
     assert artifact_rows(run) == artifact_rows(clean_run)
     import pyarrow.parquet as pq
 
-    losses = [pq.read_table(r / "iter-01/train_metrics.parquet").to_pandas().query("split == 'train'")["loss"]
+    losses = [pq.read_table(output_of(r, "iter-01/train", "metrics")).to_pandas().query("split == 'train'")["loss"]
               for r in (run, clean_run)]
     assert losses[0].tolist() == pytest.approx(losses[1].tolist(), abs=1e-4)
 

@@ -124,6 +124,103 @@ def test_deployed_flow_runs_on_the_postgres_server(stack, tmp_path, tiny_model_p
             assert files and all(pq.read_metadata(f).num_rows > 0 for f in files), f"{key}: {files}"
 
 
+def _processes_of_flow_run(flow_run_id) -> list[int]:
+    """Pids of the flow run's process and everything it started (they inherit its run id)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _retry_as_the_ui_does(flow_run_id) -> None:
+    """The UI's Retry button: the run's state forced to Scheduled, named AwaitingRetry."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    async def retry():
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, Scheduled(name="AwaitingRetry"), force=True)
+
+    asyncio.run(retry())
+
+
+def _wait_for_final_state(flow_run_id, timeout: float):
+    from prefect.client.orchestration import get_client
+
+    async def wait():
+        async with get_client() as client:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                run = await client.read_flow_run(flow_run_id)
+                if run.state.is_final() or asyncio.get_running_loop().time() > deadline:
+                    return run
+                await asyncio.sleep(2)
+
+    return asyncio.run(wait())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_deployment_run_killed_in_an_iteration_continues_when_retried_from_the_ui(stack, tmp_path,
+                                                                                   tiny_model_path):
+    """The flow run's processes are SIGKILLed during iteration 1's training; the worker reports the
+    run crashed; Retry (through the API, as the UI does it) runs it again on the worker, which
+    continues from the artifacts: no finished step is redone and the run completes."""
+    import time
+
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from storage.paths import layout_for_run_dir
+    from storage.step_store import step_output
+
+    env = {**os.environ, "PREFECT_API_URL": stack.api_url, "SIKED_PROJECT_DIR": str(REPO)}
+    deployed = subprocess.run([sys.executable, "-m", "prefect", "deploy", "--name", "quickstart", "--no-prompt"],
+                              check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    root = tmp_path / "runs"
+    overrides = tiny_run_overrides(root, tiny_model_path, **{
+        "eval.evaluate_base": "false", "train.lora.last_layers": "null", "train.max_steps": "12"})
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        started = run_deployment("siked-from-file/quickstart", parameters={"overrides": overrides}, timeout=0)
+        deadline = time.monotonic() + 1200
+        checkpoints = None
+        while time.monotonic() < deadline:
+            index = list(root.glob("flow-*/steps.json"))
+            if index:
+                student = Path(step_output(layout_for_run_dir(str(index[0].parent)), "iter-01/train", "student"))
+                if list((student.parent / "checkpoints").glob("step-*")):
+                    checkpoints = student.parent / "checkpoints"
+                    break
+            time.sleep(0.2)
+        assert checkpoints is not None, stack.log("worker").read_text(errors="replace")[-4000:]
+        pids = _processes_of_flow_run(started.id)
+        assert pids, "the flow run's process was not found"
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        crashed = _wait_for_final_state(started.id, 300)
+        assert not crashed.state.is_completed(), crashed.state
+        finished = {p: p.stat().st_mtime_ns for p in root.rglob("*manifest.json")}
+        assert not (student / "_manifest.json").exists()
+
+        _retry_as_the_ui_does(started.id)
+        run = _wait_for_final_state(started.id, 1500)
+    worker_log = stack.log("worker").read_text(errors="replace")[-6000:]
+    assert run.state.is_completed(), f"{run.state}\n{worker_log}"
+    assert (student / "_manifest.json").exists()
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten by the retried run"
+
+
 def test_status_and_stop_with_nothing_started(tmp_path, capsys):
     folder = tmp_path / "state"
     assert local_server.main(["status", "--dir", str(folder)]) == 1

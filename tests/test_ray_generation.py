@@ -1,4 +1,4 @@
-"""Generation over several engine replicas (`tasks/ray_generate.py`).
+"""Generation over several engine replicas (`tasks/jobs/ray_executor.py`).
 
 Fast tests drive the planning (which replica writes which shard, what is redone when one is lost)
 with in-process replicas and a fake engine. The slow ones start a local Ray instance with two
@@ -20,8 +20,8 @@ from distill.engines.base import Completion
 from distill.generation import shard_seed
 from storage.artifacts import read_artifact, write_artifact
 from storage.shards import ShardedArtifact
-from tasks.generate import GenerationJob
-from tasks.ray_generate import (
+from tasks.jobs.generate import GenerationJob
+from tasks.jobs.ray_executor import (
     ReplicaLost,
     ShardQueue,
     ShardsNotWritten,
@@ -242,7 +242,7 @@ def vllm_config(model: Path, replicas: int) -> EngineConfig:
 @pytest.mark.slow
 def test_in_process_replicas_of_a_transformers_engine_write_the_single_engine_rows(tmp_path, tiny_model_path):
     """No Ray: the replica path (ShardWriter, drive) against `generate_into`, with a real engine."""
-    from tasks.generate import generate_into
+    from tasks.jobs.generate import generate_into
 
     engine = EngineConfig(kind="transformers", model=str(tiny_model_path), dtype="float32")
     one = make_job(tmp_path, "one", engine, GREEDY, shard_size=2)
@@ -291,7 +291,7 @@ def test_a_reseeded_vllm_engine_repeats_its_samples(builtin_model_path, monkeypa
 @pytest.mark.slow
 def test_two_vllm_replicas_on_ray_write_the_rows_of_one_engine(tmp_path, builtin_model_path):
     from distill.engines import run_in_child
-    from tasks.generate import generate_into
+    from tasks.jobs.generate import generate_into
 
     one = make_job(tmp_path, "one", vllm_config(builtin_model_path, 1), GREEDY, count=4)
     run_in_child(generate_into, one)

@@ -309,7 +309,7 @@ def test_steps_load_a_remote_student_from_the_mirror(root, home, tmp_path):
     remote model folder and names the problem of an incomplete one."""
     from distill.config import ConfigError, EngineConfig, SamplingConfig, TrainConfig
     from flows.preflight import check_train
-    from tasks.generate import GenerationJob, model_path_of
+    from tasks.jobs.generate import GenerationJob, model_path_of
 
     url = join(root, "iter-00", "student")
     publish_folder(str(model_folder(tmp_path / "trained")), url)

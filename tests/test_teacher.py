@@ -14,7 +14,9 @@ import pytest
 
 from flows.cli import main
 from storage.artifacts import read_artifact
+from storage.paths import layout_for_run_dir
 from storage.schemas import SAMPLE_COLUMNS
+from storage.step_store import step_output
 
 REPO = Path(__file__).resolve().parents[1]
 PROVENANCE = [name for name, _ in SAMPLE_COLUMNS]
@@ -39,21 +41,26 @@ def run_dir_of(output: str) -> Path:
     return Path(output.strip().splitlines()[-1])
 
 
+def output_of(run: Path, step: str, role: str) -> Path:
+    """Where the run's step keeps an output (the step store, named by the run's steps.json)."""
+    return Path(step_output(layout_for_run_dir(str(run)), step, role))
+
+
 def test_teacher_stage_with_a_tiny_model(tmp_path, tiny_model_path, capsys):
     """Every step writes its artifact; a rerun with the same config reuses all of them."""
     assert main(["teacher", str(REPO / "configs/quickstart.yaml"), *tiny_overrides(tmp_path, tiny_model_path)]) == 0
     run = run_dir_of(capsys.readouterr().out)
-    samples = read_artifact(str(run / "iter-00/teacher_samples"), "samples").to_pylist()
+    samples = read_artifact(str(output_of(run, "iter-00/generate", "samples")), "samples").to_pylist()
     assert len(samples) == 6 * 3 * 2  # questions x strategies x n
     assert {s["strategy"] for s in samples} == {"cot", "l2m", "pot"}
     assert {s["source"] for s in samples} == {"teacher"} and {s["iteration"] for s in samples} == {0}
     assert all(s["engine"] == "transformers" and s["prompt_hash"] for s in samples)
-    verified = read_artifact(str(run / "iter-00/verified.parquet"), "verified").to_pylist()
+    verified = read_artifact(str(output_of(run, "iter-00/verify", "verified")), "verified").to_pylist()
     assert len(verified) == len(samples) and all(v["verdict"] for v in verified)
-    read_artifact(str(run / "iter-00/distill_set.parquet"), "train_examples")  # may be empty: random model
+    read_artifact(str(output_of(run, "iter-00/distill_set", "distill_set")), "train_examples")  # may be empty: random model
     assert (run / "config.yaml").is_file()
 
-    shard = run / "iter-00/teacher_samples/shard-00000.parquet"
+    shard = output_of(run, "iter-00/generate", "samples") / "shard-00000.parquet"
     before = shard.stat().st_mtime_ns
     assert main(["teacher", str(REPO / "configs/quickstart.yaml"), *tiny_overrides(tmp_path, tiny_model_path)]) == 0
     assert run_dir_of(capsys.readouterr().out) == run
@@ -73,7 +80,7 @@ def test_generation_killed_midway_continues_from_its_shards(tmp_path, tiny_model
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
-            found = list((tmp_path / "runs").glob("tiny-*/iter-00/teacher_samples/shard-*.manifest.json"))
+            found = list((tmp_path / "runs").glob("steps/generate/*/samples/shard-*.manifest.json"))
             if len(found) >= 2:
                 shards_dir = found[0].parent
                 break
@@ -87,7 +94,7 @@ def test_generation_killed_midway_continues_from_its_shards(tmp_path, tiny_model
             if (shards_dir / (p.name + ".manifest.json")).exists()}
     assert 2 <= len(kept) < 6 and not (shards_dir / "_manifest.json").exists()
 
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already written, reusing them" in done.stderr
     for name, mtime in kept.items():
@@ -107,7 +114,7 @@ def test_vllm_teacher_on_gsm8k_with_every_provenance_column(tmp_path, builtin_mo
     ]
     assert main(["teacher", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
     run = run_dir_of(capsys.readouterr().out)
-    table = read_artifact(str(run / "iter-00/teacher_samples"), "samples")
+    table = read_artifact(str(output_of(run, "iter-00/generate", "samples")), "samples")
     assert table.num_rows == 8 * 3 * 2
     rows = table.to_pylist()
     for column in PROVENANCE:
@@ -117,6 +124,6 @@ def test_vllm_teacher_on_gsm8k_with_every_provenance_column(tmp_path, builtin_mo
     assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
     assert sorted({r["sample_index"] for r in rows}) == [0, 1]
     # Shards were written as separate files, and verification judged every sample.
-    assert len(list((run / "iter-00/teacher_samples").glob("shard-*.parquet"))) == 2
-    verified = pq.read_table(run / "iter-00/verified.parquet").to_pylist()
+    assert len(list(output_of(run, "iter-00/generate", "samples").glob("shard-*.parquet"))) == 2
+    verified = pq.read_table(output_of(run, "iter-00/verify", "verified")).to_pylist()
     assert len(verified) == 48 and all(v["parser_version"] for v in verified)

@@ -52,8 +52,13 @@ def make_engine(cfg: EngineConfig, model_path: str, data_dir: Path | str | None 
 
 
 def _file_engine(cfg: EngineConfig, model_path: str, data_dir: Path | str | None) -> Engine:
-    from distill.engines.file_engine import (DSS_MODEL, FileEngine, files_digest, load_dss_rationales,
-                                             load_jsonl_rationales)
+    from distill.engines.file_engine import (
+        DSS_MODEL,
+        FileEngine,
+        files_digest,
+        load_dss_rationales,
+        load_jsonl_rationales,
+    )
 
     if not cfg.files:
         raise EngineError("engine.kind file needs engine.files (rationale files to serve)")

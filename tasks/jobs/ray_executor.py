@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from storage.parquet_file import file_problem
 from storage.shards import ShardedArtifact
-from tasks.generate import GenerationJob, model_path_of, prepare_job, shard_count
+from tasks.jobs.generate import GenerationJob, model_path_of, prepare_job, shard_count
 
 EXIT_HOOK_ENV = "SIKED_TEST_REPLICA_EXIT"
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # only small results travel through it

@@ -1,0 +1,42 @@
+"""Prompts of the generation steps: the teacher's few-shot prompts per strategy, the student's
+rationale prompt (it picks the strategy), and the stop strings each needs.
+
+    prompts = teacher_prompts(problems, ("cot", "pot"), tokenizer, "auto", shots=8)
+    prompts = student_prompts(problems)
+
+`problems` are PROBLEMS rows (dicts with `id` and `question`); the result is one PromptSpec per
+(question, strategy) in question order.
+"""
+
+from __future__ import annotations
+
+from distill.config import SamplingConfig
+from distill.generation import AUTO_STRATEGY, PromptSpec
+
+
+def teacher_prompts(problems: list[dict], strategies: tuple[str, ...], tokenizer, chat_setting: str,
+                    shots: int = 8) -> list[PromptSpec]:
+    from distill.strategies.render import prompt_hash, prompt_mode, render_prompt, wants_chat_template
+
+    use_chat = wants_chat_template(tokenizer, chat_setting)
+    mode = prompt_mode(use_chat)
+    hashes = {s: prompt_hash(s, mode, shots) for s in strategies}
+    return [PromptSpec(p["id"], s, render_prompt(s, p["question"], tokenizer, use_chat, shots), hashes[s])
+            for p in problems for s in strategies]
+
+
+def student_prompts(problems: list[dict]) -> list[PromptSpec]:
+    from distill.student_format import rationale_prompt, student_prompt_hash
+
+    version = student_prompt_hash("rationale")
+    return [PromptSpec(p["id"], AUTO_STRATEGY, rationale_prompt(p["question"]), version) for p in problems]
+
+
+def stop_strings(sampling: SamplingConfig, teacher: bool) -> SamplingConfig:
+    """Teacher prompts stop at the next exemplar boundary whatever the config lists."""
+    if not teacher:
+        return sampling
+    from distill.strategies.render import STOP_STRINGS
+
+    stops = list(dict.fromkeys([*sampling.stop, *STOP_STRINGS]))
+    return sampling.model_copy(update={"stop": stops})

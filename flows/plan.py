@@ -1,0 +1,109 @@
+"""`siked plan CONFIG [key=value ...] [--json]`: what `siked run` would do, before anything runs.
+
+Every step the config asks for, with `reuse` (and which run computed the output) or `run` (and why),
+then what the steps to run amount to: prompts and samples to generate, training steps, evaluation
+questions. The decisions are tasks.jobs.pipeline.decide, the test the flow applies step by step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from distill.config import BenchmarkRef, RunConfig
+from flows.config_files import read_config
+from flows.run_setup import run_layout
+from storage.artifacts import read_manifest
+from storage.fs import ArtifactError
+from tasks.jobs.pipeline import Decision, Step, decide, pipeline_steps
+
+
+def problem_count(step: Step, ref: BenchmarkRef, cfg: RunConfig) -> int | None:
+    """Questions a problems step holds: from its manifest when frozen, else by loading the benchmark."""
+    try:
+        return int(read_manifest(step.output("problems"))["rows"])
+    except ArtifactError:
+        pass
+    try:
+        from distill.benchmarks import load_benchmark
+        from distill.strategies.exemplars import is_exemplar
+        from storage.paths import data_dir
+
+        folder = data_dir(cfg.data_dir) if ref.name != "arith" and ref.source == "local" else None
+        return sum(not is_exemplar(p.id, p.question) for p in load_benchmark(ref, folder).problems)
+    except Exception:  # noqa: BLE001 -- a Hub dataset offline, a missing file: the plan says "unknown"
+        return None
+
+
+def _refs(cfg: RunConfig) -> dict[str, BenchmarkRef]:
+    refs = {"problems/train": cfg.train_data}
+    refs.update({f"problems/eval-{r.name}-{r.split}": r for r in cfg.eval.benchmarks})
+    return refs
+
+
+def amounts(cfg: RunConfig, steps: dict[str, Step], decisions: dict[str, Decision]) -> dict[str, Any]:
+    """What the steps to run amount to. Numbers are None where they depend on data not made yet."""
+    refs = _refs(cfg)
+    counts = {name: problem_count(step, refs[name], cfg) for name, step in steps.items() if step.kind == "problems"}
+    out: dict[str, Any] = {"steps_to_run": 0, "prompts": 0, "samples": 0, "training_steps": 0,
+                           "trainings": 0, "evaluation_questions": 0}
+    for name, step in steps.items():
+        if decisions[name].action != "run":
+            continue
+        out["steps_to_run"] += 1
+        if step.kind == "generate":
+            questions = counts["problems/train"]
+            per_question = len(cfg.teacher.strategies) if step.iteration == 0 else 1
+            n = cfg.teacher.sampling.n if step.iteration == 0 else cfg.siked.sampling.n
+            prompts = None if questions is None or out["prompts"] is None else questions * per_question
+            out["prompts"] = None if prompts is None else out["prompts"] + prompts
+            out["samples"] = None if prompts is None or out["samples"] is None else out["samples"] + prompts * n
+        elif step.kind == "train":
+            out["trainings"] += 1
+            if cfg.train.max_steps is None or out["training_steps"] is None:
+                out["training_steps"] = None  # epochs over a training set not built yet
+            else:
+                out["training_steps"] += cfg.train.max_steps
+        elif step.kind == "evaluate":
+            sets = [counts.get(n) for role, n in step.inputs.items() if role.startswith("problems:")]
+            total = None if None in sets or out["evaluation_questions"] is None else sum(sets) * len(cfg.eval.modes)
+            out["evaluation_questions"] = None if total is None else out["evaluation_questions"] + total
+    return out
+
+
+def plan_rows(steps: dict[str, Step], decisions: dict[str, Decision]) -> list[dict[str, Any]]:
+    return [{"step": name, "iteration": step.iteration, "kind": step.kind, "action": decisions[name].action,
+             "key": step.key, "output": step.folder, "reuses_from": decisions[name].producer,
+             "reason": decisions[name].reason or None} for name, step in steps.items()]
+
+
+def _number(value: Any, unit: str) -> str:
+    return f"{value} {unit}" if value is not None else f"? {unit} (known once the data exists)"
+
+
+def format_plan(rows: list[dict[str, Any]], total: dict[str, Any], run_dir: str) -> str:
+    width = max(len(r["step"]) for r in rows)
+    lines = [f"plan for {run_dir}"]
+    for r in rows:
+        why = f"(from {r['reuses_from']})" if r["action"] == "reuse" and r["reuses_from"] else (r["reason"] or "")
+        lines.append(f"  {r['step']:<{width}}  {r['action']:<5}  {why}")
+    lines.append(f"{total['steps_to_run']} of {len(rows)} steps to run: "
+                 f"{_number(total['prompts'], 'prompts')}, {_number(total['samples'], 'samples')}, "
+                 f"{total['trainings']} trainings of {_number(total['training_steps'], 'steps')} in all, "
+                 f"{_number(total['evaluation_questions'], 'evaluation questions')}")
+    return "\n".join(lines)
+
+
+def plan_cli(config_path: str, overrides: list[str], as_json: bool) -> int:
+    cfg = read_config(config_path, overrides)
+    layout = run_layout(cfg)
+    steps = pipeline_steps(cfg, layout)
+    decisions = decide(steps)
+    rows = plan_rows(steps, decisions)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        print(format_plan(rows, amounts(cfg, steps, decisions), layout.run_dir), file=sys.stderr)
+    else:
+        print(format_plan(rows, amounts(cfg, steps, decisions), layout.run_dir))
+    return 0

@@ -1,0 +1,98 @@
+"""The generation step's job and its child-process body.
+
+`generate_into(job)` runs in a spawned child (tasks.generate): it builds the engine, generates the
+shards whose manifest is missing and writes each one as soon as it completes, so a killed step loses
+at most the shards in flight. With `engine.replicas > 1` the child runs
+`tasks.jobs.ray_executor.ray_generate_into` instead, which spreads the shards over engine replicas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.config import EngineConfig, SamplingConfig
+from storage.artifacts import read_manifest
+from storage.shards import ShardedArtifact
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """Everything the child process needs (picklable)."""
+
+    problems_url: str
+    output_url: str
+    key: str
+    engine: EngineConfig
+    sampling: SamplingConfig
+    model: str  # model spec or folder; for students the current checkpoint
+    strategies: tuple[str, ...]  # teacher strategies; empty = the student picks (self-generation)
+    shard_size: int
+    iteration: int
+    source: str  # teacher | student
+    lora_path: str | None = None
+    data_dir: str | None = None  # the file engine reads its rationale files from here
+    shots: int = 8  # teacher prompts: worked exemplars per prompt
+
+
+@dataclass
+class PreparedJob:
+    """A job's shards of prompts and what each row records, ready for an engine."""
+
+    shards: list
+    sampling: SamplingConfig
+    provenance: object  # distill.generation.Provenance
+    tag_of: object  # None for the teacher; the student's strategy-tag parser otherwise
+
+
+def model_path_of(job: GenerationJob) -> str:
+    """The folder (or name) the engine loads: builtin and Hub models resolve on this machine, and a
+    student under a remote run root is downloaded into this machine's mirror (storage.mirror)."""
+    from distill.models import resolve_model
+    from storage.mirror import local_model
+    from storage.paths import models_dir
+
+    local = job.engine.kind in ("vllm", "transformers")
+    return resolve_model(local_model(job.model), models_dir()) if local else job.model
+
+
+def prepare_job(job: GenerationJob, engine) -> PreparedJob:
+    """Prompts rendered with `engine`'s tokenizer, cut into shards of `job.shard_size` questions."""
+    from distill.generation import Provenance, shard_prompts
+    from distill.prompts import stop_strings, student_prompts, teacher_prompts
+    from distill.student_format import parse_student_output
+    from storage.artifacts import read_artifact
+
+    problems = read_artifact(job.problems_url, "problems").to_pylist()
+    teacher = bool(job.strategies)
+    prompts = (teacher_prompts(problems, job.strategies, engine.tokenizer(), job.engine.chat_template, job.shots)
+               if teacher else student_prompts(problems))
+    provenance = Provenance(model=job.model, engine=engine.name, engine_version=engine.version,
+                            seed=job.engine.seed, iteration=job.iteration, source=job.source)
+    return PreparedJob(shard_prompts(prompts, job.shard_size), stop_strings(job.sampling, teacher), provenance,
+                       None if teacher else (lambda text: parse_student_output(text)[0]))
+
+
+def shard_count(job: GenerationJob) -> int:
+    """Shards the job's problems make (whole questions per shard)."""
+    return -(-read_manifest(job.problems_url)["rows"] // job.shard_size)
+
+
+def generate_into(job: GenerationJob) -> dict:
+    """Child-process body: build the engine, generate the missing shards, finalize the artifact."""
+    from distill.engines import make_engine
+    from distill.generation import run_generation
+
+    out = ShardedArtifact(job.output_url, "samples", config_hash=job.key, parents=[job.problems_url])
+    engine = make_engine(job.engine, model_path_of(job), data_dir=job.data_dir)
+    try:
+        prepared = prepare_job(job, engine)
+        shards = prepared.shards
+        done = out.completed_shards()
+        stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard, skip=done,
+                               lora_path=job.lora_path, tag_of=prepared.tag_of)
+    finally:
+        engine.close()
+    out.finalize(len(shards))
+    stats["shards"] = len(shards)
+    stats["reused_shards"] = len(done)
+    return stats

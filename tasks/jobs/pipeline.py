@@ -1,0 +1,304 @@
+"""Every step of a run, described once: the config fields it reads, its inputs, its outputs, its key.
+
+    steps = pipeline_steps(cfg, layout)          # {name: Step} in pipeline order
+    steps["iter-01/train"].output("student")     # where that output lives (the step store)
+    plan = decide(steps, layout)                 # {name: Decision}: reuse (whose output) or run
+
+A step's key hashes its kind, the values of exactly the config fields it reads, its iteration, the
+keys of the steps whose outputs it reads and the code's cache version. A changed field therefore
+changes the keys of the steps that read it and of everything downstream, and nothing else: another
+learning rate keeps the teacher's keys, another evaluation budget keeps every training key. Outputs
+live in the step store under the runs root (storage.step_store), so runs that agree on a step share
+its output. The flow, `siked status` and `siked plan` all read this list; no other code builds keys.
+
+Completion is read from the files: every output's manifest written under the step's key, and the
+parents it was made from still the inputs' current contents (a recomputed input invalidates it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from pydantic import BaseModel
+
+from distill.config import BenchmarkRef, RunConfig
+from distill.mixing import alpha_for_iteration
+from storage import fs
+from storage.artifacts import incomplete_reason, read_manifest
+from storage.paths import DataDirMissing, RunLayout, data_dir, join
+from storage.step_store import read_step_info, step_dir
+
+KINDS = ("problems", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report")
+# Bump when a change to the code must invalidate finished steps (the package version is part of the
+# key too). Git commits alone do not: resuming after an unrelated fix must reuse finished work.
+CACHE_VERSION = "2"
+VERIFY_FIELDS = ("verify.timeout_s", "verify.cpu_seconds", "verify.memory_mb", "verify.max_output_kb",
+                 "verify.rel_tol")
+EVAL_FIELDS = ("siked.engine", "eval.modes", "eval.max_tokens", "eval.label_max_tokens", *VERIFY_FIELDS)
+REPORT_FILE = "report/report.md"
+REPORT_KEY_FILE = "report/report.key"
+
+
+def cache_version() -> str:
+    try:
+        package = metadata.version("siked-pipeline")
+    except metadata.PackageNotFoundError:
+        package = "0"
+    return f"{package}/{CACHE_VERSION}"
+
+
+@dataclass(frozen=True)
+class Output:
+    path: str  # inside the step's folder
+    kind: str | None  # artifact kind (storage.schemas); None for a marked folder (a student)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One job of the pipeline. `inputs` maps a role to the name of the step whose output it reads."""
+
+    name: str  # e.g. "iter-01/train"
+    kind: str
+    iteration: int | None
+    reads: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, Output]
+    key: str
+    folder: str  # the step store folder (the run folder for the report)
+
+    def output(self, role: str) -> str:
+        return join(self.folder, self.outputs[role].path)
+
+    def index_entry(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "iteration": self.iteration, "key": self.key,
+                "dir": self.folder, "inputs": self.inputs,
+                "outputs": {role: self.output(role) for role in self.outputs}}
+
+
+def _value(cfg: RunConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+
+
+def fields(cfg: RunConfig, *dotted: str) -> dict[str, Any]:
+    """{dotted name: JSON value} of the config fields a step reads."""
+    return {name: _value(cfg, name) for name in dotted}
+
+
+def step_key(kind: str, reads: dict[str, Any], input_keys: dict[str, str], iteration: int | None) -> str:
+    payload = {"kind": kind, "reads": reads, "inputs": input_keys, "iteration": iteration,
+               "code": cache_version()}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+@dataclass
+class _Builder:
+    runs_root: str
+    steps: dict[str, Step] = field(default_factory=dict)
+
+    def add(self, name: str, kind: str, iteration: int | None, reads: dict[str, Any], inputs: dict[str, str],
+            outputs: dict[str, Output], folder: str | None = None) -> Step:
+        key = step_key(kind, reads, {role: self.steps[n].key for role, n in inputs.items()}, iteration)
+        step = Step(name, kind, iteration, reads, inputs, outputs, key, folder or step_dir(self.runs_root, kind, key))
+        self.steps[name] = step
+        return step
+
+
+# --------------------------------------------------------------------------- the list of steps
+
+
+def eval_set_label(ref: BenchmarkRef) -> str:
+    return f"{ref.name}-{ref.split}"
+
+
+def data_available(ref: BenchmarkRef, configured: str | None) -> bool:
+    if ref.name == "arith" or ref.source == "hub":
+        return True
+    try:
+        data_dir(configured)
+    except DataDirMissing:
+        return False
+    return True
+
+
+def skipped_eval_sets(cfg: RunConfig) -> list[BenchmarkRef]:
+    """Evaluation sets left out because their data folder is missing and `skip_if_missing` is set."""
+    return [ref for ref in cfg.eval.benchmarks if ref.skip_if_missing and not data_available(ref, cfg.data_dir)]
+
+
+def _problems(b: _Builder, cfg: RunConfig) -> list[str]:
+    b.add("problems/train", "problems", None, {"train_data": cfg.train_data.model_dump(mode="json")}, {},
+          {"problems": Output("problems.parquet", "problems")})
+    names = []
+    skipped = skipped_eval_sets(cfg)
+    for i, ref in enumerate(cfg.eval.benchmarks):
+        if ref in skipped:
+            continue
+        name = f"problems/eval-{eval_set_label(ref)}"
+        b.add(name, "problems", None, {f"eval.benchmarks.{i}": ref.model_dump(mode="json")}, {},
+              {"problems": Output("problems.parquet", "problems")})
+        names.append(name)
+    return names
+
+
+def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], model_step: str | None,
+              model_spec: str | None = None) -> None:
+    """`<stage>/evaluate`: the model (a train step's student, or `model_spec`) on every set and mode."""
+    if not eval_sets:
+        return
+    reads = fields(cfg, *EVAL_FIELDS)
+    if model_spec is not None:
+        reads["model"] = model_spec
+    inputs = {f"problems:{name.removeprefix('problems/eval-')}": name for name in eval_sets}
+    if model_step:
+        inputs["model"] = model_step
+    outputs = {f"{label}/{mode}": Output(f"{label}-{mode}.parquet", "predictions")
+               for label in (name.removeprefix("problems/eval-") for name in eval_sets) for mode in cfg.eval.modes}
+    b.add(f"{stage}/evaluate", "evaluate", None if stage == "base" else _iteration_of(stage), reads, inputs, outputs)
+
+
+def _iteration_of(stage: str) -> int | None:
+    return int(stage.split("-")[1]) if stage.startswith("iter-") else None
+
+
+def _train(b: _Builder, cfg: RunConfig, iteration: int, train_set: str) -> str:
+    stage = f"iter-{iteration:02d}"
+    inputs = {"train_set": train_set}
+    if iteration > 0 and cfg.train.continue_from_previous:
+        inputs["start"] = f"iter-{iteration - 1:02d}/train"
+    b.add(f"{stage}/train", "train", iteration, {"train": cfg.train.model_dump(mode="json")}, inputs,
+          {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
+    return f"{stage}/train"
+
+
+def _verify_and_select(b: _Builder, cfg: RunConfig, iteration: int, biased: str | None) -> None:
+    stage = f"iter-{iteration:02d}"
+    b.add(f"{stage}/verify", "verify", iteration, fields(cfg, *VERIFY_FIELDS),
+          {"samples": f"{stage}/generate", "problems": "problems/train"},
+          {"verified": Output("verified.parquet", "verified")})
+    reads = {"teacher.biased": biased} if iteration == 0 else {}
+    b.add(f"{stage}/distill_set", "distill_set", iteration, reads,
+          {"verified": f"{stage}/verify", "problems": "problems/train"},
+          {"distill_set": Output("distill_set.parquet", "train_examples")})
+
+
+def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
+    """Every step `cfg` asks for, in the order the flow runs them, the report last."""
+    b = _Builder(layout.root)
+    eval_sets = _problems(b, cfg)
+    if cfg.eval.evaluate_base:
+        _evaluate(b, cfg, "base", eval_sets, None, model_spec=cfg.train.model)
+    teacher = "teacher"
+    b.add("iter-00/generate", "generate", 0,
+          fields(cfg, f"{teacher}.engine", f"{teacher}.sampling", f"{teacher}.strategies", f"{teacher}.shard_size",
+                 f"{teacher}.shots"),
+          {"problems": "problems/train"}, {"samples": Output("samples", "samples")})
+    _verify_and_select(b, cfg, 0, cfg.teacher.biased)
+    student = _train(b, cfg, 0, "iter-00/distill_set")
+    _evaluate(b, cfg, "iter-00", eval_sets, student)
+    for iteration in range(1, cfg.siked.iterations + 1):
+        stage = f"iter-{iteration:02d}"
+        b.add(f"{stage}/generate", "generate", iteration,
+              fields(cfg, "siked.engine", "siked.sampling", "teacher.shard_size"),
+              {"problems": "problems/train", "student": student}, {"samples": Output("samples", "samples")})
+        _verify_and_select(b, cfg, iteration, None)
+        target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
+        b.add(f"{stage}/mix", "mix", iteration,
+              {**fields(cfg, "siked.mixing", "seed"), "target_alpha": target},
+              {"self_set": f"{stage}/distill_set", "verified": f"{stage}/verify", "teacher_set": "iter-00/distill_set"},
+              {"train_set": Output("train_set.parquet", "train_examples")})
+        student = _train(b, cfg, iteration, f"{stage}/mix")
+        _evaluate(b, cfg, stage, eval_sets, student)
+    # The report is the run's own (it shows the run's config): it lives in the run folder.
+    reported = {name: name for name, s in b.steps.items() if s.kind in ("evaluate", "train", "mix", "distill_set")}
+    b.add("report", "report", None, {"run": layout.run_id}, reported, {"report": Output(REPORT_FILE, None)},
+          folder=layout.run_dir)
+    return b.steps
+
+
+def eval_only_steps(cfg: RunConfig, layout: RunLayout, model: str, model_hash: str | None) -> dict[str, Step]:
+    """`siked eval MODEL`: the evaluation sets and one `eval/evaluate` of `model`. A local folder's
+    content hash (from its manifest, when it has one) is part of the key: a retrained folder at the
+    same path is evaluated again."""
+    b = _Builder(layout.root)
+    eval_sets = _problems(b, cfg)
+    del b.steps["problems/train"]
+    spec = f"{model}#{model_hash}" if model_hash else model
+    _evaluate(b, cfg, "eval", eval_sets, None, model_spec=spec)
+    return b.steps
+
+
+def eval_targets(step: Step, steps: dict[str, Step]) -> tuple[tuple[str, str, str, str], ...]:
+    """(benchmark label, problems URL, mode, predictions URL) of every output of an evaluate step."""
+    targets = []
+    for role in step.outputs:
+        label, _, mode = role.rpartition("/")
+        problems = steps[step.inputs[f"problems:{label}"]].output("problems")
+        targets.append((label, problems, mode, step.output(role)))
+    return tuple(targets)
+
+
+# --------------------------------------------------------------------------- reuse or run
+
+
+@dataclass
+class Decision:
+    action: str  # reuse | run
+    reason: str = ""  # why it runs
+    producer: str | None = None  # the run whose output is reused
+
+
+def _parents_current(url: str) -> str | None:
+    """Why the output at `url` was made from inputs other than the current ones, or None."""
+    for parent in read_manifest(url).get("parents", []):
+        try:
+            current = read_manifest(parent["path"])["content_hash"]
+        except fs.ArtifactError:
+            return f"its input {parent['path']} is missing"
+        if current != parent["content_hash"]:
+            return f"its input {parent['path']} changed since it was made"
+    return None
+
+
+def incomplete(step: Step) -> str | None:
+    """Why `step` is not done (its outputs missing, made under another key or from other inputs)."""
+    if step.kind == "report":
+        key_file = join(step.folder, REPORT_KEY_FILE)
+        if not fs.exists(step.output("report")) or not fs.exists(key_file):
+            return "no report yet"
+        return None if fs.read_bytes(key_file).decode().strip() == step.key else "the report is out of date"
+    for role, out in step.outputs.items():
+        url = step.output(role)
+        reason = incomplete_reason(url, kind=out.kind, config_hash=step.key, verify_hash=False)
+        if reason is None and step.kind == "evaluate" and not fs.exists(url.removesuffix(".parquet") + ".summary.json"):
+            reason = f"{url} has no summary"
+        if reason is None:
+            reason = _parents_current(url)
+        if reason is not None:
+            return reason
+    return None
+
+
+def decide(steps: dict[str, Step]) -> dict[str, Decision]:
+    """Reuse a step when its outputs are complete and none of its inputs runs; run it otherwise.
+    What this says is what the flow does (it applies the same test to each step as it reaches it)."""
+    decisions: dict[str, Decision] = {}
+    for name, step in steps.items():
+        running = [n for n in step.inputs.values() if decisions[n].action == "run"]
+        if running:
+            decisions[name] = Decision("run", f"its input {running[0]} runs")
+            continue
+        reason = incomplete(step)
+        if reason is not None:
+            decisions[name] = Decision("run", reason)
+            continue
+        info = read_step_info(step.folder) if step.kind != "report" else None
+        decisions[name] = Decision("reuse", producer=(info or {}).get("run"))
+    return decisions
