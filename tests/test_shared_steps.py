@@ -396,3 +396,19 @@ def test_progress_artifacts_of_two_flow_runs_do_not_share_a_key():
                     if a.key and a.key.endswith("generate-teacher-00") and a.key.startswith(tuple(runs))}
 
     assert len(asyncio.run(keys())) == 2
+
+
+def test_settings_that_change_only_how_a_step_runs_move_no_key(tmp_path):
+    base = keys(tmp_path)
+    assert changed(base, keys(tmp_path, "teacher.engine.gpu_memory_utilization=0.5",
+                              "siked.engine.request_timeout_s=30", "train.checkpoint_every=7")) == {"report"}
+
+
+def test_a_step_code_version_moves_that_step_and_what_follows_it(tmp_path, monkeypatch):
+    from tasks.jobs import pipeline
+
+    base = keys(tmp_path)
+    monkeypatch.setitem(pipeline.STEP_CODE_VERSIONS, "verify", "2")
+    moved = changed(base, keys(tmp_path))
+    assert "iter-00/verify" in moved and "iter-02/verify" in moved
+    assert not moved & {"problems/train", "iter-00/generate", "base/evaluate"}

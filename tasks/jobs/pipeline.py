@@ -36,6 +36,16 @@ KINDS = ("problems", "generate", "verify", "distill_set", "mix", "train", "evalu
 # Bump when a change to the code must invalidate finished steps (the package version is part of the
 # key too). Git commits alone do not: resuming after an unrelated fix must reuse finished work.
 CACHE_VERSION = "2"
+# Per step kind: bump one when a change to that step's code changes what it writes; that step and
+# everything downstream of it then run again, nothing upstream.
+STEP_CODE_VERSIONS = {kind: "1" for kind in KINDS}
+# Settings that change how a step runs, not what it writes: left out of its key, so raising a
+# timeout or a KV-cache share never recomputes finished work.
+EXECUTION_ONLY = {
+    "engine": ("gpu_memory_utilization", "concurrency", "max_retries", "request_timeout_s", "api_key_env",
+               "ray_address"),
+    "train": ("tensorboard", "checkpoint_every"),
+}
 VERIFY_FIELDS = ("verify.timeout_s", "verify.cpu_seconds", "verify.memory_mb", "verify.max_output_kb",
                  "verify.rel_tol")
 EVAL_FIELDS = ("siked.engine", "eval.modes", "eval.max_tokens", "eval.label_max_tokens", *VERIFY_FIELDS)
@@ -83,7 +93,10 @@ def _value(cfg: RunConfig, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
         node = getattr(node, part)
-    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+    if not isinstance(node, BaseModel):
+        return node
+    section = dotted.rpartition(".")[2]
+    return node.model_dump(mode="json", exclude=set(EXECUTION_ONLY.get(section, ())))
 
 
 def fields(cfg: RunConfig, *dotted: str) -> dict[str, Any]:
@@ -93,7 +106,7 @@ def fields(cfg: RunConfig, *dotted: str) -> dict[str, Any]:
 
 def step_key(kind: str, reads: dict[str, Any], input_keys: dict[str, str], iteration: int | None) -> str:
     payload = {"kind": kind, "reads": reads, "inputs": input_keys, "iteration": iteration,
-               "code": cache_version()}
+               "code": cache_version(), "step_code": STEP_CODE_VERSIONS[kind]}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -173,7 +186,7 @@ def _train(b: _Builder, cfg: RunConfig, iteration: int, train_set: str) -> str:
     inputs = {"train_set": train_set}
     if iteration > 0 and cfg.train.continue_from_previous:
         inputs["start"] = f"iter-{iteration - 1:02d}/train"
-    b.add(f"{stage}/train", "train", iteration, {"train": cfg.train.model_dump(mode="json")}, inputs,
+    b.add(f"{stage}/train", "train", iteration, fields(cfg, "train"), inputs,
           {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
     return f"{stage}/train"
 
