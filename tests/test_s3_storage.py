@@ -332,6 +332,8 @@ def test_tiny_run_with_its_run_root_on_s3(s3_endpoint, tmp_path, tiny_model_path
     `siked status` reads them from there, and on another machine (a fresh SIKED_HOME, no mirrors)
     `siked resume` finds every step done and the student can be fetched from the bucket."""
     from flows.cli import main
+    from storage.paths import layout_for_run_dir
+    from storage.step_store import step_output
     from tests.test_flow import STEP_FUNCTIONS, task_states_of_last_run, tiny_run_overrides
 
     runs_root = f"s3://{BUCKET}/runs-{uuid.uuid4().hex[:8]}"
@@ -343,16 +345,24 @@ def test_tiny_run_with_its_run_root_on_s3(s3_endpoint, tmp_path, tiny_model_path
     run = capsys.readouterr().out.strip().splitlines()[-1]
     assert run.startswith(f"{runs_root}/flow-")
 
-    stored = fs.list_files(run)
-    for name in ("config.yaml", "problems/train.parquet.manifest.json", "iter-00/teacher_samples/_manifest.json",
-                 "iter-00/verified.parquet.manifest.json", "iter-00/student/_manifest.json",
-                 "iter-00/student/config.json", "iter-01/self_samples/_manifest.json",
-                 "iter-01/train_set.parquet.manifest.json", "iter-01/student/_manifest.json",
-                 "iter-01/train_metrics.parquet.manifest.json", "iter-01/summary.json", "report/report.md"):
+    stored = fs.list_files(run)  # the run's own files
+    for name in ("config.yaml", "steps.json", "iter-01/summary.json", "report/report.md"):
         assert name in stored, f"{name} not in the bucket"
-    assert not any("checkpoints/" in name for name in stored)  # checkpoints stay on the training machine
-    assert not any(".tmp-" in name for name in keys(run))
-    assert is_folder_complete(join(run, "iter-01/student"), verify_hashes=True)
+    layout = layout_for_run_dir(run)
+    outputs = {(step, role): step_output(layout, step, role) for step, role in [
+        ("problems/train", "problems"), ("iter-00/generate", "samples"), ("iter-00/verify", "verified"),
+        ("iter-00/train", "student"), ("iter-01/generate", "samples"), ("iter-01/mix", "train_set"),
+        ("iter-01/train", "student"), ("iter-01/train", "metrics")]}
+    for (step, role), url in outputs.items():  # every step output, in the step store in the bucket
+        assert url.startswith(f"{runs_root}/steps/"), url
+        assert fs.exists(url + ".manifest.json") or fs.exists(join(url, "_manifest.json")), f"{step} {role}"
+    assert fs.exists(join(outputs[("iter-00/train", "student")], "config.json"))
+    everything = fs.list_files(runs_root)
+    assert not any("checkpoints/" in name for name in everything)  # checkpoints stay on the training machine
+    assert not any(".tmp-" in name for name in keys(runs_root))
+    student_url = outputs[("iter-01/train", "student")]
+    assert is_folder_complete(student_url, verify_hashes=True)
+    assert main(["verify", run]) == 0
 
     assert main(["status", run, "--json"]) == 0
     statuses = json.loads(capsys.readouterr().out)
@@ -367,7 +377,7 @@ def test_tiny_run_with_its_run_root_on_s3(s3_endpoint, tmp_path, tiny_model_path
     executed = {task: s for task, s in states.items() if task in STEP_FUNCTIONS and set(s) != {"Cached"}}
     assert STEP_FUNCTIONS <= set(states) and not executed, states
     assert not (other_home / "mirror").exists()  # finished steps need no model
-    student = fetch_folder(join(run, "iter-01/student"))
+    student = fetch_folder(student_url)
     assert Path(student).is_relative_to(other_home) and (Path(student) / "config.json").is_file()
 
 
