@@ -181,7 +181,11 @@ class TrainConfig(Section):
 class SikedConfig(Section):
     iterations: int = Field(default=3, ge=0)
     """Self-generation iterations after the teacher-data round (iteration 0)."""
-    mixing: Literal["adaptive", "all", "standard", "alpha"] = "adaptive"
+    mixing: Literal["adaptive", "adaptive_question", "all", "standard", "alpha"] = "adaptive"
+    """`adaptive`: the student's correct samples plus the teacher's rows of every (question, strategy)
+    the student did not solve (SIKeD's reference code); `adaptive_question`: teacher rows only for
+    questions solved with no strategy; `all`: every teacher row; `standard`: none; `alpha`: a target
+    teacher fraction per iteration (`alpha_schedule`)."""
     alpha_schedule: list[float] = Field(default_factory=lambda: [0.9, 0.5, 0.2])
     """`alpha` mixing: target teacher fraction for iterations 1, 2, ... (last value repeats)."""
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

@@ -3,8 +3,11 @@
 Rules, for iteration t >= 1, given D_self (the student's correct samples, one per question and
 strategy) and the teacher's distillation set D_teacher:
 
-- `adaptive` (SIKeD's main rule): D_self plus teacher rows only for questions the student solved
-  in no sample.
+- `adaptive` (SIKeD's main rule, as its reference code `create-mixed-data.py` builds it): D_self
+  plus the teacher rows of every (question, strategy) pair the student did not solve, strategy by
+  strategy: a question the student solved with CoT still gets the teacher's L2M and PoT rows.
+- `adaptive_question`: D_self plus teacher rows only for questions the student solved with no
+  strategy at all (fewer teacher rows; this project's rule before it followed the reference code).
 - `all`: D_self plus every teacher row.  `standard`: D_self only.
 - `alpha`: a target teacher fraction a = |T| / (|T| + |S|). Teacher rows are subsampled to reach
   it; when there are too few, every teacher row is kept and D_self is subsampled instead.
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STRATEGIES = ("cot", "l2m", "pot")
-RULES = ("adaptive", "all", "standard", "alpha")
+RULES = ("adaptive", "adaptive_question", "all", "standard", "alpha")
 KL_EPSILON = 1e-6  # smoothing so a strategy the student never chose gives a finite divergence
 
 
@@ -100,13 +103,15 @@ def _alpha_mix(student: list[dict], teacher: list[dict], target: float, rng: ran
 
 def mix(self_rows: Iterable[Mapping[str, Any]], teacher_rows: Iterable[Mapping[str, Any]],
         student_sample_strategies: Iterable[str], rule: str, *, target_alpha: float | None = None,
-        solved_questions: Iterable[str] | None = None, seed: int = 0) -> MixResult:
+        solved_questions: Iterable[str] | None = None,
+        solved_pairs: Iterable[tuple[str, str]] | None = None, seed: int = 0) -> MixResult:
     """The next training set under `rule`.
 
     `self_rows`: D_self (correct student rows); `teacher_rows`: the teacher distillation set;
     `student_sample_strategies`: the strategy of every student sample generated this iteration
-    (correct or not), for P_SM; `solved_questions`: questions with at least one correct student
-    sample (default: those in D_self), for `adaptive`.
+    (correct or not), for P_SM; `solved_pairs`: (question, strategy) of every correct student
+    sample (default: those in D_self), for `adaptive`; `solved_questions`: questions with at least
+    one correct student sample (default: those in D_self), for `adaptive_question`.
     """
     if rule not in RULES:
         raise ValueError(f"unknown mixing rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -115,6 +120,9 @@ def mix(self_rows: Iterable[Mapping[str, Any]], teacher_rows: Iterable[Mapping[s
     teacher = all_teacher
     notes: list[str] = []
     if rule == "adaptive":
+        pairs = set(solved_pairs) if solved_pairs is not None else {(r["question_id"], r["strategy"]) for r in student}
+        teacher = [r for r in teacher if (r["question_id"], r["strategy"]) not in pairs]
+    elif rule == "adaptive_question":
         solved = set(solved_questions) if solved_questions is not None else {r["question_id"] for r in student}
         teacher = [r for r in teacher if r["question_id"] not in solved]
     elif rule == "standard":

@@ -26,9 +26,10 @@ def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str,
     self_rows = read_artifact(self_set_url, "train_examples").to_pylist()
     teacher_rows = read_artifact(teacher_set_url, "train_examples").to_pylist()
     verified = read_artifact(verified_url, "verified", columns=["question_id", "strategy", "verdict"]).to_pydict()
-    solved = {q for q, v in zip(verified["question_id"], verified["verdict"], strict=True) if v == "correct"}
+    correct = [(q, s) for q, s, v in zip(verified["question_id"], verified["strategy"], verified["verdict"],
+                                         strict=True) if v == "correct"]
     result = mix(self_rows, teacher_rows, verified["strategy"], rule, target_alpha=target_alpha,
-                 solved_questions=solved, seed=seed + iteration)
+                 solved_questions={q for q, _ in correct}, solved_pairs=set(correct), seed=seed + iteration)
     stats = result.stats()
     write_json(stats_url(output), stats)
     write_artifact(output, result.rows, "train_examples", config_hash=key,

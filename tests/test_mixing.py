@@ -27,17 +27,33 @@ def test_all_adds_every_teacher_row():
     assert len(result.rows) == 10 and result.alpha == pytest.approx(7 / 10)
 
 
-def test_adaptive_adds_teacher_rows_only_for_unsolved_questions():
+def teacher_pairs(result) -> set[tuple[str, str]]:
+    return {(r["question_id"], r["strategy"]) for r in result.rows if r["source"] == "teacher"}
+
+
+def test_adaptive_adds_teacher_rows_for_every_question_and_strategy_the_student_did_not_solve():
+    # As SIKeD's create-mixed-data.py: per strategy, the teacher's rows of the questions the student
+    # did not solve with that strategy. q1 was solved with CoT and PoT: its L2M row stays; q2 with
+    # CoT: its PoT row stays; q1:cot is the student's, so the teacher's q1:cot goes.
     result = mix(SELF, TEACHER, SAMPLES, "adaptive")
-    teacher_questions = {r["question_id"] for r in result.rows if r["source"] == "teacher"}
-    assert teacher_questions == {"q3", "q4"}
+    assert teacher_pairs(result) == {("q1", "l2m"), ("q2", "pot"), ("q3", "cot"), ("q3", "l2m"), ("q3", "pot"),
+                                     ("q4", "cot")}
+    assert result.teacher_rows == 6 and result.alpha == pytest.approx(6 / 9)
+
+
+def test_adaptive_question_adds_teacher_rows_only_for_questions_no_strategy_solved():
+    result = mix(SELF, TEACHER, SAMPLES, "adaptive_question")
+    assert {q for q, _ in teacher_pairs(result)} == {"q3", "q4"}
     assert result.teacher_rows == 4 and result.alpha == pytest.approx(4 / 7)
 
 
-def test_adaptive_uses_solved_questions_when_given():
-    # q3 was solved in some sample even though no row of it reached D_self.
-    result = mix(SELF, TEACHER, SAMPLES, "adaptive", solved_questions={"q1", "q2", "q3"})
-    assert {r["question_id"] for r in result.rows if r["source"] == "teacher"} == {"q4"}
+def test_the_two_adaptive_rules_read_what_was_solved_when_given():
+    # q3 was solved with CoT in some sample even though no row of it reached D_self.
+    pairs = {("q1", "cot"), ("q1", "pot"), ("q2", "cot"), ("q3", "cot")}
+    result = mix(SELF, TEACHER, SAMPLES, "adaptive", solved_pairs=pairs)
+    assert ("q3", "cot") not in teacher_pairs(result) and ("q3", "l2m") in teacher_pairs(result)
+    result = mix(SELF, TEACHER, SAMPLES, "adaptive_question", solved_questions={"q1", "q2", "q3"})
+    assert {q for q, _ in teacher_pairs(result)} == {"q4"}
 
 
 def test_alpha_subsamples_teacher_to_target():

@@ -39,6 +39,7 @@ CACHE_VERSION = "2"
 # Per step kind: bump one when a change to that step's code changes what it writes; that step and
 # everything downstream of it then run again, nothing upstream.
 STEP_CODE_VERSIONS = {kind: "1" for kind in KINDS}
+STEP_CODE_VERSIONS["mix"] = "2"  # `adaptive` became the reference code's per-(question, strategy) rule
 # Settings that change how a step runs, not what it writes: left out of its key, so raising a
 # timeout or a KV-cache share never recomputes finished work.
 EXECUTION_ONLY = {
