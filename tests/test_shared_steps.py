@@ -412,3 +412,11 @@ def test_a_step_code_version_moves_that_step_and_what_follows_it(tmp_path, monke
     moved = changed(base, keys(tmp_path))
     assert "iter-00/verify" in moved and "iter-02/verify" in moved
     assert not moved & {"problems/train", "iter-00/generate", "base/evaluate"}
+
+
+def test_an_eval_set_is_one_step_wherever_it_is_listed(tmp_path):
+    one = keys(tmp_path, "eval.benchmarks=[{name: arith, split: test, size: 24}, {name: arith, split: train, size: 9}]")
+    two = keys(tmp_path, "eval.benchmarks=[{name: arith, split: train, size: 9}, "
+                         "{name: arith, split: test, size: 24, skip_if_missing: true}]")
+    assert one["problems/eval-arith-test"] == two["problems/eval-arith-test"]
+    assert one["problems/eval-arith-train"] == two["problems/eval-arith-train"]

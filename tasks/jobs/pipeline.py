@@ -147,17 +147,22 @@ def skipped_eval_sets(cfg: RunConfig) -> list[BenchmarkRef]:
     return [ref for ref in cfg.eval.benchmarks if ref.skip_if_missing and not data_available(ref, cfg.data_dir)]
 
 
+def _benchmark(ref: BenchmarkRef) -> dict[str, Any]:
+    """What a problems step reads of a benchmark reference: not its place in a list, nor whether a
+    missing data folder would skip it, so the same set frozen anywhere is one step."""
+    return {"benchmark": ref.model_dump(mode="json", exclude={"skip_if_missing"})}
+
+
 def _problems(b: _Builder, cfg: RunConfig) -> list[str]:
-    b.add("problems/train", "problems", None, {"train_data": cfg.train_data.model_dump(mode="json")}, {},
+    b.add("problems/train", "problems", None, _benchmark(cfg.train_data), {},
           {"problems": Output("problems.parquet", "problems")})
     names = []
     skipped = skipped_eval_sets(cfg)
-    for i, ref in enumerate(cfg.eval.benchmarks):
+    for ref in cfg.eval.benchmarks:
         if ref in skipped:
             continue
         name = f"problems/eval-{eval_set_label(ref)}"
-        b.add(name, "problems", None, {f"eval.benchmarks.{i}": ref.model_dump(mode="json")}, {},
-              {"problems": Output("problems.parquet", "problems")})
+        b.add(name, "problems", None, _benchmark(ref), {}, {"problems": Output("problems.parquet", "problems")})
         names.append(name)
     return names
 
