@@ -42,6 +42,11 @@ def _refs(cfg: RunConfig) -> dict[str, BenchmarkRef]:
     return refs
 
 
+def _plus(total: int | None, value: int | None) -> int | None:
+    """A running total that becomes unknown (None) once one of its parts is."""
+    return None if total is None or value is None else total + value
+
+
 def amounts(cfg: RunConfig, steps: dict[str, Step], decisions: dict[str, Decision]) -> dict[str, Any]:
     """What the steps to run amount to. Numbers are None where they depend on data not made yet."""
     refs = _refs(cfg)
@@ -53,22 +58,21 @@ def amounts(cfg: RunConfig, steps: dict[str, Step], decisions: dict[str, Decisio
             continue
         out["steps_to_run"] += 1
         if step.kind == "generate":
+            teacher = step.iteration == 0
+            per_question = len(cfg.teacher.strategies) if teacher else 1
+            n = cfg.teacher.sampling.n if teacher else cfg.siked.sampling.n
             questions = counts["problems/train"]
-            per_question = len(cfg.teacher.strategies) if step.iteration == 0 else 1
-            n = cfg.teacher.sampling.n if step.iteration == 0 else cfg.siked.sampling.n
-            prompts = None if questions is None or out["prompts"] is None else questions * per_question
-            out["prompts"] = None if prompts is None else out["prompts"] + prompts
-            out["samples"] = None if prompts is None or out["samples"] is None else out["samples"] + prompts * n
+            prompts = None if questions is None else questions * per_question
+            out["prompts"] = _plus(out["prompts"], prompts)
+            out["samples"] = _plus(out["samples"], None if prompts is None else prompts * n)
         elif step.kind == "train":
             out["trainings"] += 1
-            if cfg.train.max_steps is None or out["training_steps"] is None:
-                out["training_steps"] = None  # epochs over a training set not built yet
-            else:
-                out["training_steps"] += cfg.train.max_steps
+            # Without max_steps the count is epochs over a training set not built yet.
+            out["training_steps"] = _plus(out["training_steps"], cfg.train.max_steps)
         elif step.kind == "evaluate":
             sets = [counts.get(n) for role, n in step.inputs.items() if role.startswith("problems:")]
-            total = None if None in sets or out["evaluation_questions"] is None else sum(sets) * len(cfg.eval.modes)
-            out["evaluation_questions"] = None if total is None else out["evaluation_questions"] + total
+            questions = None if None in sets else sum(sets) * len(cfg.eval.modes)
+            out["evaluation_questions"] = _plus(out["evaluation_questions"], questions)
     return out
 
 

@@ -15,7 +15,7 @@ from distill.config import RunConfig
 from storage.fs import list_files
 from storage.mirror import mirror_dir
 from storage.paths import RunLayout
-from storage.step_store import local_claim_held
+from storage.step_store import claim_held
 from tasks.jobs.pipeline import Step, incomplete, pipeline_steps
 
 
@@ -44,7 +44,7 @@ def step_status(step: Step) -> StepStatus:
     reason = incomplete(step)
     if reason is None:
         return StepStatus(stage, name, "done", step.folder)
-    if step.kind != "report" and local_claim_held(step.folder):
+    if step.kind != "report" and claim_held(step.folder):
         return StepStatus(stage, name, "running", step.folder, reason)
     if _started(step):
         return StepStatus(stage, name, "failed", step.folder, f"started, not finished: {reason}")

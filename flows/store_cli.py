@@ -18,7 +18,7 @@ from storage.fs import ArtifactMissing, list_files
 from storage.paths import default_runs_root, layout_for_run_dir
 from storage.step_store import (
     OldRunFolder,
-    local_claim_held,
+    claim_held,
     read_index,
     remove_tree,
     run_indexes,
@@ -50,7 +50,7 @@ def verify_cli(run: str) -> int:
 def unreferenced_steps(runs_root: str) -> list[str]:
     """Step folders no run's index names and no process is computing."""
     referenced = {step["dir"] for steps in run_indexes(runs_root).values() for step in steps}
-    return [d for d in stored_step_dirs(runs_root) if d not in referenced and not local_claim_held(d)]
+    return [d for d in stored_step_dirs(runs_root) if d not in referenced and not claim_held(d)]
 
 
 def gc_cli(runs_root: str | None, dry_run: bool) -> int:

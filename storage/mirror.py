@@ -3,11 +3,11 @@
 Training writes and vLLM reads model folders on a local disk. With a remote run root, a model
 folder lives twice: as the shared copy under the run root, and as a local mirror under
 `$SIKED_HOME/mirror/<protocol>/<bucket and key>` (one per machine, keyed by the full URL, so by
-run id, iteration and folder):
+the step's key and folder):
 
-    local = mirror_dir(layout.student(1))            # the URL itself when the run root is local
+    local = mirror_dir(student_url)                  # the URL itself when the run root is local
     train(..., output_dir=local)
-    publish_folder(local, layout.student(1), info, config_hash=key)   # upload, manifest last
+    publish_folder(local, student_url, info, config_hash=key)   # upload, manifest last
     ...
     path = local_model(student_url)     # on any machine: download if the mirror is missing,
                                         # incomplete or stale (judged by the folder manifest)

@@ -75,24 +75,11 @@ class RunLayout:
     def config(self) -> str:
         return self.path("config.yaml")
 
-    # Problems each run uses, frozen at the start so later steps read the same questions.
-    def problems(self, name: str) -> str:
-        return self.path("problems", f"{name}.parquet")
-
     def iteration_dir(self, iteration: int) -> str:
         return self.path(f"iter-{iteration:02d}")
 
-    def samples(self, iteration: int) -> str:
-        """Sharded generation output: teacher samples for iteration 0, self samples after."""
-        name = "teacher_samples" if iteration == 0 else "self_samples"
-        return join(self.iteration_dir(iteration), name)
-
-    def verified(self, iteration: int) -> str:
-        return join(self.iteration_dir(iteration), "verified.parquet")
-
-    def distill_set(self, iteration: int) -> str:
-        return join(self.iteration_dir(iteration), "distill_set.parquet")
-
+    # The pipeline's step outputs live in the step store (storage.step_store, keyed in
+    # tasks.jobs.pipeline); these are the folders `siked train` writes on its own, inside the run.
     def train_set(self, iteration: int) -> str:
         return join(self.iteration_dir(iteration), "train_set.parquet")
 
@@ -110,12 +97,6 @@ class RunLayout:
     def stage_dir(self, stage: str) -> str:
         """`base` (the untrained student) or `iter-XX`."""
         return self.path(stage)
-
-    def predictions_at(self, stage: str, benchmark: str, mode: str) -> str:
-        return join(self.stage_dir(stage), "eval", f"{benchmark}-{mode}.parquet")
-
-    def predictions(self, iteration: int, benchmark: str, mode: str) -> str:
-        return self.predictions_at(f"iter-{iteration:02d}", benchmark, mode)
 
     def summary(self, stage: str) -> str:
         """What one stage produced and scored (JSON), read by the report and `siked status`."""

@@ -3,7 +3,7 @@
 A long step (generation over thousands of questions) writes shard after shard, each with its own
 manifest, and continues after a crash from what it already wrote:
 
-    out = ShardedArtifact(layout.samples(0), "samples", config_hash=key)
+    out = ShardedArtifact(samples_url, "samples", config_hash=key)
     done = out.completed_shards()
     for index, batch in enumerate(batches):
         if index not in done:

@@ -168,8 +168,9 @@ def _read_holder_file(path: str) -> dict:
         return {}
 
 
-def local_claim_held(folder: str) -> bool:
-    """True while a process holds the local claim of `folder` (gc never removes such a folder)."""
+def claim_held(folder: str) -> bool:
+    """True while a process holds the claim of the step folder `folder` (a lock on a local disk, a
+    fresh `_claim.json` on an object store); gc never removes such a folder."""
     filesystem, path = fs.resolve(folder)
     if not fs.is_local(filesystem):
         return _remote_claim_live(join(folder, CLAIM_NAME))

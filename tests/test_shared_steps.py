@@ -21,7 +21,7 @@ from storage import fs, step_store
 from storage.artifacts import ShardedArtifact, write_artifact
 from storage.folders import mark_folder_complete
 from storage.paths import RunLayout
-from storage.step_store import claim_step, local_claim_held, write_index
+from storage.step_store import claim_held, claim_step, write_index
 from tasks.jobs.pipeline import decide, pipeline_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_a_local_claim_waits_for_its_holder_and_a_killed_holder_frees_it(tmp_pat
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, folder], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert local_claim_held(folder)
+        assert claim_held(folder)
         waited, acquired = [], threading.Event()
 
         def take() -> None:
@@ -123,7 +123,7 @@ def test_a_local_claim_waits_for_its_holder_and_a_killed_holder_frees_it(tmp_pat
     finally:
         holder.kill()
         holder.wait()
-    assert not local_claim_held(folder)
+    assert not claim_held(folder)
 
 
 def test_a_remote_claim_is_taken_over_once_its_heartbeat_is_stale(monkeypatch):
@@ -131,7 +131,7 @@ def test_a_remote_claim_is_taken_over_once_its_heartbeat_is_stale(monkeypatch):
     monkeypatch.setattr(step_store, "POLL_S", 0.1)
     folder = "memory://claims/steps/train/k1"
     fs.write_json(f"{folder}/_claim.json", {"label": "dead run", "updated": time.time()})
-    assert local_claim_held(folder)
+    assert claim_held(folder)
     waited = []
     start = time.monotonic()
     with claim_step(folder, "me", on_wait=waited.append):
@@ -299,7 +299,7 @@ def test_two_runs_needing_the_same_teacher_step_generate_it_once(tmp_path, tiny_
     try:
         a_out = Output(a)
         deadline = time.monotonic() + 300
-        while not local_claim_held(step.folder):
+        while not claim_held(step.folder):
             assert a.poll() is None and time.monotonic() < deadline, a_out.text()[-3000:]
             time.sleep(0.05)
         frozen = [a.pid, *descendants(a.pid)]
