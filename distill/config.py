@@ -181,10 +181,11 @@ class TrainConfig(Section):
 class SikedConfig(Section):
     iterations: int = Field(default=3, ge=0)
     """Self-generation iterations after the teacher-data round (iteration 0)."""
-    mixing: Literal["adaptive", "adaptive_question", "all", "standard", "alpha"] = "adaptive"
+    mixing: Literal["adaptive", "adaptive_question", "all", "standard", "teacher", "alpha"] = "adaptive"
     """`adaptive`: the student's correct samples plus the teacher's rows of every (question, strategy)
     the student did not solve (SIKeD's reference code); `adaptive_question`: teacher rows only for
-    questions solved with no strategy; `all`: every teacher row; `standard`: none; `alpha`: a target
+    questions solved with no strategy; `all`: every teacher row; `standard`: none (on-policy);
+    `teacher`: the teacher rows only (off-policy, the student's samples unused); `alpha`: a target
     teacher fraction per iteration (`alpha_schedule`)."""
     alpha_schedule: list[float] = Field(default_factory=lambda: [0.9, 0.5, 0.2])
     """`alpha` mixing: target teacher fraction for iterations 1, 2, ... (last value repeats)."""
@@ -209,6 +210,10 @@ class RunConfig(Section):
     name: str = "siked"
     """Run name; the run folder is `<runs_root>/<name>-<config hash>`."""
     seed: int = 42
+    """The run's seed. `train.seed` and `siked.engine.seed` (the student's training order, dropout,
+    validation split and self-generation sampling) follow it unless set themselves; the teacher's
+    `teacher.engine.seed` does not (default 0), so that the seeds of an experiment share one set of
+    teacher data, as the papers' comparisons do. Set it too to resample the teacher per seed."""
     runs_root: str | None = None
     """Where runs are written (a path or fsspec URL); default `$SIKED_HOME/runs`."""
     data_dir: str | None = None
@@ -226,6 +231,28 @@ class RunConfig(Section):
         if not value or any(c in value for c in "/\\: ") or value.startswith("."):
             raise ValueError(f"run name {value!r} must be a plain folder name (no '/', ':', spaces)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _student_seeds_follow_the_run_seed(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        seed = data.get("seed", 42)
+        data = dict(data)
+        for section, inner in (("train", ()), ("siked", ("engine",))):
+            node = data.get(section, {})
+            if not isinstance(node, dict):
+                continue
+            node = dict(node)
+            data[section] = node
+            for name in inner:
+                if not isinstance(node.get(name, {}), dict):
+                    break
+                node[name] = dict(node.get(name, {}))
+                node = node[name]
+            else:
+                node.setdefault("seed", seed)
+        return data
 
     @model_validator(mode="after")
     def _alpha_schedule_needed(self) -> RunConfig:

@@ -30,6 +30,9 @@ from distill.verify import PARSER_VERSION, verify_samples
 
 MODES = ("rationale", "label")
 EXTRACTION_FAILURES = ("no_answer", "bad_format")
+# Rules that read an answer the model stated as its answer (or a program's result): the strict
+# score. The flexible score, the pipeline's own, also accepts the last number of the text.
+STRICT_RULES = ("final_answer", "the_answer_is", "program", "label")
 
 
 def greedy(max_tokens: int) -> SamplingConfig:

@@ -8,7 +8,9 @@ strategy) and the teacher's distillation set D_teacher:
   strategy: a question the student solved with CoT still gets the teacher's L2M and PoT rows.
 - `adaptive_question`: D_self plus teacher rows only for questions the student solved with no
   strategy at all (fewer teacher rows; this project's rule before it followed the reference code).
-- `all`: D_self plus every teacher row.  `standard`: D_self only.
+- `all`: D_self plus every teacher row.  `standard`: D_self only (on-policy).
+- `teacher`: the teacher rows only, every iteration (off-policy: the baseline that asks whether the
+  student's own samples help at all; they are still generated and counted, not trained on).
 - `alpha`: a target teacher fraction a = |T| / (|T| + |S|). Teacher rows are subsampled to reach
   it; when there are too few, every teacher row is kept and D_self is subsampled instead.
   Subsampling is seeded, so the same inputs give the same set.
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STRATEGIES = ("cot", "l2m", "pot")
-RULES = ("adaptive", "adaptive_question", "all", "standard", "alpha")
+RULES = ("adaptive", "adaptive_question", "all", "standard", "teacher", "alpha")
 KL_EPSILON = 1e-6  # smoothing so a strategy the student never chose gives a finite divergence
 
 
@@ -127,6 +129,8 @@ def mix(self_rows: Iterable[Mapping[str, Any]], teacher_rows: Iterable[Mapping[s
         teacher = [r for r in teacher if r["question_id"] not in solved]
     elif rule == "standard":
         teacher = []
+    elif rule == "teacher":
+        student = []
     elif rule == "alpha":
         if target_alpha is None or not 0.0 <= target_alpha <= 1.0:
             raise ValueError(f"alpha mixing needs a target teacher fraction in [0, 1], got {target_alpha}")

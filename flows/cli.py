@@ -10,6 +10,7 @@
     siked resume RUN                 # continue a failed or killed run from its artifacts
     siked status RUN [--json]        # done / running / failed / missing for every step of a run
     siked plan CONFIG [k=v] [--json] # every step: reuse (whose output) or run, and what runs amount to
+    siked experiment FILE [k=v ...]  # every arm and seed of a comparison, then its paired statistics
     siked verify RUN                 # re-hash every output a run uses; name altered or missing files
     siked gc [--dry-run]             # delete step outputs no run refers to
     siked eval MODEL [k=v ...]       # evaluate any checkpoint or model
@@ -126,6 +127,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return plan_cli(args.config, args.overrides, args.json)
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from flows.experiment import experiment_cli
+
+    return experiment_cli(args.file, args.overrides)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from flows.store_cli import verify_cli
 
@@ -186,11 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
 
-    plan = sub.add_parser("plan", help="what `siked run` would do: every step, reuse or run")
-    plan.add_argument("config")
+    plan = sub.add_parser("plan", help="what `siked run` or `siked experiment` would do: every step, reuse or run")
+    plan.add_argument("config", help="a run config or an experiment file")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     plan.add_argument("--json", action="store_true", help="a JSON list of {step, iteration, kind, action, ...}")
     plan.set_defaults(func=_cmd_plan)
+
+    experiment = sub.add_parser("experiment", help="run every arm and seed of an experiment file, then compare them")
+    experiment.add_argument("file", help="an experiment YAML (experiments/*.yaml)")
+    experiment.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every arm")
+    experiment.set_defaults(func=_cmd_experiment)
 
     check = sub.add_parser("verify", help="re-hash every output a run uses against its manifest")
     check.add_argument("run", help="the run folder (path or URL)")

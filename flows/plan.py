@@ -99,7 +99,39 @@ def format_plan(rows: list[dict[str, Any]], total: dict[str, Any], run_dir: str)
     return "\n".join(lines)
 
 
+def experiment_plan(path: str, overrides: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """Rows of every (arm, seed) run, in the order the experiment runs them. A step an earlier run of
+    the experiment computes is reused by the later ones (`reuses_from` names that arm and seed)."""
+    from flows.experiment import experiment_layout
+    from flows.experiment_file import read_experiment
+
+    experiment = read_experiment(path, overrides)
+    rows: list[dict[str, Any]] = []
+    total: dict[str, Any] = {}
+    scheduled: dict[str, str] = {}  # step key -> the arm and seed that computes it
+    for r in experiment.runs:
+        steps = pipeline_steps(r.cfg, run_layout(r.cfg))
+        decisions = decide(steps, scheduled)
+        for name, step in steps.items():
+            if decisions[name].action == "run":
+                scheduled.setdefault(step.key, f"{r.arm} seed {r.seed} of this experiment")
+        rows += [{"arm": r.arm, "seed": r.seed, **row} for row in plan_rows(steps, decisions)]
+        for k, v in amounts(r.cfg, steps, decisions).items():
+            total[k] = _plus(total[k], v) if k in total else v
+    return rows, total, experiment_layout(experiment).dir
+
+
 def plan_cli(config_path: str, overrides: list[str], as_json: bool) -> int:
+    from flows.experiment_file import is_experiment_file
+
+    if is_experiment_file(config_path):
+        rows, total, folder = experiment_plan(config_path, overrides)
+        shown = [{**row, "step": f"{row['arm']}/s{row['seed']}/{row['step']}"} for row in rows]
+        text = format_plan(shown, total, f"experiment {folder}")
+        print(json.dumps(rows, indent=2) if as_json else text)
+        if as_json:
+            print(text, file=sys.stderr)
+        return 0
     cfg = read_config(config_path, overrides)
     layout = run_layout(cfg)
     steps = pipeline_steps(cfg, layout)

@@ -16,7 +16,7 @@ OTHER_COLOURS = ["#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd
 MODE_STYLES = {"rationale": ("#4c72b0", "o"), "label": ("#c44e52", "s")}
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -85,7 +85,7 @@ def accuracy_plot(series: dict[str, dict[str, list[tuple[int, float]]]]) -> byte
         ax.legend(fontsize=8, loc="best")
     for ax in axes[len(names):]:
         ax.set_visible(False)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _stacked_bar(ax: Any, x: float, width: float, shares: dict[str, float], strategies: list[str]) -> None:
@@ -136,4 +136,4 @@ def strategy_mix_plot(mixes: list[tuple[int, dict[str, dict[str, float]]]], stra
     handles = [Patch(color=strategy_colour(name, strategies), label=name) for name in strategies]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="strategy")
     ax.set_title("Strategy mix: teacher data, student samples, training data")
-    return _png(fig)
+    return png_bytes(fig)

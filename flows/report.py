@@ -172,13 +172,13 @@ def strategy_names(mixes: list[dict[str, dict[str, float]]]) -> list[str]:
 # --------------------------------------------------------------------------- Markdown
 
 
-def _cell(value: Any) -> str:
+def table_cell(value: Any) -> str:
     return DASH if value is None or value == "" else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(table_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -228,7 +228,7 @@ def _config_section(data: RunData) -> str:
         ["Mixing rule", mixing, None],
         ["Seed", _get(cfg, "seed"), None],
     ]
-    return "## Configuration\n\n" + _table(["Setting", "Value", "Detail"], rows)
+    return "## Configuration\n\n" + markdown_table(["Setting", "Value", "Detail"], rows)
 
 
 def _status_section(data: RunData) -> str:
@@ -242,7 +242,7 @@ def _status_section(data: RunData) -> str:
 def _accuracy_section(rows: list[dict], plot: str | None) -> str:
     if not rows:
         return "## Accuracy\n\nNo stage has been evaluated yet."
-    table = _table(["Benchmark", "Mode", "Stage", "n", "Accuracy", "Δ vs base", "Δ vs iter 0"],
+    table = markdown_table(["Benchmark", "Mode", "Stage", "n", "Accuracy", "Δ vs base", "Δ vs iter 0"],
                    [[r["benchmark"], r["mode"], r["stage"], r["n"], _pct(r["accuracy"]), _pp(r["vs_base"]),
                      _pp(r["vs_iter0"])] for r in rows])
     image = f"\n\n![Accuracy per iteration]({plot})" if plot else ""
@@ -269,11 +269,11 @@ def _protocol_section(data: RunData) -> str:
     scored = [(label, s) for label, _, scores in stages(data) for s in scores]
     if not scored:
         return ""
-    failures = _table(
+    failures = markdown_table(
         ["Stage", "Benchmark", "Mode", "n", "Extraction failures", "Sandbox timeouts", "Strategy: count (accuracy)"],
         [[label, s.get("benchmark"), s.get("mode"), s.get("n"), _pct(s.get("extraction_failure_rate")),
           _pct(s.get("sandbox_timeout_rate")), _strategy_cells(s)] for label, s in scored])
-    protocol = _table(["Stage", "Evaluated sets", "Model", "Prompt hash", "Parser version", "Decoding"],
+    protocol = markdown_table(["Stage", "Evaluated sets", "Model", "Prompt hash", "Parser version", "Decoding"],
                       _protocol_rows(scored))
     return f"## Evaluation failures and protocol\n\n{failures}\n\n{protocol}"
 
@@ -291,13 +291,13 @@ def _training_row(summary: dict) -> list[Any]:
 def _mix_section(data: RunData, plot: str | None) -> str:
     if not data.iterations:
         return "## Training data\n\nNo iteration has finished yet."
-    overview = _table(["Iteration", "Data", "Rule", "Training rows", "Teacher rows", "Student rows", "α realised",
+    overview = markdown_table(["Iteration", "Data", "Rule", "Training rows", "Teacher rows", "Student rows", "α realised",
                        "α target", "KL(P_train ‖ P_SM)"], [_training_row(s) for s in data.iterations])
     mixes = [strategy_mix(s) for s in data.iterations]
     names = strategy_names(mixes)
     rows = [[s["iteration"], label, *[_pct(by_source[label].get(n, 0.0)) for n in names]]
             for s, by_source in zip(data.iterations, mixes) for label in SOURCES.values() if label in by_source]
-    shares = _table(["Iteration", "Distribution", *names], rows) if rows else "No strategy counts recorded."
+    shares = markdown_table(["Iteration", "Distribution", *names], rows) if rows else "No strategy counts recorded."
     image = f"\n\n![Strategy mix per iteration]({plot})" if plot else ""
     return (f"## Training data\n\n{overview}\n\nα is the teacher share of the training rows. "
             f"Strategy shares of teacher data (P_L), the student's samples (P_SM) and the training data "
@@ -314,7 +314,7 @@ def _iteration_section(summary: dict) -> str:
     i, data = summary["iteration"], summary.get("data") or {}
     origin = "teacher samples" if i == 0 else "the student's own samples"
     per_strategy = data.get("per_strategy") or {}
-    table = _table(["Strategy", "Generated", "Correct", "Kept", "Questions solved"],
+    table = markdown_table(["Strategy", "Generated", "Correct", "Kept", "Questions solved"],
                    [[name, c.get("generated"), c.get("correct"), c.get("kept"), c.get("questions_solved")]
                     for name, c in per_strategy.items()]) if per_strategy else "No per-strategy counts."
     counts = data.get("verdicts") or {}

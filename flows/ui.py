@@ -14,7 +14,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows.report import write_report
 from storage.fs import write_bytes, write_json
-from storage.paths import RunLayout, join
+from storage.paths import ExperimentLayout, RunLayout, join
 from tasks.jobs.pipeline import REPORT_KEY_FILE, Step, incomplete
 
 
@@ -84,3 +84,16 @@ def publish_run_report(layout: RunLayout, step: Step) -> str:
     write_bytes(key_file, step.key.encode())
     create_markdown_artifact(markdown, key=_key(layout.run_id, "report"), description=f"SIKeD run {layout.run_id}")
     return path
+
+
+def publish_experiment(layout: ExperimentLayout, document: dict) -> None:
+    """The experiment's report and its comparison table in the Prefect UI."""
+    from storage.fs import read_bytes
+
+    create_markdown_artifact(read_bytes(layout.report).decode("utf-8"), key=_key("experiment", layout.name),
+                             description=f"Experiment {document['experiment']}")
+    rows = [{k: c.get(k) for k in ("arm", "baseline", "seed", "benchmark", "mode", "stage", "n", "diff", "ci_low",
+                                   "ci_high", "p_mcnemar", "p_holm")} for c in document["comparisons"]]
+    if rows:
+        create_table_artifact(rows, key=_key("experiment", layout.name, "comparisons"),
+                              description=f"Experiment {document['experiment']}: arms against {document['baseline']}")

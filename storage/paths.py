@@ -109,6 +109,42 @@ class RunLayout:
         return join(self.report_dir(), "report.md")
 
 
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """An experiment's own files, `<runs_root>/experiments/<name>/...`; its arms' runs are ordinary
+    run folders under the same runs root."""
+
+    root: str
+    name: str
+
+    @property
+    def dir(self) -> str:
+        return join(self.root, "experiments", self.name)
+
+    def path(self, *parts: str) -> str:
+        return join(self.dir, *parts)
+
+    @property
+    def spec(self) -> str:
+        return self.path("experiment.yaml")
+
+    @property
+    def runs(self) -> str:
+        return self.path("runs.json")
+
+    @property
+    def outcomes(self) -> str:
+        return self.path("outcomes.parquet")
+
+    @property
+    def results(self) -> str:
+        return self.path("results.json")
+
+    @property
+    def report(self) -> str:
+        return self.path("report.md")
+
+
 def layout_for_run_dir(run_dir: str) -> RunLayout:
     """The layout of an existing run folder (local path or fsspec URL): its parent is the runs root.
 

@@ -110,6 +110,27 @@ PREDICTIONS = pa.schema(
     ]
 )
 
+# One question's outcome under one (arm, seed, benchmark, mode, stage) of an experiment: what every
+# interval and paired test of its results.json is computed from.
+OUTCOMES = pa.schema(
+    [
+        ("arm", pa.string()),
+        ("seed", pa.int64()),
+        ("run_id", pa.string()),
+        ("benchmark", pa.string()),
+        ("mode", pa.string()),
+        ("stage", pa.string()),  # base | iter-XX
+        ("final", pa.bool_()),  # the run's last stage (compared across arms with other iteration counts)
+        ("step_key", pa.string()),  # the evaluate step's key: arms with one key share one evaluation
+        ("question_id", pa.string()),
+        ("correct", pa.bool_()),  # as the pipeline scores it (any extraction rule)
+        ("correct_strict", pa.bool_()),  # only an explicitly stated answer (or a program's result)
+        ("strategy", pa.string()),
+        ("verdict", pa.string()),
+        ("rule", pa.string()),
+    ]
+)
+
 SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "problems": (1, PROBLEMS),
     "samples": (1, SAMPLES),
@@ -117,6 +138,7 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "train_examples": (1, TRAIN_EXAMPLES),
     "train_metrics": (1, TRAIN_METRICS),
     "predictions": (1, PREDICTIONS),
+    "outcomes": (1, OUTCOMES),
 }
 
 

@@ -98,3 +98,9 @@ def test_alpha_schedule_repeats_last_value():
 def test_unknown_rule_rejected():
     with pytest.raises(ValueError, match="unknown mixing rule"):
         mix(SELF, TEACHER, SAMPLES, "bogus")
+
+
+def test_teacher_rule_is_off_policy_teacher_rows_only():
+    result = mix(SELF, TEACHER, SAMPLES, "teacher")
+    assert result.student_rows == 0 and result.alpha == 1.0
+    assert result.rows == [dict(r) for r in TEACHER]

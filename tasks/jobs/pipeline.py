@@ -173,6 +173,9 @@ def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], mod
     if not eval_sets:
         return
     reads = fields(cfg, *EVAL_FIELDS)
+    # Greedy decoding draws nothing: the engine's seed does not change what an evaluation writes,
+    # so the seeds of an experiment share the untrained student's evaluation.
+    reads["siked.engine"] = {k: v for k, v in reads["siked.engine"].items() if k != "seed"}
     if model_spec is not None:
         reads["model"] = model_spec
     inputs = {f"problems:{name.removeprefix('problems/eval-')}": name for name in eval_sets}
@@ -305,11 +308,16 @@ def incomplete(step: Step) -> str | None:
     return None
 
 
-def decide(steps: dict[str, Step]) -> dict[str, Decision]:
+def decide(steps: dict[str, Step], computed_before: dict[str, str] | None = None) -> dict[str, Decision]:
     """Reuse a step when its outputs are complete and none of its inputs runs; run it otherwise.
-    What this says is what the flow does (it applies the same test to each step as it reaches it)."""
+    What this says is what the flow does (it applies the same test to each step as it reaches it).
+    `computed_before` ({step key: who}) names steps that runs going first will have computed (the
+    earlier arms of an experiment): those are reused from them."""
     decisions: dict[str, Decision] = {}
     for name, step in steps.items():
+        if computed_before and step.kind != "report" and step.key in computed_before:
+            decisions[name] = Decision("reuse", producer=computed_before[step.key])
+            continue
         running = [n for n in step.inputs.values() if decisions[n].action == "run"]
         if running:
             decisions[name] = Decision("run", f"its input {running[0]} runs")

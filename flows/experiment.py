@@ -1,0 +1,174 @@
+"""`siked experiment FILE [key=value ...]`: every arm and seed of a comparison, then its statistics.
+
+    siked experiment experiments/mixing.yaml
+    siked plan experiments/mixing.yaml        # what it would run, shared steps counted once
+
+One Prefect flow (`siked-experiment`) runs the SIKeD flow of each (arm, seed) as a subflow, one after
+another. The runs are ordinary runs under the same runs root, so steps that arms agree on (the
+teacher's, the untrained student's evaluation, a training that only `eval.*` separates) are computed
+once and reused by the others (tasks.jobs.pipeline). A failed arm does not stop the others; the
+experiment then reports what finished and exits non-zero.
+
+Then, from the runs' per-question predictions, the experiment folder
+`<runs_root>/experiments/<name>-<hash>/` receives `outcomes.parquet` (OUTCOMES: one row per arm,
+seed, benchmark, mode, stage and question), `results.json` (accuracies with intervals and the paired
+comparisons, computed from exactly those outcomes by flows.experiment_results), `report.md` with its
+plots, and the same tables as Prefect artifacts. The folder is the last line of standard output.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import pandas as pd
+import yaml
+from prefect import flow, get_run_logger
+
+from distill.config import RunConfig, section_hash
+from distill.significance import BOOTSTRAP_RESAMPLES, LEVEL
+from flows.experiment_file import ArmRun, Experiment, ExperimentSpec, read_experiment
+from flows.experiment_results import accuracy_rows, comparison_rows, outcome_frame
+from flows.run_setup import run_id, run_layout
+from storage.artifacts import read_artifact, write_artifact
+from storage.fs import ArtifactError, write_bytes, write_json
+from storage.paths import ExperimentLayout
+from tasks.jobs.pipeline import Step, pipeline_steps
+
+
+class RunsFailed(RuntimeError):
+    """Some arms' runs failed; the experiment's files cover the others."""
+
+
+def experiment_layout(experiment: Experiment) -> ExperimentLayout:
+    """`<runs_root>/experiments/<name>-<hash>`: the hash covers every run's identity (its resolved
+    config) and the baseline, so the same file maps to the same folder until a config changes."""
+    identity = {"baseline": experiment.spec.baseline,
+                "runs": [[r.arm, r.seed, run_id(r.cfg)] for r in experiment.runs]}
+    root = run_layout(experiment.runs[0].cfg).root
+    return ExperimentLayout(root, f"{experiment.spec.name}-{section_hash(identity, length=10)}")
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def evaluation_steps(cfg: RunConfig) -> list[Step]:
+    """The run's evaluate steps in pipeline order (base, iter-00, iter-01, ...)."""
+    return [s for s in pipeline_steps(cfg, run_layout(cfg)).values() if s.kind == "evaluate"]
+
+
+def collect_outcomes(experiment: Experiment) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(OUTCOMES rows of every finished evaluation, the predictions files read, what is missing)."""
+    frames, parents, missing = [], [], []
+    for r in experiment.runs:
+        steps = evaluation_steps(r.cfg)
+        last = steps[-1].name if steps else None
+        for step in steps:
+            stage = step.name.partition("/")[0]
+            for role in step.outputs:
+                url = step.output(role)
+                try:
+                    table = read_artifact(url, "predictions").to_pandas()
+                except ArtifactError as exc:
+                    missing.append(f"{r.arm} seed {r.seed} {stage} {role}: {exc}")
+                    continue
+                frames.append(outcome_frame(r.arm, r.seed, run_id(r.cfg), stage, step.name == last, step.key,
+                                            table))
+                parents.append(url)
+    columns = ["arm", "seed", "run_id", "benchmark", "mode", "stage", "final", "step_key", "question_id",
+               "correct", "correct_strict", "strategy", "verdict", "rule"]
+    outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return outcomes, parents, missing
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an undefined interval) as null: results.json stays standard JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def results_document(experiment: Experiment, outcomes: pd.DataFrame, missing: list[str]) -> dict[str, Any]:
+    spec = experiment.spec
+    return _json_safe({
+        "experiment": spec.name, "file": experiment.source, "baseline": spec.baseline, "seeds": spec.seeds,
+        "arms": spec.arms, "overrides": spec.overrides,
+        "runs": [{"arm": r.arm, "seed": r.seed, "run_id": run_id(r.cfg), "run_dir": run_layout(r.cfg).run_dir}
+                 for r in experiment.runs],
+        "method": {"level": LEVEL, "accuracy_interval": "Wilson score (statsmodels)",
+                   "difference_interval": f"paired percentile bootstrap over questions, {BOOTSTRAP_RESAMPLES} "
+                                          "resamples (scipy)",
+                   "test": "exact McNemar (statsmodels); pooled over seeds: every (seed, question) pair",
+                   "seed_interval": "Student t over the seeds' values (scipy)",
+                   "multiple_comparisons": "Holm (statsmodels) within each stage and seed; pooled "
+                                           "comparisons form their own family per stage"},
+        "accuracy": accuracy_rows(outcomes) if len(outcomes) else [],
+        "comparisons": comparison_rows(outcomes, spec.baseline) if len(outcomes) else [],
+        "missing": missing,
+    })
+
+
+def write_results(experiment: Experiment, layout: ExperimentLayout) -> dict[str, Any]:
+    """outcomes.parquet, results.json, runs.json, experiment.yaml and the report, from the runs' files."""
+    from flows.experiment_report import write_experiment_report
+
+    outcomes, parents, missing = collect_outcomes(experiment)
+    write_bytes(layout.spec, yaml.safe_dump(experiment.spec.model_dump(mode="json"), sort_keys=False).encode())
+    write_artifact(layout.outcomes, outcomes, "outcomes", parents=parents)
+    document = results_document(experiment, outcomes, missing)
+    write_json(layout.results, document)
+    write_experiment_report(layout, document)
+    return document
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+@flow(name="siked-experiment", flow_run_name="{spec.name}")
+def experiment_flow(spec: ExperimentSpec, source: str, configs: list[RunConfig]) -> dict[str, Any]:
+    """Each (arm, seed) as a `siked` subflow, one after another; then outcomes, results and report."""
+    from flows.siked import siked_flow
+    from flows.ui import publish_experiment
+
+    pairs = [(arm, seed) for arm in spec.arms for seed in spec.seeds]
+    experiment = Experiment(spec, source, tuple(ArmRun(a, s, c) for (a, s), c in zip(pairs, configs, strict=True)))
+    layout = experiment_layout(experiment)
+    failed = []
+    for r in experiment.runs:
+        get_run_logger().info("arm %s, seed %s: run %s", r.arm, r.seed, run_layout(r.cfg).run_dir)
+        try:
+            siked_flow(r.cfg)
+        except Exception as exc:  # noqa: BLE001 -- one arm's failure must not cost the others
+            get_run_logger().error("arm %s, seed %s failed: %s", r.arm, r.seed, exc)
+            failed.append(f"{r.arm} seed {r.seed}: {exc.__class__.__name__}: {exc}")
+    document = write_results(experiment, layout)
+    publish_experiment(layout, document)
+    if failed:
+        raise RunsFailed(f"{len(failed)} of {len(experiment.runs)} runs failed (results written for the "
+                           f"rest, {layout.dir}):\n" + "\n".join(failed))
+    return {"dir": layout.dir, "comparisons": len(document["comparisons"])}
+
+
+def experiment_cli(path: str, overrides: list[str]) -> int:
+    from flows.preflight import preflight
+
+    experiment = read_experiment(path, overrides)
+    for r in experiment.runs:
+        preflight(r.cfg)
+    layout = experiment_layout(experiment)
+    print(f"experiment {experiment.spec.name}: {len(experiment.spec.arms)} arms x {len(experiment.spec.seeds)} "
+          f"seeds -> {layout.dir}", file=sys.stderr, flush=True)
+    status = 0
+    try:
+        experiment_flow(experiment.spec, experiment.source, [r.cfg for r in experiment.runs])
+    except RunsFailed as exc:
+        print(f"siked: {exc}", file=sys.stderr)
+        status = 1
+    print(f"report: {layout.report}", file=sys.stderr)
+    print(layout.dir)
+    return status

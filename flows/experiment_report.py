@@ -1,0 +1,164 @@
+"""An experiment's report: `report.md` and `accuracy.png` beside its results.json, drawn from it alone.
+
+The accuracy table gives every (arm, seed) with its Wilson interval and, with several seeds, the mean
+over seeds with its t interval; the comparison table gives each arm against the baseline: the
+difference, its paired bootstrap interval, the exact McNemar p-value and its Holm adjustment, and
+says in words which differences are significant at the 5% level after the adjustment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.plots import png_bytes
+from flows.report import markdown_table, table_cell
+from storage.fs import write_bytes
+from storage.paths import ExperimentLayout, join
+
+PLOT = "accuracy.png"
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "–"
+
+
+def _interval(low: Any, high: Any) -> str:
+    return f"[{_pct(low)}, {_pct(high)}]" if isinstance(low, (int, float)) else "–"
+
+
+def _p(x: Any) -> str:
+    if not isinstance(x, (int, float)):
+        return "–"
+    return f"{x:.3g}" if x >= 0.001 else "<0.001"
+
+
+def headline_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a reader looks at first: over seeds when there are several, else the one seed."""
+    several = len(document.get("seeds", [])) > 1
+    return [r for r in document["accuracy"] if (r["seed"] is None) == several]
+
+
+def accuracy_table(document: dict[str, Any]) -> str:
+    several = len(document.get("seeds", [])) > 1
+    rows = []
+    for r in headline_rows(document):
+        rows.append([r["arm"], r["benchmark"], r["mode"], r["stage"] + (" (final)" if r["final"] else ""),
+                     r["n"], _pct(r["accuracy"]), _interval(r["ci_low"], r["ci_high"]),
+                     _pct(r["sd"]) if several else None, _pct(r["accuracy_strict"])])
+    header = ["Arm", "Benchmark", "Mode", "Stage", "n", "Accuracy %",
+              "95% CI (t over seeds)" if several else "95% CI (Wilson)", "SD over seeds", "Strict %"]
+    if not several:
+        header.pop(7)
+        rows = [row[:7] + row[8:] for row in rows]
+    return markdown_table(header, rows)
+
+
+def per_seed_table(document: dict[str, Any]) -> str:
+    rows = [[r["arm"], r["seed"], r["benchmark"], r["mode"], r["stage"], r["n"], _pct(r["accuracy"]),
+             _interval(r["ci_low"], r["ci_high"]), _pct(r["accuracy_strict"])]
+            for r in document["accuracy"] if r["seed"] is not None]
+    return markdown_table(["Arm", "Seed", "Benchmark", "Mode", "Stage", "n", "Accuracy %", "95% CI (Wilson)", "Strict %"],
+                  rows)
+
+
+def comparison_table(document: dict[str, Any]) -> str:
+    rows = []
+    for c in document["comparisons"]:
+        rows.append([f"{c['arm']} − {c['baseline']}", "pooled" if c["seed"] is None else c["seed"], c["benchmark"],
+                     c["mode"], c["stage"], c["n"], f"{100 * c['diff']:+.1f}", _interval(c["ci_low"], c["ci_high"]),
+                     f"{c['arm_only']}/{c['baseline_only']}", _p(c["p_mcnemar"]), _p(c.get("p_holm")),
+                     "yes" if significant(c) else "no"])
+    return markdown_table(["Comparison", "Seed", "Benchmark", "Mode", "Stage", "n", "Δ pp", "95% CI (paired bootstrap)",
+                   "Only arm / only baseline", "McNemar p", "Holm p", "Significant"], rows)
+
+
+def significant(c: dict[str, Any], alpha: float = 0.05) -> bool:
+    p = c.get("p_holm")
+    return isinstance(p, (int, float)) and p < alpha
+
+
+def verdict_lines(document: dict[str, Any]) -> list[str]:
+    """One sentence per headline comparison (pooled, or the only seed) at the final stage."""
+    several = len(document.get("seeds", [])) > 1
+    lines = []
+    for c in document["comparisons"]:
+        if c["stage"] != "final" or (c["seed"] is None) != several:
+            continue
+        word = "significant" if significant(c) else "not significant"
+        lines.append(f"- {c['arm']} vs {c['baseline']}, {c['benchmark']} {c['mode']}: "
+                     f"{100 * c['diff']:+.1f} points [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}], "
+                     f"Holm p {_p(c.get('p_holm'))}: {word} (n = {c['n']}).")
+    return lines or ["- No comparison at the final stage (runs missing, or arms sharing every evaluation)."]
+
+
+def accuracy_plot(document: dict[str, Any]) -> bytes | None:
+    """Accuracy per stage, one panel per (benchmark, mode), one line per arm, with interval bars."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    rows = headline_rows(document)
+    panels = list(dict.fromkeys((r["benchmark"], r["mode"]) for r in rows))
+    if not panels:
+        return None
+    stages = list(dict.fromkeys(r["stage"] for r in sorted(rows, key=lambda r: (r["stage"] != "base", r["stage"]))))
+    cols = min(len(panels), 3)
+    fig = Figure(figsize=(4.4 * cols, 3.4 * ((len(panels) + cols - 1) // cols)), layout="constrained")
+    axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for ax, (benchmark, mode) in zip(axes, panels):
+        for i, arm in enumerate(arms):
+            points = sorted((stages.index(r["stage"]), r) for r in rows
+                            if r["arm"] == arm and r["benchmark"] == benchmark and r["mode"] == mode)
+            if not points:
+                continue
+            shift = (i - (len(arms) - 1) / 2) * 0.08  # arms side by side, so their bars stay apart
+            xs = [x + shift for x, _ in points]
+            ys = [r["accuracy"] for _, r in points]
+            # max(0, ...): a Wilson bound of 0/n or n/n can sit a rounding error past the point
+            lows = [max(0.0, y - (r["ci_low"] if r["ci_low"] is not None else y)) for y, (_, r) in zip(ys, points)]
+            highs = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else y) - y) for y, (_, r) in zip(ys, points)]
+            ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=arm)
+        ax.set_title(f"{benchmark} ({mode})")
+        ax.set_xticks(range(len(stages)), stages)
+        ax.set_ylim(0, 1.0)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return png_bytes(fig)
+
+
+def render(document: dict[str, Any], plot: str | None) -> str:
+    method = document["method"]
+    runs = markdown_table(["Arm", "Seed", "Run"], [[r["arm"], r["seed"], f"`{r['run_id']}`"] for r in document["runs"]])
+    arms = markdown_table(["Arm", "Overrides"], [[arm, table_cell(" ".join(items)) or "(none)"]
+                                         for arm, items in document["arms"].items()])
+    parts = [
+        f"# Experiment `{document['experiment']}`",
+        (f"File: `{document['file']}`; baseline `{document['baseline']}`; seeds {document['seeds']}; "
+        f"common overrides: {' '.join(document['overrides']) or '(none)'}."),
+        "## Arms\n\n" + arms,
+        "## Verdict\n\n" + "\n".join(verdict_lines(document)),
+        "## Accuracy\n\n" + accuracy_table(document) + (f"\n\n![Accuracy per stage]({plot})" if plot else ""),
+        "## Comparisons against the baseline\n\n" + comparison_table(document) + "\n\n"
+        f"Differences in percentage points on the same questions; {method['difference_interval']}; "
+        f"{method['test']}. Multiple comparisons: {method['multiple_comparisons']}; a difference is "
+        "called significant when its Holm-adjusted p-value is below 0.05. `final` compares each run's "
+        "last stage. Stages where the arm and the baseline share one evaluation step are not compared.",
+    ]
+    if len(document.get("seeds", [])) > 1:
+        parts.append("## Per seed\n\n" + per_seed_table(document))
+    parts.append("## Runs\n\n" + runs)
+    if document.get("missing"):
+        parts.append("## Missing\n\n" + "\n".join(f"- {m}" for m in document["missing"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_experiment_report(layout: ExperimentLayout, document: dict[str, Any]) -> str:
+    png = accuracy_plot(document)
+    if png is not None:
+        write_bytes(join(layout.dir, PLOT), png)
+    markdown = render(document, PLOT if png is not None else None)
+    write_bytes(layout.report, markdown.encode("utf-8"))
+    return markdown

@@ -1,0 +1,144 @@
+"""An experiment's numbers, computed from its per-question outcomes and nothing else.
+
+    outcomes = outcome_frame(...)                 # one row per (arm, seed, benchmark, mode, stage, question)
+    accuracy_rows(outcomes)                       # accuracy with Wilson intervals, per seed and over seeds
+    comparison_rows(outcomes, baseline="one_pass")  # each arm against the baseline, paired
+
+Comparisons pair an arm's and the baseline's outcomes on the same questions: per seed (the same seed
+in both arms) and pooled over seeds (`seed` None). They are made at every stage both runs have, and at
+`final` (each run's last stage, so SIKeD's iteration 3 meets one-pass distillation's iteration 0).
+A stage where the arm and the baseline used the same evaluation step (one step key: the same model
+evaluated the same way) is not compared; the difference would be zero by construction. Holm's
+correction runs over the comparisons of one stage and one seed (or the pooled ones): the arms,
+benchmarks and modes an experiment compares there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from distill.evaluation import STRICT_RULES
+from distill.significance import across_seeds, holm, paired_comparison, pooled_comparison, wilson_interval
+
+KEYS = ["arm", "seed", "benchmark", "mode", "stage"]
+
+
+def outcome_frame(arm: str, seed: int, run_id: str, stage: str, final: bool, step_key: str,
+                  predictions: pd.DataFrame) -> pd.DataFrame:
+    """OUTCOMES rows of one predictions table (PREDICTIONS columns) of one run's stage."""
+    p = predictions
+    return pd.DataFrame({
+        "arm": arm, "seed": seed, "run_id": run_id, "benchmark": p["benchmark"], "mode": p["mode"],
+        "stage": stage, "final": final, "step_key": step_key, "question_id": p["question_id"],
+        "correct": p["verdict"] == "correct",
+        "correct_strict": (p["verdict"] == "correct") & p["rule"].isin(STRICT_RULES),
+        "strategy": p["strategy"], "verdict": p["verdict"], "rule": p["rule"],
+    })
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def accuracy_rows(outcomes: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (arm, seed, benchmark, mode, stage): n, accuracy with its Wilson interval, and the strict
+    accuracy; then per (arm, benchmark, mode, stage) over seeds (`seed` None): the mean, the standard
+    deviation and the t interval of the seeds' accuracies."""
+    rows = []
+    for (arm, seed, benchmark, mode, stage), g in outcomes.groupby(KEYS, sort=False):
+        n, k = len(g), int(g["correct"].sum())
+        low, high = wilson_interval(k, n)
+        rows.append({"arm": arm, "seed": int(seed), "benchmark": benchmark, "mode": mode, "stage": stage,
+                     "final": bool(g["final"].iloc[0]), "n": n, "correct": k, "accuracy": k / n,
+                     "ci_low": low, "ci_high": high, "accuracy_strict": float(g["correct_strict"].mean())})
+    per_seed = pd.DataFrame(rows)
+    if per_seed.empty:
+        return rows
+    for (arm, benchmark, mode, stage), g in per_seed.groupby(["arm", "benchmark", "mode", "stage"], sort=False):
+        spread = across_seeds(g["accuracy"].tolist())
+        rows.append({"arm": arm, "seed": None, "benchmark": benchmark, "mode": mode, "stage": stage,
+                     "final": bool(g["final"].all()), "n": int(g["n"].sum()), "correct": int(g["correct"].sum()),
+                     "accuracy": spread["mean"], "sd": _finite(spread["sd"]),
+                     "ci_low": _finite(spread["ci_low"]), "ci_high": _finite(spread["ci_high"]),
+                     "seeds": spread["seeds"], "accuracy_strict": float(g["accuracy_strict"].mean())})
+    return rows
+
+
+def _stage_rows(outcomes: pd.DataFrame, arm: str, stage: str) -> pd.DataFrame:
+    rows = outcomes[outcomes["arm"] == arm]
+    return rows[rows["final"]] if stage == "final" else rows[rows["stage"] == stage]
+
+
+def _final_stages(outcomes: pd.DataFrame, arm: str) -> set[str]:
+    return set(outcomes.loc[(outcomes["arm"] == arm) & outcomes["final"], "stage"])
+
+
+def _stages(outcomes: pd.DataFrame, arm: str, baseline: str) -> list[str]:
+    """The stages both runs have, then `final`; a stage that is both runs' last is compared as
+    `final` only."""
+    mine = set(outcomes.loc[outcomes["arm"] == arm, "stage"])
+    theirs = list(dict.fromkeys(outcomes.loc[outcomes["arm"] == baseline, "stage"]))
+    same_final = _final_stages(outcomes, arm) if _final_stages(outcomes, arm) == _final_stages(outcomes, baseline) else set()
+    return [s for s in theirs if s in mine and s not in same_final] + ["final"]
+
+
+def _aligned(arm_rows: pd.DataFrame, base_rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (seed, question): the arm's and the baseline's outcome, on the questions both answered."""
+    cols = ["seed", "question_id", "correct", "step_key"]
+    return arm_rows[cols].merge(base_rows[cols], on=["seed", "question_id"], suffixes=("_arm", "_base"))
+
+
+def _entry(arm: str, baseline: str, seed: int | None, benchmark: str, mode: str, stage: str,
+           result: dict[str, Any]) -> dict[str, Any]:
+    return {"arm": arm, "baseline": baseline, "seed": seed, "benchmark": benchmark, "mode": mode,
+            "stage": stage, **result}
+
+
+def comparison_rows(outcomes: pd.DataFrame, baseline: str) -> list[dict[str, Any]]:
+    """Every arm against `baseline` (results.json's `comparisons`), Holm-adjusted per stage and seed."""
+    out: list[dict[str, Any]] = []
+    arms = [a for a in dict.fromkeys(outcomes["arm"]) if a != baseline]
+    for arm in arms:
+        for stage in _stages(outcomes, arm, baseline):
+            mine, theirs = _stage_rows(outcomes, arm, stage), _stage_rows(outcomes, baseline, stage)
+            for (benchmark, mode), a_rows in mine.groupby(["benchmark", "mode"], sort=False):
+                b_rows = theirs[(theirs["benchmark"] == benchmark) & (theirs["mode"] == mode)]
+                pairs = _aligned(a_rows, b_rows)
+                if pairs.empty or (pairs["step_key_arm"] == pairs["step_key_base"]).all():
+                    continue  # no common questions, or one evaluation shared by both arms
+                seeds = list(dict.fromkeys(pairs["seed"]))
+                for seed in seeds:
+                    s = pairs[pairs["seed"] == seed]
+                    c = paired_comparison(s["correct_arm"].to_numpy(), s["correct_base"].to_numpy())
+                    out.append(_entry(arm, baseline, int(seed), benchmark, mode, stage, c.as_dict()))
+                if len(seeds) > 1:
+                    out.append(_entry(arm, baseline, None, benchmark, mode, stage, _pooled(pairs, seeds)))
+    _adjust(out)
+    return out
+
+
+def _pooled(pairs: pd.DataFrame, seeds: list) -> dict[str, Any]:
+    """Over seeds, on the questions every seed answered: the pooled comparison and the spread of the
+    per-seed differences."""
+    wide_arm = pairs.pivot(index="seed", columns="question_id", values="correct_arm").dropna(axis=1)
+    wide_base = pairs.pivot(index="seed", columns="question_id", values="correct_base")[wide_arm.columns]
+    c = pooled_comparison(wide_arm.to_numpy(dtype=int), wide_base.to_numpy(dtype=int)).as_dict()
+    per_seed = (wide_arm.to_numpy(dtype=int) - wide_base.to_numpy(dtype=int)).mean(axis=1)
+    spread = across_seeds(per_seed.tolist())
+    return {**c, "seeds": len(seeds), "diff_sd": _finite(spread["sd"]),
+            "diff_seed_ci_low": _finite(spread["ci_low"]), "diff_seed_ci_high": _finite(spread["ci_high"])}
+
+
+def _adjust(rows: list[dict[str, Any]]) -> None:
+    """Holm over each family: the comparisons of one stage and one seed (or the pooled ones)."""
+    families: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        families.setdefault((r["stage"], r["seed"]), []).append(i)
+    for members in families.values():
+        adjusted = holm([rows[i]["p_mcnemar"] for i in members])
+        for i, p in zip(members, adjusted, strict=True):
+            rows[i]["p_holm"] = p
+            rows[i]["family_size"] = len(members)

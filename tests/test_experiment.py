@@ -1,0 +1,226 @@
+"""Experiments: the file, the plan that shares steps between arms, the statistics from outcomes, and
+a tiny two-arm experiment end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy.stats import binomtest
+
+from distill.config import ConfigError
+from flows.cli import main
+from flows.experiment_file import read_experiment
+from flows.experiment_results import accuracy_rows, comparison_rows
+from storage.artifacts import read_artifact
+from tests.test_flow import tiny_run_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_experiment(folder: Path, arms: dict, overrides: list[str], seeds=(1,), baseline="short", **extra) -> Path:
+    path = folder / "experiment.yaml"
+    spec = {"name": "tiny", "base": "configs/quickstart.yaml", "overrides": overrides, "seeds": list(seeds),
+            "baseline": baseline, "arms": arms, **extra}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"baseline": "nope"}, "baseline 'nope' is not an arm"),
+    ({"arms": {"a b": []}, "baseline": "a b"}, "arm name 'a b'"),
+    ({"base": "configs/none.yaml"}, "found neither under the repository root"),
+    ({"arms": {"short": ["train.lr=-1"]}}, "arm 'short' (seed 1)"),
+    ({"seeds": [1, 1]}, "seeds repeat"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_experiment_files_are_refused_naming_the_problem(tmp_path, change, message):
+    path = tmp_path / "e.yaml"
+    spec = {"name": "e", "base": "configs/quickstart.yaml", "seeds": [1], "baseline": "short",
+            "arms": {"short": [], "long": []}, **change}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        read_experiment(path)
+    assert str(path) in str(info.value)
+
+
+def test_each_arm_and_seed_is_the_base_then_overrides_then_the_arm_then_the_seed(tmp_path):
+    path = write_experiment(tmp_path, {"short": ["eval.max_tokens=8"], "long": []}, ["eval.max_tokens=32"],
+                            seeds=(3, 4))
+    runs = read_experiment(path).runs
+    assert [(r.arm, r.seed) for r in runs] == [("short", 3), ("short", 4), ("long", 3), ("long", 4)]
+    assert [r.cfg.eval.max_tokens for r in runs] == [8, 8, 32, 32]
+    # the seed reaches the student's training and sampling, not the teacher's engine
+    assert [(r.cfg.seed, r.cfg.train.seed, r.cfg.siked.engine.seed, r.cfg.teacher.engine.seed) for r in runs][:2] \
+        == [(3, 3, 3, 0), (4, 4, 4, 0)]
+    assert runs[0].cfg.name == "tiny-short-s3"
+
+
+def test_shipped_experiment_files_are_valid_and_plan(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    files = sorted((REPO / "experiments").glob("**/*.yaml"))
+    assert {f.name for f in files} >= {"siked_vs_single_pass.yaml", "mixing.yaml", "objectives.yaml"}
+    for f in files:
+        experiment = read_experiment(f)
+        assert experiment.spec.baseline in experiment.spec.arms
+        assert main(["plan", str(f), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert {(r["arm"], r["seed"]) for r in rows} == {(r.arm, r.seed) for r in experiment.runs}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def synthetic_outcomes() -> pd.DataFrame:
+    """Two arms, two seeds, 40 questions, final stage iter-00 (the baseline) and iter-01 (the arm)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in (1, 2):
+        base = rng.random(40) < 0.4
+        better = base | (rng.random(40) < 0.3)
+        for arm, stage, correct, key in (("one", "iter-00", base, f"k1{seed}"), ("siked", "iter-01", better, f"k2{seed}")):
+            for q, c in enumerate(correct):
+                rows.append({"arm": arm, "seed": seed, "run_id": f"{arm}-{seed}", "benchmark": "arith-test",
+                             "mode": "rationale", "stage": stage, "final": True, "step_key": key,
+                             "question_id": f"q{q}", "correct": bool(c), "correct_strict": bool(c) and q % 2 == 0,
+                             "strategy": "cot", "verdict": "correct" if c else "wrong", "rule": "final_answer"})
+            # both arms' iter-00 share one evaluation in seed 1: no comparison there
+    return pd.DataFrame(rows)
+
+
+def test_comparisons_are_the_paired_tests_of_the_outcomes():
+    outcomes = synthetic_outcomes()
+    rows = comparison_rows(outcomes, baseline="one")
+    assert {(r["stage"], r["seed"]) for r in rows} == {("final", 1), ("final", 2), ("final", None)}
+    for r in rows:
+        a = outcomes[(outcomes.arm == "siked") & ((outcomes.seed == r["seed"]) | (r["seed"] is None))]
+        b = outcomes[(outcomes.arm == "one") & ((outcomes.seed == r["seed"]) | (r["seed"] is None))]
+        merged = a.merge(b, on=["seed", "question_id"])
+        only_a = int((merged.correct_x & ~merged.correct_y).sum())
+        only_b = int((~merged.correct_x & merged.correct_y).sum())
+        assert r["diff"] == pytest.approx(merged.correct_x.mean() - merged.correct_y.mean())
+        assert r["p_mcnemar"] == pytest.approx(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+        assert r["ci_low"] <= r["diff"] <= r["ci_high"]
+        assert r["n"] == 40
+    pooled = next(r for r in rows if r["seed"] is None)
+    per_seed = [r["diff"] for r in rows if r["seed"] is not None]
+    assert pooled["diff_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    # one family per (stage, seed): a single comparison is not adjusted
+    assert all(r["p_holm"] == pytest.approx(r["p_mcnemar"]) for r in rows)
+
+
+def test_holm_family_is_every_arm_benchmark_and_mode_of_one_stage_and_seed():
+    outcomes = synthetic_outcomes()
+    second = outcomes[outcomes.arm == "siked"].assign(arm="other")
+    rows = comparison_rows(pd.concat([outcomes, second]), baseline="one")
+    seed1 = [r for r in rows if r["seed"] == 1]
+    assert len(seed1) == 2 and all(r["family_size"] == 2 for r in seed1)
+    assert all(r["p_holm"] == pytest.approx(min(1.0, 2 * r["p_mcnemar"])) for r in seed1)  # equal p-values
+
+
+def test_a_shared_evaluation_is_not_compared():
+    outcomes = synthetic_outcomes()
+    twin = outcomes[outcomes.arm == "one"].assign(arm="twin")  # the same evaluation steps as the baseline
+    rows = comparison_rows(pd.concat([outcomes, twin]), baseline="one")
+    assert not [r for r in rows if r["arm"] == "twin"]
+
+
+def test_accuracy_rows_give_wilson_per_seed_and_t_over_seeds():
+    rows = accuracy_rows(synthetic_outcomes())
+    one = [r for r in rows if r["arm"] == "one"]
+    per_seed = [r for r in one if r["seed"] is not None]
+    assert all(r["ci_low"] < r["accuracy"] < r["ci_high"] and r["n"] == 40 for r in per_seed)
+    pooled = next(r for r in one if r["seed"] is None)
+    assert pooled["accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in per_seed]))
+    assert pooled["seeds"] == 2 and pooled["sd"] is not None
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _task_states_of_last_experiment() -> dict[str, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId as Parent
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def read() -> dict[str, list[str]]:
+        async with get_client() as client:
+            [top] = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["siked-experiment"])),
+                                                sort=FlowRunSort.START_TIME_DESC, limit=1)
+            ids, frontier = [top.id], [top.id]
+            while frontier:  # the experiment's subflows (one per arm and seed) and theirs (iterations)
+                children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=Parent(any_=frontier)))
+                frontier = [c.id for c in children if c.id not in ids]
+                ids += frontier
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        states: dict[str, list[str]] = {}
+        for run in runs:
+            states.setdefault(run.task_key.rsplit("-", 1)[0], []).append(run.state.name if run.state else "none")
+        return states
+
+    return asyncio.run(read())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny_model_path, capsys):
+    overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{"siked.iterations": "0"})
+    path = write_experiment(tmp_path, {"short": [], "long": ["eval.max_tokens=12"]}, overrides)
+
+    assert main(["plan", str(path), "--json"]) == 0
+    plan = {(r["arm"], r["step"]): r for r in json.loads(capsys.readouterr().out)}
+    assert plan[("long", "iter-00/train")]["action"] == "reuse"
+    assert plan[("long", "iter-00/train")]["reuses_from"] == "short seed 1 of this experiment"
+    assert plan[("long", "iter-00/evaluate")]["action"] == "run"
+
+    assert main(["experiment", str(path)]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    states = _task_states_of_last_experiment()
+    assert sorted(states["train_student_step"]) == ["Cached", "Completed"], states
+    assert states["evaluate_model"].count("Completed") == 4, states  # base and iter-00, in each arm
+
+    outcomes = read_artifact(str(folder / "outcomes.parquet"), "outcomes").to_pandas()
+    assert {"arm", "seed", "benchmark", "mode", "stage", "question_id", "correct"} <= set(outcomes.columns)
+    assert set(outcomes.arm) == {"short", "long"} and set(outcomes.stage) == {"base", "iter-00"}
+    results = json.loads((folder / "results.json").read_text())
+    assert results["comparisons"], results
+    for entry in results["comparisons"]:
+        assert {"arm", "baseline", "seed", "benchmark", "mode", "stage", "n", "diff", "ci_low", "ci_high",
+                "p_mcnemar"} <= set(entry)
+    recomputed = json.loads(json.dumps(comparison_rows(outcomes, "short"), allow_nan=True).replace("NaN", "null"))
+    assert recomputed == results["comparisons"]
+    report = (folder / "report.md").read_text()
+    assert "McNemar" in report and "Holm" in report and (folder / "accuracy.png").is_file()
+
+    # A second run of the file computes nothing and rewrites the same results.
+    assert main(["experiment", str(path)]) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == folder
+    states = _task_states_of_last_experiment()
+    assert set(states["train_student_step"]) == {"Cached"} and set(states["evaluate_model"]) == {"Cached"}
+    assert json.loads((folder / "results.json").read_text())["comparisons"] == results["comparisons"]
+
+
+def test_report_draws_intervals_of_a_zero_accuracy(tmp_path):
+    from flows.experiment_report import write_experiment_report
+    from storage.paths import ExperimentLayout
+
+    outcomes = synthetic_outcomes().query("seed == 1 and question_id in ['q0', 'q1', 'q2']")
+    outcomes = outcomes.assign(correct=False)  # one seed, 0 of 3: Wilson bars that start at 0
+    document = {"experiment": "tiny", "file": "e.yaml", "baseline": "one", "seeds": [1], "arms": {"one": [],
+                "siked": []}, "overrides": [], "runs": [], "missing": [],
+                "method": {"difference_interval": "bootstrap", "test": "McNemar", "multiple_comparisons": "Holm"},
+                "accuracy": accuracy_rows(outcomes), "comparisons": comparison_rows(outcomes, "one")}
+    layout = ExperimentLayout(str(tmp_path), "tiny")
+    markdown = write_experiment_report(layout, document)
+    assert (tmp_path / "experiments/tiny/accuracy.png").is_file()
+    assert "not significant" in markdown
