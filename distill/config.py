@@ -197,7 +197,11 @@ class SikedConfig(Section):
 
 class EvalConfig(Section):
     benchmarks: list[BenchmarkRef] = Field(default_factory=list)
-    modes: list[Literal["rationale", "label"]] = Field(default_factory=lambda: ["rationale", "label"])
+    modes: list[Literal["rationale", "label", "forced_cot", "forced_l2m", "forced_pot"]] = Field(
+        default_factory=lambda: ["rationale", "label"])
+    """`rationale`: the student picks a strategy and solves (SIKeD); `label`: the bare answer (DSS);
+    `forced_cot`, `forced_l2m`, `forced_pot`: the rationale prompt primed with that strategy's tag
+    (each strategy's accuracy, and with all three the any-strategy oracle in experiments)."""
     max_tokens: int = Field(default=512, ge=1)
     """New tokens per answer in rationale mode."""
     label_max_tokens: int = Field(default=16, ge=1)

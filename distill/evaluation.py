@@ -3,6 +3,10 @@
 - rationale mode (SIKeD): the student writes a strategy tag and a solution; the answer is parsed by
   the sample's own tag (PoT programs run in the sandbox).
 - label mode (DSS): the student writes the bare answer.
+- forced modes (`forced_cot`, `forced_l2m`, `forced_pot`; SIKeD's per-strategy analysis): the
+  rationale prompt primed with one strategy's tag, so the student solves with that strategy; the
+  tag is put back in front of the completion before it is parsed and stored. Together they give
+  each strategy's accuracy and the any-strategy oracle beside the student's own choice.
 
 `evaluate` returns per-question PREDICTIONS rows and `summarize_predictions` the numbers of the
 report: accuracy per benchmark and mode, per chosen strategy, the strategy histogram, the shares of
@@ -20,15 +24,18 @@ from distill.answers import answers_match
 from distill.config import SamplingConfig
 from distill.engines.base import GenerationRequest
 from distill.student_format import (
+    forced_prompt,
     label_prompt,
     parse_label_output,
     parse_student_output,
     rationale_prompt,
+    strategy_tag,
     student_prompt_hash,
 )
 from distill.verify import PARSER_VERSION, verify_samples
 
-MODES = ("rationale", "label")
+FORCED_MODES = ("forced_cot", "forced_l2m", "forced_pot")
+MODES = ("rationale", "label", *FORCED_MODES)
 EXTRACTION_FAILURES = ("no_answer", "bad_format")
 # Rules that read an answer the model stated as its answer (or a program's result): the strict
 # score. The flexible score, the pipeline's own, also accepts the last number of the text.
@@ -40,8 +47,16 @@ def greedy(max_tokens: int) -> SamplingConfig:
     return SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, stop=["### Instruction"])
 
 
+def forced_strategy(mode: str) -> str | None:
+    """The strategy a forced mode primes (`forced_pot` -> `pot`), None for the other modes."""
+    return mode.removeprefix("forced_") if mode in FORCED_MODES else None
+
+
 def _prompt(mode: str, question: str) -> str:
-    return rationale_prompt(question) if mode == "rationale" else label_prompt(question)
+    if mode == "label":
+        return label_prompt(question)
+    forced = forced_strategy(mode)
+    return forced_prompt(question, forced) if forced else rationale_prompt(question)
 
 
 def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: str, max_tokens: int,
@@ -54,9 +69,12 @@ def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: st
                 for p in problems]
     outputs = engine.generate(requests, sampling, lora_path=lora_path)
     samples = []
+    forced = forced_strategy(mode)
     for problem, completions in zip(problems, outputs, strict=True):
         text = completions[0].text
-        strategy = parse_student_output(text)[0] if mode == "rationale" else "label"
+        if forced:  # the primed tag is part of the prompt; the solution is read with it
+            text = strategy_tag(forced) + text
+        strategy = parse_student_output(text)[0] if mode != "label" else "label"
         samples.append({"question_id": problem["id"], "strategy": strategy or "none", "text": text,
                         "finish_reason": completions[0].finish_reason, "gold": float(problem["answer"])})
     verified = _verify(samples, mode, sandbox, limits)
@@ -65,17 +83,18 @@ def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: st
     for sample, result in zip(samples, verified, strict=True):
         rows.append({
             "question_id": sample["question_id"], "benchmark": benchmark, "mode": mode,
-            "strategy": sample["strategy"] if mode == "rationale" else None,
+            "strategy": sample["strategy"] if mode != "label" else None,
             "text": sample["text"], "gold": sample["gold"], "predicted": result["predicted"],
             "verdict": result["verdict"], "rule": result["rule"], "finish_reason": sample["finish_reason"],
-            "model": model, "prompt_hash": student_prompt_hash(mode), "parser_version": PARSER_VERSION,
+            "model": model, "prompt_hash": student_prompt_hash("label" if mode == "label" else "rationale"),
+            "parser_version": PARSER_VERSION,
             "decoding": decoding,
         })
     return rows
 
 
 def _verify(samples: list[dict], mode: str, sandbox, limits) -> list[dict]:
-    if mode == "rationale":
+    if mode != "label":
         return verify_samples(samples, sandbox=sandbox, limits=limits)
     return [_verify_label(s) for s in samples]
 

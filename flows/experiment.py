@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger
 from distill.config import RunConfig, section_hash
 from distill.significance import BOOTSTRAP_RESAMPLES, LEVEL
 from flows.experiment_file import ArmRun, Experiment, ExperimentSpec, read_experiment
-from flows.experiment_results import accuracy_rows, comparison_rows, outcome_frame
+from flows.experiment_results import accuracy_rows, comparison_rows, oracle_rows, outcome_frame
 from flows.run_setup import run_id, run_layout
 from storage.artifacts import read_artifact, write_artifact
 from storage.fs import ArtifactError, write_bytes, write_json
@@ -66,6 +66,7 @@ def collect_outcomes(experiment: Experiment) -> tuple[pd.DataFrame, list[str], l
         last = steps[-1].name if steps else None
         for step in steps:
             stage = step.name.partition("/")[0]
+            stage_frames = []
             for role in step.outputs:
                 url = step.output(role)
                 try:
@@ -73,9 +74,12 @@ def collect_outcomes(experiment: Experiment) -> tuple[pd.DataFrame, list[str], l
                 except ArtifactError as exc:
                     missing.append(f"{r.arm} seed {r.seed} {stage} {role}: {exc}")
                     continue
-                frames.append(outcome_frame(r.arm, r.seed, run_id(r.cfg), stage, step.name == last, step.key,
-                                            table))
+                stage_frames.append(outcome_frame(r.arm, r.seed, run_id(r.cfg), stage, step.name == last, step.key,
+                                                  table))
                 parents.append(url)
+            if stage_frames:
+                oracle = oracle_rows(pd.concat(stage_frames, ignore_index=True))
+                frames += [*stage_frames, oracle] if len(oracle) else stage_frames
     columns = ["arm", "seed", "run_id", "benchmark", "mode", "stage", "final", "step_key", "question_id",
                "correct", "correct_strict", "strategy", "verdict", "rule"]
     outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

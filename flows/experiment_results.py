@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from distill.evaluation import STRICT_RULES
+from distill.evaluation import FORCED_MODES, STRICT_RULES
 from distill.significance import across_seeds, holm, paired_comparison, pooled_comparison, wilson_interval
 
 KEYS = ["arm", "seed", "benchmark", "mode", "stage"]
@@ -37,6 +37,25 @@ def outcome_frame(arm: str, seed: int, run_id: str, stage: str, final: bool, ste
         "correct_strict": (p["verdict"] == "correct") & p["rule"].isin(STRICT_RULES),
         "strategy": p["strategy"], "verdict": p["verdict"], "rule": p["rule"],
     })
+
+
+ORACLE_MODE = "forced_any"
+
+
+def oracle_rows(stage_outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The any-strategy oracle of one run's stage: per benchmark evaluated under every forced mode,
+    a question counts as solved when some forced strategy solved it (mode `forced_any`)."""
+    forced = stage_outcomes[stage_outcomes["mode"].isin(FORCED_MODES)]
+    frames = []
+    for _, g in forced.groupby("benchmark", sort=False):
+        if set(g["mode"]) != set(FORCED_MODES):
+            continue
+        solved = g.groupby("question_id", sort=False).agg(correct=("correct", "any"),
+                                                          correct_strict=("correct_strict", "any"))
+        first = g.drop_duplicates("question_id").set_index("question_id")
+        frame = first.drop(columns=["correct", "correct_strict"]).join(solved).reset_index()
+        frames.append(frame.assign(mode=ORACLE_MODE, strategy=None, verdict=None, rule=None))
+    return pd.concat(frames, ignore_index=True)[stage_outcomes.columns] if frames else stage_outcomes.iloc[0:0]
 
 
 def _finite(x: float) -> float | None:

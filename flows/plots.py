@@ -36,30 +36,37 @@ def _iteration_label(x: int) -> str:
     return "base" if x == BASE_X else str(x)
 
 
-def _plot_mode(ax: Any, mode: str, points: list[tuple[int, float]], index: int) -> None:
+def _plot_mode(ax: Any, mode: str, points: list[tuple], index: int) -> None:
     """One mode's accuracy: iterations as a solid line, the base model as a hollow marker joined to
-    iteration 0 by a dotted line (it was not trained, so it is not part of the sequence)."""
+    iteration 0 by a dotted line (it was not trained, so it is not part of the sequence). A point
+    `(x, y, low, high)` carries its interval, drawn as an error bar."""
     colour, marker = MODE_STYLES.get(mode, (OTHER_COLOURS[index % len(OTHER_COLOURS)], "^"))
     points = sorted(points)
-    base = [(x, y) for x, y in points if x == BASE_X]
-    trained = [(x, y) for x, y in points if x != BASE_X]
+    base = [p for p in points if p[0] == BASE_X]
+    trained = [p for p in points if p[0] != BASE_X]
     if trained:
-        ax.plot([x for x, _ in trained], [y for _, y in trained], color=colour, marker=marker, label=mode)
+        ax.plot([p[0] for p in trained], [p[1] for p in trained], color=colour, marker=marker, label=mode)
     if base:
         ax.plot([base[0][0]], [base[0][1]], color=colour, marker=marker, markerfacecolor="white",
                 linestyle="none", label=None if trained else mode)
         if trained and trained[0][0] == 0:
             ax.plot([BASE_X, 0], [base[0][1], trained[0][1]], color=colour, linestyle=":")
+    shift = 0.06 * (1 if index % 2 else -1)  # the second mode's bars beside the first's
+    for p in points:
+        if len(p) == 4 and p[2] is not None and p[3] is not None:
+            ax.errorbar([p[0] + shift], [p[1]], yerr=[[max(0.0, p[1] - p[2])], [max(0.0, p[3] - p[1])]],
+                        color=colour, capsize=3, linewidth=0.8, alpha=0.6)
     offset = (0, 6) if index % 2 == 0 else (0, -12)  # second mode's labels below, so close lines stay legible
-    for x, y in points:
-        ax.annotate(f"{100 * y:.1f}", (x, y), textcoords="offset points", xytext=offset, ha="center",
+    for p in points:
+        ax.annotate(f"{100 * p[1]:.1f}", (p[0], p[1]), textcoords="offset points", xytext=offset, ha="center",
                     fontsize=7, color=colour)
 
 
 def accuracy_plot(series: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
     """Accuracy per iteration, one panel per benchmark, one line per mode.
 
-    `series`: {benchmark: {mode: [(iteration, accuracy in [0, 1]), ...]}}, iteration -1 = base.
+    `series`: {benchmark: {mode: [(iteration, accuracy in [0, 1][, low, high]), ...]}}, iteration -1 =
+    base; low and high, when given, are the accuracy's interval (error bars).
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
@@ -70,13 +77,14 @@ def accuracy_plot(series: dict[str, dict[str, list[tuple[int, float]]]]) -> byte
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, name in zip(axes, names):
-        xs = sorted({x for points in series[name].values() for x, _ in points})
+        xs = sorted({p[0] for points in series[name].values() for p in points})
         for index, (mode, points) in enumerate(series[name].items()):
             _plot_mode(ax, mode, points, index)
         ax.set_title(name)
         ax.set_xticks(xs, [_iteration_label(x) for x in xs])
         ax.set_xlim(min(xs, default=0) - 0.5, max(xs, default=0) + 0.5)
-        top = max((y for points in series[name].values() for _, y in points), default=1.0)
+        top = max((max(p[1], p[3] if len(p) == 4 and p[3] is not None else p[1])
+                   for points in series[name].values() for p in points), default=1.0)
         ax.set_ylim(0, min(1.05, top * 1.25 + 0.05))  # a benchmark near 0% still shows its changes
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_xlabel("iteration")

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from distill.significance import wilson_interval
 from distill.verify import VERDICTS
 from flows.plots import BASE_X, accuracy_plot, strategy_mix_plot
 from storage.fs import ArtifactCorrupt, exists, read_bytes, read_json, remove, write_bytes
@@ -137,10 +138,19 @@ def accuracy_rows(data: RunData) -> list[dict[str, Any]]:
         ref = {x: s.get("accuracy") for _, x, s in entries}
         for label, x, s in entries:
             acc = s.get("accuracy")
+            low, high = _wilson(acc, s.get("n"))
             rows.append({"benchmark": benchmark, "mode": mode, "stage": label, "x": x, "n": s.get("n"),
-                         "accuracy": acc, "vs_base": _diff(acc, ref.get(BASE_X), x == BASE_X),
+                         "accuracy": acc, "ci_low": low, "ci_high": high,
+                         "vs_base": _diff(acc, ref.get(BASE_X), x == BASE_X),
                          "vs_iter0": _diff(acc, ref.get(0), x <= 0)})
     return rows
+
+
+def _wilson(accuracy: Any, n: Any) -> tuple[float | None, float | None]:
+    """The 95% Wilson interval of an accuracy over `n` questions (None when either is unknown)."""
+    if not isinstance(accuracy, (int, float)) or not isinstance(n, int) or n <= 0:
+        return None, None
+    return wilson_interval(round(accuracy * n), n)
 
 
 def _diff(value: Any, reference: Any, itself: bool) -> float | None:
@@ -242,11 +252,20 @@ def _status_section(data: RunData) -> str:
 def _accuracy_section(rows: list[dict], plot: str | None) -> str:
     if not rows:
         return "## Accuracy\n\nNo stage has been evaluated yet."
-    table = markdown_table(["Benchmark", "Mode", "Stage", "n", "Accuracy", "Δ vs base", "Δ vs iter 0"],
-                   [[r["benchmark"], r["mode"], r["stage"], r["n"], _pct(r["accuracy"]), _pp(r["vs_base"]),
+    table = markdown_table(["Benchmark", "Mode", "Stage", "n", "Accuracy", "95% CI", "Δ vs base", "Δ vs iter 0"],
+                   [[r["benchmark"], r["mode"], r["stage"], r["n"], _pct(r["accuracy"]), _ci(r), _pp(r["vs_base"]),
                      _pp(r["vs_iter0"])] for r in rows])
     image = f"\n\n![Accuracy per iteration]({plot})" if plot else ""
-    return f"## Accuracy\n\n{table}{image}"
+    note = ("\n\nIntervals are 95% Wilson intervals over the n questions; differences between stages of "
+            "one run are on the same questions, and a paired test of them is what `siked experiment` "
+            "reports (docs/experiments.md).")
+    return f"## Accuracy\n\n{table}{note}{image}"
+
+
+def _ci(row: dict) -> str | None:
+    if row.get("ci_low") is None:
+        return None
+    return f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
 
 
 def _strategy_cells(summary: dict) -> str | None:
@@ -349,10 +368,11 @@ def write_plots(layout: RunLayout, data: RunData) -> dict[str, str]:
     """Draw the plots the data allows into `<run>/report/`; delete ones a previous report left that
     no longer apply. Returns {plot: file name relative to the report}."""
     figures: dict[str, bytes] = {}
-    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    series: dict[str, dict[str, list[tuple]]] = {}
     for r in accuracy_rows(data):
         if isinstance(r["accuracy"], (int, float)):
-            series.setdefault(r["benchmark"], {}).setdefault(r["mode"], []).append((r["x"], r["accuracy"]))
+            series.setdefault(r["benchmark"], {}).setdefault(r["mode"], []).append(
+                (r["x"], r["accuracy"], r["ci_low"], r["ci_high"]))
     if series:
         figures["accuracy"] = accuracy_plot(series)
     mixes = [(s["iteration"], strategy_mix(s)) for s in data.iterations]

@@ -224,3 +224,16 @@ def test_report_draws_intervals_of_a_zero_accuracy(tmp_path):
     markdown = write_experiment_report(layout, document)
     assert (tmp_path / "experiments/tiny/accuracy.png").is_file()
     assert "not significant" in markdown
+
+
+def test_oracle_counts_a_question_solved_by_any_forced_strategy():
+    from flows.experiment_results import oracle_rows
+
+    base = synthetic_outcomes().query("seed == 1 and arm == 'one' and question_id in ['q0', 'q1', 'q2']")
+    solved = {"forced_cot": [True, False, False], "forced_l2m": [False, False, False],
+              "forced_pot": [False, True, False]}
+    stage = pd.concat([base.assign(mode=mode, correct=flags, correct_strict=flags) for mode, flags in solved.items()])
+    oracle = oracle_rows(stage)
+    assert list(oracle["correct"]) == [True, True, False] and set(oracle["mode"]) == {"forced_any"}
+    assert list(oracle.columns) == list(stage.columns)
+    assert oracle_rows(stage[stage["mode"] != "forced_pot"]).empty  # needs every forced mode

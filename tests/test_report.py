@@ -111,10 +111,10 @@ def test_full_run_report_has_the_numbers_and_plots(tmp_path):
                  "dss_mi (alpha 0.5, beta 0.1)", "adaptive"):
         assert text in md, text
     # accuracy table: base first, then iterations, with the change vs base and vs iteration 0
-    assert "| arith-test | rationale | base | 100 | 10.0% | – | – |" in md
-    assert "| arith-test | rationale | iter 0 | 100 | 42.0% | +32.0 pp | – |" in md
-    assert "| arith-test | rationale | iter 2 | 100 | 55.0% | +45.0 pp | +13.0 pp |" in md
-    assert "| gsm8k-test | label | iter 1 | 100 | 2.0% | +1.0 pp | -1.0 pp |" in md
+    assert "| arith-test | rationale | base | 100 | 10.0% | [5.5, 17.4] | – | – |" in md
+    assert "| arith-test | rationale | iter 0 | 100 | 42.0% | [32.8, 51.8] | +32.0 pp | – |" in md
+    assert "| arith-test | rationale | iter 2 | 100 | 55.0% | [45.2, 64.4] | +45.0 pp | +13.0 pp |" in md
+    assert "| gsm8k-test | label | iter 1 | 100 | 2.0% | [0.6, 7.0] | +1.0 pp | -1.0 pp |" in md
     assert md.index("| arith-test | rationale | base |") < md.index("| arith-test | rationale | iter 0 |")
     # training data: rows, realised alpha, KL, strategy mix, verdicts, per-strategy counts
     assert "| 0 | teacher | teacher only | 100 | 100 | 0 | 1.000 | – | – |" in md
@@ -149,7 +149,7 @@ def test_partial_run_reports_what_exists(tmp_path):
     assert "partial run" in md
     assert "- base: not started" in md
     assert "- iter-01: started, no summary.json" in md and "- iter-02: not started" in md
-    assert "| arith-test | rationale | iter 0 | 100 | 42.0% | – | – |" in md
+    assert "| arith-test | rationale | iter 0 | 100 | 42.0% | [32.8, 51.8] | – | – |" in md
     assert "| 0 | teacher | teacher only | 100 | 100 | 0 | 1.000 | – | – |" in md
     assert_png(join(layout.report_dir(), "accuracy.png"))
     assert_png(join(layout.report_dir(), "strategy_mix.png"))
@@ -182,7 +182,7 @@ def test_memory_run_root_and_the_cli(capsys):
     printed = capsys.readouterr().out.strip()
     assert printed == layout.report()
     md = read_bytes(printed).decode("utf-8")
-    assert "| arith-test | rationale | iter 1 | 100 | 51.0% | +41.0 pp | +9.0 pp |" in md
+    assert "| arith-test | rationale | iter 1 | 100 | 51.0% | [41.3, 60.6] | +41.0 pp | +9.0 pp |" in md
     assert_png(join(layout.report_dir(), "accuracy.png"))
     assert_png(join(layout.report_dir(), "strategy_mix.png"))
 

@@ -56,7 +56,7 @@ def evaluate_into(job: EvalJob) -> None:
         with SandboxPool(limits, job.verify.workers) as pool:
             for benchmark, problems_url, mode, output in pending:
                 problems = read_artifact(problems_url, "problems").to_pylist()
-                max_tokens = job.max_tokens if mode == "rationale" else job.label_max_tokens
+                max_tokens = job.label_max_tokens if mode == "label" else job.max_tokens
                 rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool)
                 summary = summarize_predictions(rows)
                 write_json(summary_url(output), summary)
