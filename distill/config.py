@@ -195,6 +195,16 @@ class SikedConfig(Section):
     """Engine settings for student generation; its `model` is replaced by the current student."""
 
 
+class DecontaminationConfig(Section):
+    ngram: int = Field(default=13, ge=1)
+    """Word n-gram length: an evaluation question sharing one with a training problem (or a prompt
+    exemplar) is reported as overlapping (distill.decontamination)."""
+    exemplars: bool = True
+    """Also compare against the teacher's prompt exemplars."""
+    drop: bool = False
+    """Leave overlapping questions out of every evaluation (the report still lists them)."""
+
+
 class EvalConfig(Section):
     benchmarks: list[BenchmarkRef] = Field(default_factory=list)
     modes: list[Literal["rationale", "label", "forced_cot", "forced_l2m", "forced_pot"]] = Field(
@@ -208,6 +218,7 @@ class EvalConfig(Section):
     """New tokens per answer in label mode (the bare answer)."""
     evaluate_base: bool = True
     """Also evaluate the untrained student, as the baseline of the report."""
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
 
 
 class RunConfig(Section):

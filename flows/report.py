@@ -43,6 +43,7 @@ class RunData:
     base: list[dict[str, Any]] | None
     iterations: list[dict[str, Any]]
     missing: list[str] = field(default_factory=list)
+    contamination: dict[str, Any] | None = None  # contamination.json (flows.siked.check_contamination)
 
 
 # --------------------------------------------------------------------------- reading the run
@@ -114,7 +115,8 @@ def load_run(layout: RunLayout) -> RunData:
             iterations.append({**summary, "iteration": i})  # the folder name is authoritative
     if not config and base is None and not iterations and not exists(layout.stage_dir("base")):
         raise RunNotFound(f"{layout.run_dir} holds no config.yaml and no stage summary")
-    return RunData(layout.run_id, layout.run_dir, config, base, iterations, missing)
+    contamination = read_json(layout.contamination) if exists(layout.contamination) else None
+    return RunData(layout.run_id, layout.run_dir, config, base, iterations, missing, contamination)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -241,6 +243,27 @@ def _config_section(data: RunData) -> str:
     return "## Configuration\n\n" + markdown_table(["Setting", "Value", "Detail"], rows)
 
 
+MAX_IDS_SHOWN = 20
+
+
+def _contamination_section(data: RunData) -> str:
+    c = data.contamination
+    if not c:
+        return ""
+    rows = []
+    for label, s in (c.get("sets") or {}).items():
+        ids = s.get("ids") or []
+        shown = ", ".join(f"`{i}`" for i in ids[:MAX_IDS_SHOWN]) + (f" and {len(ids) - MAX_IDS_SHOWN} more"
+                                                                  if len(ids) > MAX_IDS_SHOWN else "")
+        rows.append([label, s.get("questions"), s.get("overlapping"), s.get("with_exemplars"), shown or None])
+    action = ("left out of every evaluation above" if c.get("dropped")
+              else "kept in the evaluations (eval.decontamination.drop=true leaves them out)")
+    return (f"## Contamination\n\nEvaluation questions sharing a word {c.get('ngram')}-gram with a training "
+            f"problem or a prompt exemplar; {action}. The full list: the run's `problems/contamination` step "
+            "(`overlaps.parquet`).\n\n"
+            + markdown_table(["Evaluation set", "Questions", "Overlapping", "Pairs with exemplars", "Ids"], rows))
+
+
 def _status_section(data: RunData) -> str:
     if not data.missing:
         done = f"iterations 0–{data.iterations[-1]['iteration']}" if data.iterations else "no iterations"
@@ -354,7 +377,8 @@ def render_markdown(data: RunData, plots: dict[str, str]) -> str:
     """The report text; `plots` maps `accuracy` / `mix` to image paths relative to the report."""
     rows = accuracy_rows(data)
     parts = [f"# SIKeD run `{data.run_id}`", f"Run folder: `{data.run_dir}`", _status_section(data),
-             _config_section(data), _accuracy_section(rows, plots.get("accuracy")), _protocol_section(data),
+             _config_section(data), _accuracy_section(rows, plots.get("accuracy")), _contamination_section(data),
+             _protocol_section(data),
              _mix_section(data, plots.get("mix"))]
     if data.iterations:
         parts += ["## Iterations"] + [_iteration_section(s) for s in data.iterations]

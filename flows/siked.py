@@ -22,11 +22,18 @@ from flows.teacher import teacher_steps
 from flows.ui import publish_base, publish_iteration, publish_run_report
 from storage.fs import write_json
 from storage.paths import RunLayout
+from tasks.contamination import find_overlaps
 from tasks.distill_set import build_distill_set
 from tasks.evaluate import EvalJob, evaluate_model
 from tasks.generate import GenerationJob, generate_samples
 from tasks.gpu import engine_devices, on_gpus, train_devices
-from tasks.jobs.pipeline import eval_only_steps, eval_targets, pipeline_steps, skipped_eval_sets
+from tasks.jobs.pipeline import (
+    CONTAMINATION,
+    eval_only_steps,
+    eval_targets,
+    pipeline_steps,
+    skipped_eval_sets,
+)
 from tasks.mix import mix_training_set
 from tasks.problems import freeze_problems
 from tasks.train import TrainJob, train_student_step
@@ -45,6 +52,20 @@ def freeze_eval_sets(run: Run) -> None:
                        output=step.output("problems"), key=step.key, data_folder=run.cfg.data_dir)
 
 
+def check_contamination(run: Run) -> None:
+    """Overlaps of the evaluation sets with the training problems, saved with the run for its report."""
+    step = run.steps.get(CONTAMINATION)
+    if step is None:
+        return
+    sets = {role.removeprefix("problems:"): run.output(name, "problems")
+            for role, name in step.inputs.items() if role.startswith("problems:")}
+    summary = run.submit(find_overlaps, CONTAMINATION, train_url=run.output("problems/train", "problems"),
+                         eval_sets=sets, output=step.output("overlaps"), key=step.key,
+                         cfg=run.cfg.eval.decontamination)
+    write_json(run.layout.contamination, {"ngram": run.cfg.eval.decontamination.ngram,
+                                          "dropped": run.cfg.eval.decontamination.drop, "sets": summary})
+
+
 def evaluate(run: Run, stage: str, model: str) -> list[dict]:
     """Summaries of `model` on every evaluation set and mode (`stage`: `base`, `iter-XX` or `eval`)."""
     name = f"{stage}/evaluate"
@@ -53,7 +74,8 @@ def evaluate(run: Run, stage: str, model: str) -> list[dict]:
     step, engine = run.steps[name], run.cfg.siked.engine
     job = EvalJob(model=model, engine=engine, verify=run.cfg.verify, max_tokens=run.cfg.eval.max_tokens,
                   label_max_tokens=run.cfg.eval.label_max_tokens, targets=eval_targets(step, run.steps),
-                  key=step.key, label=stage)
+                  key=step.key, label=stage,
+                  exclude_url=run.output(CONTAMINATION, "overlaps") if "contamination" in step.inputs else None)
     with on_gpus(engine_devices(engine)):
         return run.submit(evaluate_model, name, job=job)
 
@@ -119,11 +141,12 @@ def siked_flow(cfg: RunConfig) -> dict:
     run = Run(cfg, layout, pipeline_steps(cfg, layout))
     record_run(layout, cfg, run.steps)
     freeze_eval_sets(run)
+    teacher = teacher_steps(run)  # freezes the training problems the contamination check reads
+    check_contamination(run)
     base_scores = evaluate(run, "base", cfg.train.model)
     if base_scores:
         publish_base(layout, base_scores)
 
-    teacher = teacher_steps(run)
     student = train(run, 0, teacher["distill_set"]["path"], cfg.train.model)
     scores = evaluate(run, "iter-00", student["path"])
     records = [{"iteration": 0, "teacher": teacher, "student": student, "eval": scores}]

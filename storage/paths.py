@@ -102,6 +102,11 @@ class RunLayout:
         """What one stage produced and scored (JSON), read by the report and `siked status`."""
         return join(self.stage_dir(stage), "summary.json")
 
+    @property
+    def contamination(self) -> str:
+        """Which evaluation questions overlap the training problems (JSON), for the report."""
+        return self.path("contamination.json")
+
     def report_dir(self) -> str:
         return self.path("report")
 

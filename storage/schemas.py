@@ -131,6 +131,17 @@ OUTCOMES = pa.schema(
     ]
 )
 
+# An evaluation question sharing word n-grams with a training problem or a prompt exemplar.
+OVERLAPS = pa.schema(
+    [
+        ("benchmark", pa.string()),  # the evaluation set, `<name>-<split>`
+        ("question_id", pa.string()),
+        ("source_id", pa.string()),  # a training problem's id, or `exemplar:<id>`
+        ("shared", pa.int32()),  # distinct shared n-grams
+        ("example", pa.string()),  # one of them
+    ]
+)
+
 SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "problems": (1, PROBLEMS),
     "samples": (1, SAMPLES),
@@ -139,6 +150,7 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "train_metrics": (1, TRAIN_METRICS),
     "predictions": (1, PREDICTIONS),
     "outcomes": (1, OUTCOMES),
+    "overlaps": (1, OVERLAPS),
 }
 
 

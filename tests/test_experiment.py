@@ -175,7 +175,8 @@ def _task_states_of_last_experiment() -> dict[str, list[str]]:
 @pytest.mark.timeout(1800)
 def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny_model_path, capsys):
     overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{"siked.iterations": "0"})
-    path = write_experiment(tmp_path, {"short": [], "long": ["eval.max_tokens=12"]}, overrides)
+    clean = ["eval.decontamination.drop=true", "eval.decontamination.ngram=4"]  # 4-grams: the templates overlap
+    path = write_experiment(tmp_path, {"short": [], "long": ["eval.max_tokens=12"], "clean": clean}, overrides)
 
     assert main(["plan", str(path), "--json"]) == 0
     plan = {(r["arm"], r["step"]): r for r in json.loads(capsys.readouterr().out)}
@@ -186,12 +187,21 @@ def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny
     assert main(["experiment", str(path)]) == 0
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     states = _task_states_of_last_experiment()
-    assert sorted(states["train_student_step"]) == ["Cached", "Completed"], states
-    assert states["evaluate_model"].count("Completed") == 4, states  # base and iter-00, in each arm
+    assert sorted(states["train_student_step"]) == ["Cached", "Cached", "Completed"], states
+    assert states["evaluate_model"].count("Completed") == 6, states  # base and iter-00, in each arm
 
     outcomes = read_artifact(str(folder / "outcomes.parquet"), "outcomes").to_pandas()
     assert {"arm", "seed", "benchmark", "mode", "stage", "question_id", "correct"} <= set(outcomes.columns)
-    assert set(outcomes.arm) == {"short", "long"} and set(outcomes.stage) == {"base", "iter-00"}
+    assert set(outcomes.arm) == {"short", "long", "clean"} and set(outcomes.stage) == {"base", "iter-00"}
+    # `clean` left out the questions its contamination step found; the others kept every question
+    clean_run = next(r["run_dir"] for r in json.loads((folder / "results.json").read_text())["runs"]
+                     if r["arm"] == "clean")
+    contamination = json.loads((Path(clean_run) / "contamination.json").read_text())["sets"]["arith-test"]
+    assert contamination["overlapping"] > 0, contamination
+    kept = outcomes[(outcomes.arm == "clean") & (outcomes["mode"] == "rationale") & (outcomes.stage == "base")]
+    assert set(kept.question_id).isdisjoint(contamination["ids"])
+    assert len(kept) == contamination["questions"] - contamination["overlapping"]
+    assert "## Contamination" in (Path(clean_run) / "report/report.md").read_text()
     results = json.loads((folder / "results.json").read_text())
     assert results["comparisons"], results
     for entry in results["comparisons"]:

@@ -24,7 +24,7 @@ from storage.step_store import step_output
 REPO = Path(__file__).resolve().parents[1]
 # Prefect keys task runs by the task function's name.
 STEP_FUNCTIONS = {"freeze_problems", "generate_samples", "verify", "build_distill_set", "mix_training_set",
-                  "train_student_step", "evaluate_model"}
+                  "train_student_step", "evaluate_model", "find_overlaps"}
 # Artifacts every run computes the same way from the same config (the student's weights are
 # compared through the training metrics instead: resumed training matches within 1e-4).
 DETERMINISTIC = [("problems/train", "problems"), ("iter-00/generate", "samples"), ("iter-00/verify", "verified"),
@@ -181,7 +181,8 @@ def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_wh
     # One more iteration, another learning rate, another evaluation budget: the plan names exactly
     # the steps each change touches, and the run executes exactly those.
     assert planned_to_run(config, overrides, capsys) == set()
-    teacher_side = {"problems/train", "problems/eval-arith-test", "iter-00/generate", "iter-00/verify",
+    teacher_side = {"problems/train", "problems/eval-arith-test", "problems/contamination", "iter-00/generate",
+                    "iter-00/verify",
                     "iter-00/distill_set", "base/evaluate"}
     changes = {
         "siked.iterations=2": lambda steps: {s for s in steps if s.startswith("iter-02/")} | {"report"},

@@ -82,8 +82,8 @@ def test_plan_json_lists_each_step_with_kind_iteration_and_action(tmp_path, caps
     assert by_step["iter-01/train"]["iteration"] == 1 and by_step["iter-01/train"]["kind"] == "train"
     assert by_step["problems/train"]["iteration"] is None and by_step["report"]["kind"] == "report"
     assert {r["action"] for r in rows} == {"run"}
-    assert {r["kind"] for r in rows} == {"problems", "generate", "verify", "distill_set", "mix", "train",
-                                         "evaluate", "report"}
+    assert {r["kind"] for r in rows} == {"problems", "contamination", "generate", "verify", "distill_set", "mix",
+                                         "train", "evaluate", "report"}
     # Teacher: 40 questions x 3 strategies, 2 samples each; then 40 prompts x 2 samples per iteration.
     # Three trainings of 24 steps; 24 arith + 3 GSM8K questions x 2 modes x 4 evaluated stages.
     assert "200 prompts, 400 samples, 3 trainings of 72 steps in all, 216 evaluation questions" in captured.err

@@ -26,6 +26,7 @@ class EvalJob:
     key: str
     label: str  # e.g. "base" or "iter-01", for names in the UI
     extra: dict = field(default_factory=dict)
+    exclude_url: str | None = None  # OVERLAPS of questions to leave out (eval.decontamination.drop)
 
 
 def summary_url(predictions_url: str) -> str:
@@ -52,15 +53,21 @@ def evaluate_into(job: EvalJob) -> None:
     model_path = resolve_model(local_model(job.model), models_dir())  # a remote student is mirrored
     engine = make_engine(job.engine, model_path)
     limits = sandbox_limits(job.verify)
+    excluded = set()
+    if job.exclude_url:
+        overlaps = read_artifact(job.exclude_url, "overlaps", columns=["benchmark", "question_id"]).to_pylist()
+        excluded = {(o["benchmark"], o["question_id"]) for o in overlaps}
     try:
         with SandboxPool(limits, job.verify.workers) as pool:
             for benchmark, problems_url, mode, output in pending:
-                problems = read_artifact(problems_url, "problems").to_pylist()
+                problems = [p for p in read_artifact(problems_url, "problems").to_pylist()
+                            if (benchmark, p["id"]) not in excluded]
                 max_tokens = job.label_max_tokens if mode == "label" else job.max_tokens
                 rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool)
                 summary = summarize_predictions(rows)
                 write_json(summary_url(output), summary)
-                write_artifact(output, rows, "predictions", config_hash=job.key, parents=[problems_url])
+                parents = [problems_url, *([job.exclude_url] if job.exclude_url else [])]
+                write_artifact(output, rows, "predictions", config_hash=job.key, parents=parents)
                 print(f"eval {job.label}: {benchmark} {mode} accuracy {summary['accuracy']:.3f} "
                       f"({len(rows)} problems)", flush=True)
     finally:

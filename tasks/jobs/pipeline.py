@@ -32,7 +32,7 @@ from storage.artifacts import incomplete_reason, read_manifest
 from storage.paths import DataDirMissing, RunLayout, data_dir, join
 from storage.step_store import read_step_info, step_dir
 
-KINDS = ("problems", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report")
+KINDS = ("problems", "contamination", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report")
 # Bump when a change to the code must invalidate finished steps (the package version is part of the
 # key too). Git commits alone do not: resuming after an unrelated fix must reuse finished work.
 CACHE_VERSION = "2"
@@ -181,9 +181,24 @@ def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], mod
     inputs = {f"problems:{name.removeprefix('problems/eval-')}": name for name in eval_sets}
     if model_step:
         inputs["model"] = model_step
+    if cfg.eval.decontamination.drop and CONTAMINATION in b.steps:
+        inputs["contamination"] = CONTAMINATION  # the overlapping questions it leaves out
+        reads["eval.decontamination.drop"] = True
     outputs = {f"{label}/{mode}": Output(f"{label}-{mode}.parquet", "predictions")
                for label in (name.removeprefix("problems/eval-") for name in eval_sets) for mode in cfg.eval.modes}
     b.add(f"{stage}/evaluate", "evaluate", None if stage == "base" else _iteration_of(stage), reads, inputs, outputs)
+
+
+CONTAMINATION = "problems/contamination"
+
+
+def _contamination(b: _Builder, cfg: RunConfig, eval_sets: list[str]) -> None:
+    """Overlap of every evaluation set with the training problems (and the prompt exemplars)."""
+    if not eval_sets:
+        return
+    reads = {"eval.decontamination": {k: v for k, v in _value(cfg, "eval.decontamination").items() if k != "drop"}}
+    inputs = {"train": "problems/train", **{f"problems:{n.removeprefix('problems/eval-')}": n for n in eval_sets}}
+    b.add(CONTAMINATION, "contamination", None, reads, inputs, {"overlaps": Output("overlaps.parquet", "overlaps")})
 
 
 def _iteration_of(stage: str) -> int | None:
@@ -215,6 +230,7 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
     """Every step `cfg` asks for, in the order the flow runs them, the report last."""
     b = _Builder(layout.root)
     eval_sets = _problems(b, cfg)
+    _contamination(b, cfg, eval_sets)
     if cfg.eval.evaluate_base:
         _evaluate(b, cfg, "base", eval_sets, None, model_spec=cfg.train.model)
     teacher = "teacher"
