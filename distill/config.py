@@ -205,13 +205,22 @@ class DecontaminationConfig(Section):
     """Leave overlapping questions out of every evaluation (the report still lists them)."""
 
 
+class SelfConsistencyConfig(Section):
+    k: int = Field(default=8, ge=1)
+    """Samples per question in the `sampled` evaluation mode (maj@k, pass@k)."""
+    temperature: float = Field(default=0.7, gt=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+
+
 class EvalConfig(Section):
     benchmarks: list[BenchmarkRef] = Field(default_factory=list)
-    modes: list[Literal["rationale", "label", "forced_cot", "forced_l2m", "forced_pot"]] = Field(
+    modes: list[Literal["rationale", "label", "forced_cot", "forced_l2m", "forced_pot", "sampled"]] = Field(
         default_factory=lambda: ["rationale", "label"])
     """`rationale`: the student picks a strategy and solves (SIKeD); `label`: the bare answer (DSS);
     `forced_cot`, `forced_l2m`, `forced_pot`: the rationale prompt primed with that strategy's tag
-    (each strategy's accuracy, and with all three the any-strategy oracle in experiments)."""
+    (each strategy's accuracy, and with all three the any-strategy oracle in experiments);
+    `sampled`: self-consistency, `self_consistency.k` rationale samples per question (maj@k, pass@k)."""
+    self_consistency: SelfConsistencyConfig = Field(default_factory=SelfConsistencyConfig)
     max_tokens: int = Field(default=512, ge=1)
     """New tokens per answer in rationale mode."""
     label_max_tokens: int = Field(default=16, ge=1)

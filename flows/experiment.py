@@ -29,12 +29,18 @@ from prefect import flow, get_run_logger
 from distill.config import RunConfig, section_hash
 from distill.significance import BOOTSTRAP_RESAMPLES, LEVEL
 from flows.experiment_file import ArmRun, Experiment, ExperimentSpec, read_experiment
-from flows.experiment_results import accuracy_rows, comparison_rows, oracle_rows, outcome_frame
+from flows.experiment_results import (
+    accuracy_rows,
+    comparison_rows,
+    oracle_rows,
+    outcome_frame,
+    sampled_predictions_as_outcomes,
+)
 from flows.run_setup import run_id, run_layout
 from storage.artifacts import read_artifact, write_artifact
 from storage.fs import ArtifactError, write_bytes, write_json
 from storage.paths import ExperimentLayout
-from tasks.jobs.pipeline import Step, pipeline_steps
+from tasks.jobs.pipeline import Step, pipeline_steps, prediction_kind
 
 
 class RunsFailed(RuntimeError):
@@ -68,14 +74,15 @@ def collect_outcomes(experiment: Experiment) -> tuple[pd.DataFrame, list[str], l
             stage = step.name.partition("/")[0]
             stage_frames = []
             for role in step.outputs:
-                url = step.output(role)
+                url, mode = step.output(role), role.rpartition("/")[2]
                 try:
-                    table = read_artifact(url, "predictions").to_pandas()
+                    table = read_artifact(url, prediction_kind(mode)).to_pandas()
                 except ArtifactError as exc:
                     missing.append(f"{r.arm} seed {r.seed} {stage} {role}: {exc}")
                     continue
-                stage_frames.append(outcome_frame(r.arm, r.seed, run_id(r.cfg), stage, step.name == last, step.key,
-                                                  table))
+                tables = sampled_predictions_as_outcomes(table, r.cfg.verify.rel_tol) if mode == "sampled" else [table]
+                stage_frames += [outcome_frame(r.arm, r.seed, run_id(r.cfg), stage, step.name == last, step.key, t)
+                                 for t in tables]
                 parents.append(url)
             if stage_frames:
                 oracle = oracle_rows(pd.concat(stage_frames, ignore_index=True))

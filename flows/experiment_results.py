@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from distill.evaluation import FORCED_MODES, STRICT_RULES
+from distill.evaluation import FORCED_MODES, STRICT_RULES, sampled_outcomes
 from distill.significance import across_seeds, holm, paired_comparison, pooled_comparison, wilson_interval
 
 KEYS = ["arm", "seed", "benchmark", "mode", "stage"]
@@ -34,12 +34,27 @@ def outcome_frame(arm: str, seed: int, run_id: str, stage: str, final: bool, ste
         "arm": arm, "seed": seed, "run_id": run_id, "benchmark": p["benchmark"], "mode": p["mode"],
         "stage": stage, "final": final, "step_key": step_key, "question_id": p["question_id"],
         "correct": p["verdict"] == "correct",
-        "correct_strict": (p["verdict"] == "correct") & p["rule"].isin(STRICT_RULES),
+        # maj@k and pass@k count every sample's answer as the pipeline scores it: no strict variant
+        "correct_strict": (p["verdict"] == "correct") & p["rule"].isin((*STRICT_RULES, *SAMPLED_OUTCOMES.values())),
         "strategy": p["strategy"], "verdict": p["verdict"], "rule": p["rule"],
     })
 
 
 ORACLE_MODE = "forced_any"
+SAMPLED_OUTCOMES = {"sampled_maj": "maj_at_k", "sampled_pass": "pass_at_k"}
+
+
+def sampled_predictions_as_outcomes(samples: pd.DataFrame, rel_tol: float = 1e-6) -> list[pd.DataFrame]:
+    """Per-question tables, shaped like PREDICTIONS, of the `sampled` mode's maj@k (mode
+    `sampled_maj`) and pass@k (`sampled_pass`), from its k rows per question."""
+    per_question = pd.DataFrame(sampled_outcomes(samples.to_dict("records"), rel_tol))
+    if per_question.empty:
+        return []
+    benchmark = samples["benchmark"].iloc[0]
+    return [pd.DataFrame({"benchmark": benchmark, "mode": mode, "question_id": per_question["question_id"],
+                          "verdict": per_question[column].map({True: "correct", False: "wrong"}),
+                          "rule": column, "strategy": None})
+            for mode, column in SAMPLED_OUTCOMES.items()]
 
 
 def oracle_rows(stage_outcomes: pd.DataFrame) -> pd.DataFrame:

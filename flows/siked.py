@@ -75,7 +75,8 @@ def evaluate(run: Run, stage: str, model: str) -> list[dict]:
     job = EvalJob(model=model, engine=engine, verify=run.cfg.verify, max_tokens=run.cfg.eval.max_tokens,
                   label_max_tokens=run.cfg.eval.label_max_tokens, targets=eval_targets(step, run.steps),
                   key=step.key, label=stage,
-                  exclude_url=run.output(CONTAMINATION, "overlaps") if "contamination" in step.inputs else None)
+                  exclude_url=run.output(CONTAMINATION, "overlaps") if "contamination" in step.inputs else None,
+                  self_consistency=run.cfg.eval.self_consistency if "sampled" in run.cfg.eval.modes else None)
     with on_gpus(engine_devices(engine)):
         return run.submit(evaluate_model, name, job=job)
 

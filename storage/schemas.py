@@ -142,6 +142,9 @@ OVERLAPS = pa.schema(
     ]
 )
 
+# The `sampled` evaluation mode (self-consistency): k rows per question.
+SAMPLED_PREDICTIONS = pa.schema([("sample_index", pa.int32()), *PREDICTIONS])
+
 SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "problems": (1, PROBLEMS),
     "samples": (1, SAMPLES),
@@ -151,6 +154,7 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "predictions": (1, PREDICTIONS),
     "outcomes": (1, OUTCOMES),
     "overlaps": (1, OVERLAPS),
+    "sampled_predictions": (1, SAMPLED_PREDICTIONS),
 }
 
 

@@ -247,3 +247,19 @@ def test_oracle_counts_a_question_solved_by_any_forced_strategy():
     assert list(oracle["correct"]) == [True, True, False] and set(oracle["mode"]) == {"forced_any"}
     assert list(oracle.columns) == list(stage.columns)
     assert oracle_rows(stage[stage["mode"] != "forced_pot"]).empty  # needs every forced mode
+
+
+def test_sampled_predictions_become_maj_and_pass_outcomes_per_question():
+    from flows.experiment_results import outcome_frame, sampled_predictions_as_outcomes
+
+    said = {"q1": [7, 5, 5], "q2": [4, 4, 9]}
+    gold = {"q1": 7.0, "q2": 4.0}
+    samples = pd.DataFrame([{"sample_index": i, "question_id": q, "benchmark": "toy", "mode": "sampled",
+                             "strategy": "cot", "gold": gold[q], "predicted": float(v),
+                             "verdict": "correct" if v == gold[q] else "wrong", "rule": "final_answer"}
+                            for q, values in said.items() for i, v in enumerate(values)])
+    tables = sampled_predictions_as_outcomes(samples)
+    frames = [outcome_frame("a", 1, "run", "iter-00", True, "k", t) for t in tables]
+    got = {(f["mode"].iloc[0], q): c for f in frames for q, c in zip(f["question_id"], f["correct"])}
+    assert got == {("sampled_maj", "q1"): False, ("sampled_maj", "q2"): True,
+                   ("sampled_pass", "q1"): True, ("sampled_pass", "q2"): True}

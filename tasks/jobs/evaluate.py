@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distill.config import EngineConfig, VerifyConfig
+from distill.config import EngineConfig, SamplingConfig, SelfConsistencyConfig, VerifyConfig
 from storage.artifacts import is_complete
 from storage.fs import exists, write_json
+from tasks.jobs.pipeline import prediction_kind
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class EvalJob:
     label: str  # e.g. "base" or "iter-01", for names in the UI
     extra: dict = field(default_factory=dict)
     exclude_url: str | None = None  # OVERLAPS of questions to leave out (eval.decontamination.drop)
+    self_consistency: SelfConsistencyConfig | None = None  # the `sampled` mode's k and temperature
 
 
 def summary_url(predictions_url: str) -> str:
@@ -35,13 +37,19 @@ def summary_url(predictions_url: str) -> str:
 
 def pending_targets(job: EvalJob) -> list[tuple[str, str, str, str]]:
     return [t for t in job.targets
-            if not (is_complete(t[3], kind="predictions", config_hash=job.key) and exists(summary_url(t[3])))]
+            if not (is_complete(t[3], kind=prediction_kind(t[2]), config_hash=job.key) and exists(summary_url(t[3])))]
+
+
+def sampled_settings(job: EvalJob) -> SamplingConfig:
+    sc = job.self_consistency or SelfConsistencyConfig()
+    return SamplingConfig(n=sc.k, temperature=sc.temperature, top_p=sc.top_p, max_tokens=job.max_tokens,
+                          stop=["### Instruction"])
 
 
 def evaluate_into(job: EvalJob) -> None:
     """Child-process body: evaluate the pending (benchmark, mode) pairs and write each one."""
     from distill.engines import make_engine
-    from distill.evaluation import evaluate, summarize_predictions
+    from distill.evaluation import evaluate, summarize_predictions, summarize_sampled
     from distill.models import resolve_model
     from distill.sandbox import SandboxPool
     from distill.verify import sandbox_limits
@@ -63,11 +71,13 @@ def evaluate_into(job: EvalJob) -> None:
                 problems = [p for p in read_artifact(problems_url, "problems").to_pylist()
                             if (benchmark, p["id"]) not in excluded]
                 max_tokens = job.label_max_tokens if mode == "label" else job.max_tokens
-                rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool)
-                summary = summarize_predictions(rows)
+                rel_tol = job.verify.rel_tol
+                rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool,
+                                rel_tol=rel_tol, sampling=sampled_settings(job) if mode == "sampled" else None)
+                summary = summarize_sampled(rows, rel_tol) if mode == "sampled" else summarize_predictions(rows)
                 write_json(summary_url(output), summary)
                 parents = [problems_url, *([job.exclude_url] if job.exclude_url else [])]
-                write_artifact(output, rows, "predictions", config_hash=job.key, parents=parents)
+                write_artifact(output, rows, prediction_kind(mode), config_hash=job.key, parents=parents)
                 print(f"eval {job.label}: {benchmark} {mode} accuracy {summary['accuracy']:.3f} "
                       f"({len(rows)} problems)", flush=True)
     finally:

@@ -175,7 +175,10 @@ def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], mod
     reads = fields(cfg, *EVAL_FIELDS)
     # Greedy decoding draws nothing: the engine's seed does not change what an evaluation writes,
     # so the seeds of an experiment share the untrained student's evaluation.
-    reads["siked.engine"] = {k: v for k, v in reads["siked.engine"].items() if k != "seed"}
+    sampled = "sampled" in cfg.eval.modes  # self-consistency draws: its seed and settings count
+    reads["siked.engine"] = {k: v for k, v in reads["siked.engine"].items() if k != "seed" or sampled}
+    if sampled:
+        reads.update(fields(cfg, "eval.self_consistency"))
     if model_spec is not None:
         reads["model"] = model_spec
     inputs = {f"problems:{name.removeprefix('problems/eval-')}": name for name in eval_sets}
@@ -184,7 +187,7 @@ def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], mod
     if cfg.eval.decontamination.drop and CONTAMINATION in b.steps:
         inputs["contamination"] = CONTAMINATION  # the overlapping questions it leaves out
         reads["eval.decontamination.drop"] = True
-    outputs = {f"{label}/{mode}": Output(f"{label}-{mode}.parquet", "predictions")
+    outputs = {f"{label}/{mode}": Output(f"{label}-{mode}.parquet", prediction_kind(mode))
                for label in (name.removeprefix("problems/eval-") for name in eval_sets) for mode in cfg.eval.modes}
     b.add(f"{stage}/evaluate", "evaluate", None if stage == "base" else _iteration_of(stage), reads, inputs, outputs)
 
@@ -199,6 +202,11 @@ def _contamination(b: _Builder, cfg: RunConfig, eval_sets: list[str]) -> None:
     reads = {"eval.decontamination": {k: v for k, v in _value(cfg, "eval.decontamination").items() if k != "drop"}}
     inputs = {"train": "problems/train", **{f"problems:{n.removeprefix('problems/eval-')}": n for n in eval_sets}}
     b.add(CONTAMINATION, "contamination", None, reads, inputs, {"overlaps": Output("overlaps.parquet", "overlaps")})
+
+
+def prediction_kind(mode: str) -> str:
+    """The artifact kind an evaluation mode writes: one row per question, or per sample (`sampled`)."""
+    return "sampled_predictions" if mode == "sampled" else "predictions"
 
 
 def _iteration_of(stage: str) -> int | None:
