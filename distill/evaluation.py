@@ -133,6 +133,9 @@ def summarize_predictions(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "benchmark": first.get("benchmark"), "mode": first.get("mode"), "n": total,
         "accuracy": correct / total if total else 0.0,
+        # strict: only answers stated as the answer (or a program's result), beside the flexible score
+        "accuracy_strict": sum(r["verdict"] == "correct" and r["rule"] in STRICT_RULES for r in rows) / total
+        if total else 0.0,
         "accuracy_by_strategy": {s: c[True] / (c[True] + c[False]) for s, c in sorted(by_strategy.items())},
         "strategy_histogram": {s: c[True] + c[False] for s, c in sorted(by_strategy.items())},
         "extraction_failure_rate": sum(r["verdict"] in EXTRACTION_FAILURES for r in rows) / total if total else 0.0,

@@ -142,7 +142,7 @@ def accuracy_rows(data: RunData) -> list[dict[str, Any]]:
             acc = s.get("accuracy")
             low, high = _wilson(acc, s.get("n"))
             rows.append({"benchmark": benchmark, "mode": mode, "stage": label, "x": x, "n": s.get("n"),
-                         "accuracy": acc, "ci_low": low, "ci_high": high,
+                         "accuracy": acc, "ci_low": low, "ci_high": high, "strict": s.get("accuracy_strict"),
                          "vs_base": _diff(acc, ref.get(BASE_X), x == BASE_X),
                          "vs_iter0": _diff(acc, ref.get(0), x <= 0)})
     return rows
@@ -275,11 +275,14 @@ def _status_section(data: RunData) -> str:
 def _accuracy_section(rows: list[dict], plot: str | None) -> str:
     if not rows:
         return "## Accuracy\n\nNo stage has been evaluated yet."
-    table = markdown_table(["Benchmark", "Mode", "Stage", "n", "Accuracy", "95% CI", "Δ vs base", "Δ vs iter 0"],
+    table = markdown_table(["Benchmark", "Mode", "Stage", "n", "Accuracy", "95% CI", "Δ vs base", "Δ vs iter 0",
+                            "Strict"],
                    [[r["benchmark"], r["mode"], r["stage"], r["n"], _pct(r["accuracy"]), _ci(r), _pp(r["vs_base"]),
-                     _pp(r["vs_iter0"])] for r in rows])
+                     _pp(r["vs_iter0"]), _pct(r["strict"])] for r in rows])
     image = f"\n\n![Accuracy per iteration]({plot})" if plot else ""
-    note = ("\n\nIntervals are 95% Wilson intervals over the n questions; differences between stages of "
+    note = ("\n\nStrict accuracy counts only answers the model stated as its answer (`Final answer:`, `The "
+            "answer is`, a program's result, a label); the accuracy also accepts the last number of the text. "
+            "Intervals are 95% Wilson intervals over the n questions; differences between stages of "
             "one run are on the same questions, and a paired test of them is what `siked experiment` "
             "reports (docs/experiments.md).")
     return f"## Accuracy\n\n{table}{note}{image}"

@@ -119,3 +119,12 @@ def test_forced_and_label_modes_on_a_tiny_model(tiny_model_path):
         assert summary["k"] == 4 and summary["n"] == 2 and 0 <= summary["maj_at_k"] <= summary["pass_at_k"] <= 1
     finally:
         engine.close()
+
+
+def test_strict_accuracy_counts_only_stated_answers():
+    def trailing_number(prompt, i):
+        return "[cot]: 3 + 4 makes 7" if "apples" in prompt else "[cot]: So\\nFinal answer: 4"
+    rows = evaluate(ScriptedEngine(trailing_number), PROBLEMS, "toy", "rationale", 16, "m")
+    assert [r["rule"] for r in rows] == ["last_number", "final_answer"]
+    summary = summarize_predictions(rows)
+    assert (summary["accuracy"], summary["accuracy_strict"]) == (1.0, 0.5)
