@@ -95,6 +95,12 @@ class EngineConfig(Section):
     request_timeout_s: float = Field(default=600.0, gt=0)
     files: list[str] = Field(default_factory=list)
     """file: rationale files (relative paths resolve against the data folder)."""
+    deterministic: bool = False
+    """Repeatable sampling (vllm, transformers): each shard is generated in a batch of its own with
+    the sampler reseeded to a hash of `seed` and the shard index, so its samples do not depend on
+    timing, batching or which shards ran before; vLLM then runs its engine core in-process, on one
+    CPU thread on CPU builds and with batch-invariant kernels on GPUs (VLLM_BATCH_INVARIANT). Slower:
+    shards no longer share batches (BENCHMARKS.md, "Repeatable seeds")."""
     replicas: int = Field(default=1, ge=1)
     """Engine replicas (Ray) for sharded generation; 1 runs in one child process."""
     ray_address: str | None = None

@@ -325,3 +325,23 @@ def test_a_vllm_replica_killed_mid_shard_loses_only_that_shard(tmp_path, builtin
     again = ray_generate_into(job)  # finalized folder: nothing to do, Ray not even started
     assert again["reused_shards"] == 5 and again["shards_written"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-*")} == stamps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_generation_resumed_writes_the_rows_of_an_uninterrupted_one(tmp_path, tiny_model_path,
+                                                                                  deterministic):
+    """`engine.deterministic`: a step resumed after its first shard writes the rows the uninterrupted
+    step wrote; without it the engine's one seed is consumed differently and sampled rows differ."""
+    from tasks.jobs.generate import generate_into
+
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=8, stop=[])
+    engine = EngineConfig(kind="transformers", model=str(tiny_model_path), dtype="float32", seed=3,
+                          deterministic=deterministic)
+    whole = make_job(tmp_path, "whole", engine, sampling, shard_size=2)
+    generate_into(whole)
+    resumed = make_job(tmp_path, "resumed", engine, sampling, shard_size=2)
+    first_shard = [r for r in read_artifact(whole.output_url, "samples").to_pylist() if r["question_id"] in ("q0", "q1")]
+    ShardedArtifact(resumed.output_url, "samples", config_hash=resumed.key).write_shard(0, first_shard)
+    assert generate_into(resumed)["reused_shards"] == 1
+    assert (rows_of(resumed.output_url) == rows_of(whole.output_url)) is deterministic

@@ -99,7 +99,18 @@ def bind_all_cpus(cfg: EngineConfig) -> None:
     if torch.cuda.is_available():
         return
     cpus = sorted(os.sched_getaffinity(0))
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
+    # `deterministic`: one compute thread, the setting under which sampled tokens repeat
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[0]) if cfg.deterministic else ",".join(str(c) for c in cpus)
+
+
+def batch_invariant_on_gpus(cfg: EngineConfig) -> None:
+    """`deterministic` on CUDA: vLLM's batch-invariant kernels, so a request's logits do not depend
+    on what else is in its batch (set before the engine starts; one already set wins)."""
+    if cfg.deterministic:
+        import torch
+
+        if torch.cuda.is_available():
+            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
 
 
 class VllmEngine:
@@ -110,6 +121,7 @@ class VllmEngine:
 
         kwargs = llm_kwargs(cfg, model_path)
         bind_all_cpus(cfg)
+        batch_invariant_on_gpus(cfg)
         if kwargs.get("worker_extension_cls") == RESEED_EXTENSION:
             # Reseeding only repeats samples if the batches repeat (module docstring).
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -77,19 +77,44 @@ def shard_count(job: GenerationJob) -> int:
     return -(-read_manifest(job.problems_url)["rows"] // job.shard_size)
 
 
+def generate_shard_by_shard(engine, prepared: PreparedJob, out: ShardedArtifact, done: set[int],
+                            lora_path: str | None) -> dict:
+    """`engine.deterministic`: each missing shard alone, the sampler reseeded for it
+    (distill.generation.generate_shard), so a shard's samples repeat whatever ran before it."""
+    from distill.generation import generate_shard
+
+    stats = {"prompts": 0, "completions": 0, "output_tokens": 0, "seconds": 0.0, "shards_written": 0}
+    pending = [i for i in range(len(prepared.shards)) if i not in done]
+    for count, index in enumerate(pending, 1):
+        rows, shard_stats = generate_shard(engine, prepared.shards[index], index, prepared.sampling,
+                                           prepared.provenance, lora_path=lora_path, tag_of=prepared.tag_of)
+        out.write_shard(index, rows)
+        for key in stats:
+            stats[key] += shard_stats.get(key, 0)
+        stats["shards_written"] += 1
+        print(f"generation: shard {index + 1}/{len(prepared.shards)} written ({count}/{len(pending)} this run, "
+              "reseeded)", flush=True)
+    return stats
+
+
 def generate_into(job: GenerationJob) -> dict:
     """Child-process body: build the engine, generate the missing shards, finalize the artifact."""
     from distill.engines import make_engine
-    from distill.generation import run_generation
+    from distill.generation import make_replica_engine, run_generation
 
     out = ShardedArtifact(job.output_url, "samples", config_hash=job.key, parents=[job.problems_url])
-    engine = make_engine(job.engine, model_path_of(job), data_dir=job.data_dir)
+    repeatable = job.engine.deterministic and job.engine.kind in ("vllm", "transformers")
+    engine = (make_replica_engine(job.engine, model_path_of(job)) if repeatable
+              else make_engine(job.engine, model_path_of(job), data_dir=job.data_dir))
     try:
         prepared = prepare_job(job, engine)
         shards = prepared.shards
         done = out.completed_shards()
-        stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard, skip=done,
-                               lora_path=job.lora_path, tag_of=prepared.tag_of)
+        if repeatable:
+            stats = generate_shard_by_shard(engine, prepared, out, set(done), job.lora_path)
+        else:
+            stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard,
+                                   skip=done, lora_path=job.lora_path, tag_of=prepared.tag_of)
     finally:
         engine.close()
     out.finalize(len(shards))
