@@ -115,7 +115,8 @@ class TeacherConfig(Section):
     shots: int = Field(default=8, ge=0, le=8)
     """Worked exemplars in each prompt (the papers use 8; fewer make shorter, faster prompts)."""
     biased: Strategy | None = None
-    """Keep one row per question by this strategy's priority (e.g. cot: cot > pot > l2m)."""
+    """Keep one row per question by this strategy's priority (e.g. cot: cot > pot > l2m), in the
+    teacher's set and in the student's set of every iteration (SIKeD's biased chains)."""
 
 
 class VerifyConfig(Section):

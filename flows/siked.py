@@ -118,7 +118,7 @@ def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, student: 
     self_set_url = run.output(f"{stage}/distill_set", "distill_set")
     self_set = run.submit(build_distill_set, f"{stage}/distill_set", verified_url=verified_url,
                           problems_url=problems_url, output=self_set_url, key=run.steps[f"{stage}/distill_set"].key,
-                          iteration=iteration)
+                          iteration=iteration, biased=run.cfg.teacher.biased)
 
     mix_step = run.steps[f"{stage}/mix"]
     mixed = run.submit(mix_training_set, mix_step.name, self_set_url=self_set_url, verified_url=verified_url,

@@ -28,7 +28,7 @@ def build_distill_set(verified_url: str, problems_url: str, output: str, key: st
     kept = select_correct(verified, questions)
     if biased:
         kept = bias(kept, biased)
-    summary = summarize(verified, kept)
+    summary = {**summarize(verified, kept), "biased": biased}
     # The summary is written before the artifact: the artifact's manifest, written last, is what
     # marks the step done.
     write_json(summary_url(output), summary)

@@ -202,6 +202,24 @@ def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_wh
         assert planned_to_run(config, variant, capsys) == set(), f"{change}: a rerun would execute steps"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_biased_chain_keeps_one_row_per_question_in_the_students_sets_too(tmp_path, tiny_model_path, capsys):
+    from storage.artifacts import read_artifact
+
+    overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{"teacher.biased": "cot"})
+    assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    for stage in ("iter-00", "iter-01"):
+        url = output_of(run, f"{stage}/distill_set", "distill_set")
+        rows = read_artifact(url, "train_examples").to_pylist()
+        questions = [r["question_id"] for r in rows]
+        assert len(questions) == len(set(questions)), stage
+        assert json.loads(Path(url.removesuffix(".parquet") + ".summary.json").read_text())["biased"] == "cot", stage
+    teacher_rows = read_artifact(output_of(run, "iter-00/distill_set", "distill_set"), "train_examples").to_pylist()
+    assert teacher_rows and {r["strategy"] for r in teacher_rows} == {"cot"}
+
+
 def _plan(config: str, overrides: list[str], capsys) -> list[dict]:
     assert main(["plan", config, *overrides, "--json"]) == 0
     return json.loads(capsys.readouterr().out)

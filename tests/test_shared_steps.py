@@ -51,6 +51,22 @@ def test_an_eval_change_moves_only_evaluations_and_the_report(tmp_path):
     assert moved == {n for n in base if n.endswith("/evaluate")} | {"report"}
 
 
+def test_a_biased_chain_biases_every_iterations_set(tmp_path):
+    base = keys(tmp_path)
+    moved = changed(base, keys(tmp_path, "teacher.biased=cot"))
+    assert {"iter-00/distill_set", "iter-01/distill_set", "iter-02/distill_set"} <= moved
+    cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", "teacher.biased=pot"])
+    steps = pipeline_steps(cfg, run_layout(cfg))
+    assert steps["iter-02/distill_set"].reads == {"teacher.biased": "pot"}
+
+
+def test_the_seed_moves_the_students_steps_not_the_teachers_nor_the_base_evaluation(tmp_path):
+    base = keys(tmp_path)
+    moved = changed(base, keys(tmp_path, "seed=7"))
+    assert not moved & (TEACHER_SIDE | {"base/evaluate", "problems/contamination"})
+    assert {"iter-00/train", "iter-01/generate", "iter-01/mix"} <= moved
+
+
 def test_one_more_iteration_keeps_every_key_and_adds_its_steps(tmp_path):
     base = keys(tmp_path)
     longer = keys(tmp_path, "siked.iterations=3")

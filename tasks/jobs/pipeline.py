@@ -228,7 +228,9 @@ def _verify_and_select(b: _Builder, cfg: RunConfig, iteration: int, biased: str 
     b.add(f"{stage}/verify", "verify", iteration, fields(cfg, *VERIFY_FIELDS),
           {"samples": f"{stage}/generate", "problems": "problems/train"},
           {"verified": Output("verified.parquet", "verified")})
-    reads = {"teacher.biased": biased} if iteration == 0 else {}
+    # A biased chain biases every round's set (SIKeD's CoT-, L2M- and PoT-biased runs); an unbiased
+    # run keeps the keys it always had.
+    reads = {"teacher.biased": biased} if iteration == 0 or biased is not None else {}
     b.add(f"{stage}/distill_set", "distill_set", iteration, reads,
           {"verified": f"{stage}/verify", "problems": "problems/train"},
           {"distill_set": Output("distill_set.parquet", "train_examples")})
@@ -254,7 +256,7 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
         b.add(f"{stage}/generate", "generate", iteration,
               fields(cfg, "siked.engine", "siked.sampling", "teacher.shard_size"),
               {"problems": "problems/train", "student": student}, {"samples": Output("samples", "samples")})
-        _verify_and_select(b, cfg, iteration, None)
+        _verify_and_select(b, cfg, iteration, cfg.teacher.biased)
         target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
         b.add(f"{stage}/mix", "mix", iteration,
               {**fields(cfg, "siked.mixing", "seed"), "target_alpha": target},
