@@ -5,7 +5,8 @@ CoT and L2M answers are read by the first rule that yields a number:
 1. `final_answer`: the number after the last `Final answer:` (case-insensitive). On that line, text
    after the last `=` wins (`Final answer: 12 + 3 = 15` gives 15); `$`, thousands commas, `%` and
    trailing units are ignored. A marker followed by nothing on its line reads the next non-empty line.
-2. `the_answer_is`: the number on the last line that starts with `The answer is`.
+   A line that is nothing but arithmetic is evaluated (`The answer is (84 / 2).` gives 42).
+2. `the_answer_is`: the number after the last `The answer is` that starts a line or a sentence.
 3. `last_number`: the last number anywhere in the text.
 4. `none`: no number at all.
 
@@ -44,7 +45,9 @@ _NUMBER_RE = re.compile(
     re.VERBOSE,
 )
 _FINAL_RE = re.compile(r"final\s+answer\s*(?:is)?\s*[:：]", re.IGNORECASE)
-_ANSWER_IS_RE = re.compile(r"^[\W_]*the\s+answer\s+is\b(?P<rest>.*)$", re.IGNORECASE | re.MULTILINE)
+# At the start of a line, or of a sentence within one (`... = 42. The answer is (84 / 2).`)
+_ANSWER_IS_RE = re.compile(r"(?:^|(?<=[.!?])[ \t]+)[\W_]*the\s+answer\s+is\b(?P<rest>.*)$",
+                           re.IGNORECASE | re.MULTILINE)
 _MINUS_CHARS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-"})
 
 # Integers compare exactly, up to the noise of binary floating point (4/13*65 is 20.000000000000004).
@@ -99,9 +102,31 @@ def last_number(text: str) -> float | None:
     return found[-1][0] if found else None
 
 
+# An answer stated as arithmetic, the whole line: "(84 / 2).", "12 * 3", "(5 + 7) - 2"
+_EXPRESSION_RE = re.compile(r"^[\d\s.()]*\d[\d\s.()]*(?:[-+*/][\d\s.()]*\d[\d\s.()]*)+$")
+
+
+def _expression_value(rest: str) -> float | None:
+    """The value of an answer line that is nothing but an arithmetic expression (PaLM's SVAMP
+    rationales end `The answer is (84 / 2).`), evaluated exactly; None for anything else."""
+    from distill.numbers import ExpressionError, evaluate_arithmetic
+
+    candidate = rest.strip().rstrip(".").strip()
+    if not _EXPRESSION_RE.match(candidate):
+        return None
+    try:
+        return evaluate_arithmetic(candidate)
+    except (ExpressionError, ZeroDivisionError):
+        return None
+
+
 def _answer_on_line(rest: str) -> tuple[float | None, str]:
-    """The number an answer line gives: after its last `=`, else its first number."""
+    """The number an answer line gives: an arithmetic expression's value when the line is one, the
+    number after its last `=`, else its first number."""
     rest = rest.strip()
+    value = _expression_value(rest)
+    if value is not None:
+        return value, rest
     if "=" in rest:
         after = rest.rsplit("=", 1)[1]
         if _numbers(after):

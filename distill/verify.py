@@ -38,7 +38,7 @@ from typing import Any
 from distill.answers import answers_match, format_number
 from distill.strategies import STRATEGIES, get_strategy, strip_tag
 
-PARSER_VERSION = "1"
+PARSER_VERSION = "2"  # 2: arithmetic answer lines evaluated; `The answer is` mid-line
 VERDICTS = ("correct", "wrong", "no_answer", "bad_format", "exec_error", "timeout", "truncated")
 VERIFIED_FIELDS = ("gold", "predicted", "verdict", "reason", "rule", "parser_version", "exec_seconds")
 STATED_RULES = ("final_answer", "the_answer_is")

@@ -93,3 +93,18 @@ def test_trim_after_final_answer():
     assert trim_after_final_answer("a\nFinal answer: 5\nHope this helps!") == "a\nFinal answer: 5"
     assert trim_after_final_answer("a\nFinal answer:\n5\nmore") == "a\nFinal answer:\n5"
     assert trim_after_final_answer("no marker\nhere") == "no marker\nhere"
+
+
+@pytest.mark.parametrize(("text", "value", "rule"), [
+    # PaLM-540B's SVAMP rationales (Distilling Step-by-Step's release) state their answer as arithmetic
+    ("Luke scored 84 points after 2 rounds. 84 / 2 = 42. The answer is (84 / 2).", 42.0, "the_answer_is"),
+    ("There are 120 students. 1/3 of 120 is 120 / 3 = 40. The answer is (120 / 3).", 40.0, "the_answer_is"),
+    ("Final answer: (5 + 7) - 2", 10.0, "final_answer"),
+    ("Final answer: 12 - 3", 9.0, "final_answer"),
+    ("The answer is 1 1/2 cups.", 1.5, "the_answer_is"),  # a mixed number, not arithmetic
+    ("The answer is (10 / 0).", 10.0, "the_answer_is"),  # no value: its first number, as before
+    ("I think the answer is 5, or 6", 6.0, "last_number"),  # not the start of a sentence
+])
+def test_answers_stated_as_arithmetic_or_mid_line(text, value, rule):
+    found = extract_answer(text)
+    assert (found.value, found.rule) == (value, rule)

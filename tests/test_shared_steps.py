@@ -424,7 +424,7 @@ def test_a_step_code_version_moves_that_step_and_what_follows_it(tmp_path, monke
     from tasks.jobs import pipeline
 
     base = keys(tmp_path)
-    monkeypatch.setitem(pipeline.STEP_CODE_VERSIONS, "verify", "2")
+    monkeypatch.setitem(pipeline.STEP_CODE_VERSIONS, "verify", pipeline.STEP_CODE_VERSIONS["verify"] + "-next")
     moved = changed(base, keys(tmp_path))
     assert "iter-00/verify" in moved and "iter-02/verify" in moved
     assert not moved & {"problems/train", "iter-00/generate", "base/evaluate"}

@@ -57,6 +57,8 @@ def sample_rows(kind: str, n: int = 3) -> list[dict]:
                 row[field.name] = f"{field.name}-{i}"
             elif pa.types.is_integer(field.type):
                 row[field.name] = i * 10 + j
+            elif pa.types.is_boolean(field.type):
+                row[field.name] = (i + j) % 2 == 0
             else:
                 row[field.name] = i + 0.25 * j
         rows.append(row)

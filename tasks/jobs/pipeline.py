@@ -40,6 +40,8 @@ CACHE_VERSION = "2"
 # everything downstream of it then run again, nothing upstream.
 STEP_CODE_VERSIONS = {kind: "1" for kind in KINDS}
 STEP_CODE_VERSIONS["mix"] = "2"  # `adaptive` became the reference code's per-(question, strategy) rule
+STEP_CODE_VERSIONS["verify"] = "2"  # answer parser 2 (distill.verify.PARSER_VERSION)
+STEP_CODE_VERSIONS["evaluate"] = "2"  # answer parser 2; forced, sampled and strict scores
 # Settings that change how a step runs, not what it writes: left out of its key, so raising a
 # timeout or a KV-cache share never recomputes finished work.
 EXECUTION_ONLY = {
