@@ -1,4 +1,4 @@
-"""Numbers out of model text (METHOD.md section 3), and when a predicted number counts as the gold.
+"""Numbers out of model text (docs/method.md, section 3), and when a predicted number counts as the gold.
 
 CoT and L2M answers are read by the first rule that yields a number:
 

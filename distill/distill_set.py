@@ -1,4 +1,4 @@
-"""The distillation set (METHOD.md section 3): verified samples -> training examples.
+"""The distillation set (docs/method.md, section 3): verified samples -> training examples.
 
 - `select_correct`: the correct samples, one per (question, strategy): the correct one with the
   lowest sample index. Exemplar problems of the teacher prompts are dropped (and counted) even if an

@@ -1,4 +1,4 @@
-"""Evaluation of a student (METHOD.md section 9): greedy decoding, two protocols.
+"""Evaluation of a student (docs/method.md, section 9): greedy decoding, or samples for self-consistency.
 
 - rationale mode (SIKeD): the student writes a strategy tag and a solution; the answer is parsed by
   the sample's own tag (PoT programs run in the sandbox).

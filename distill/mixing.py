@@ -1,4 +1,4 @@
-"""Mixing teacher data with the student's own correct solutions (METHOD.md section 7).
+"""Mixing teacher data with the student's own correct solutions (docs/method.md, section 7).
 
 Rules, for iteration t >= 1, given D_self (the student's correct samples, one per question and
 strategy) and the teacher's distillation set D_teacher:

@@ -1,4 +1,4 @@
-"""What the student reads and writes (METHOD.md section 4): SIKeD's strategy-tagged solutions and
+"""What the student reads and writes (docs/method.md, section 4): SIKeD's strategy-tagged solutions and
 DSS's two tasks over the same question.
 
 Both tasks use the Alpaca layout of the SIKeD reference training code (`lora_train_and_save.py`);

@@ -1,4 +1,4 @@
-"""Verification (METHOD.md section 3): every sample gets a verdict, a reason and the rule that read it.
+"""Verification (docs/method.md, section 3): every sample gets a verdict, a reason and the rule that read it.
 
 Rows in: the SAMPLES columns (question_id, strategy, sample_index, text, finish_reason, ...), with the
 gold either in a `gold` column or in a `{question_id: gold}` mapping. Rows out: the same columns plus

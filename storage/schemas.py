@@ -43,7 +43,7 @@ SAMPLE_COLUMNS = [
 ]
 SAMPLES = pa.schema(SAMPLE_COLUMNS)
 
-# A sample with its verdict (METHOD.md section 3).
+# A sample with its verdict (docs/method.md, section 3).
 VERIFIED = pa.schema(
     SAMPLE_COLUMNS
     + [

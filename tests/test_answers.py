@@ -1,4 +1,4 @@
-"""Answer extraction and equality (METHOD.md section 3), on hand-written model outputs."""
+"""Answer extraction and equality (docs/method.md, section 3), on hand-written model outputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The student's prompts and targets (METHOD.md section 4): SIKeD tags and DSS's two tasks."""
+"""The student's prompts and targets (docs/method.md, section 4): SIKeD tags and DSS's two tasks."""
 
 from __future__ import annotations
 

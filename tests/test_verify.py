@@ -1,4 +1,4 @@
-"""Verification: verdicts, reasons and rules for CoT / L2M / PoT samples (METHOD.md section 3)."""
+"""Verification: verdicts, reasons and rules for CoT / L2M / PoT samples (docs/method.md, section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The PoT sandbox: run model-written Python and read the `answer` it leaves (METHOD.md section 8).
+"""The PoT sandbox: run model-written Python and read the `answer` it leaves (docs/method.md, section 8).
 
     siked sandbox run program.py --timeout 5
 

@@ -1,4 +1,4 @@
-"""Strategies as data (METHOD.md section 1): CoT, L2M and PoT, each an instruction, 8 worked
+"""Strategies as data (docs/method.md, section 1): CoT, L2M and PoT, each an instruction, 8 worked
 exemplars over the same GSM8K-train problems, and a parser; one renderer for all three.
 
     from distill.strategies import render_prompt, prompt_hash, get_strategy, STOP_STRINGS

@@ -1,4 +1,4 @@
-"""Training rows -> tokenized two-task examples -> batches (METHOD.md section 4).
+"""Training rows -> tokenized two-task examples -> batches (docs/method.md, section 4).
 
     texts, dropped = build_texts(rows)                        # rows: TRAIN_EXAMPLES dicts / DataFrame
     train, val = split_by_question(texts, val_fraction=0.1, seed=42)

@@ -1,4 +1,4 @@
-"""The student training loop (METHOD.md sections 4 to 6): one explicit loop, each loss term visible.
+"""The student training loop (docs/method.md, sections 4 to 6): one explicit loop, each loss term visible.
 
     result = train_student(cfg.train, rows, model_path, output_dir, checkpoint_dir)
     print(result.output_dir)          # the best validation step, LoRA merged, as a plain model folder

@@ -5,7 +5,7 @@
     save_model_folder(plain, tokenizer, out_dir)       # config + safetensors + tokenizer, no adapter
 
 Between SIKeD iterations the merged folder is the next iteration's base, and a new LoRA is trained
-on top of it (METHOD.md section 6). With `lora.enabled: false` the model is trained in full and
+on top of it (docs/method.md, section 6). With `lora.enabled: false` the model is trained in full and
 `merged_model` returns it unchanged.
 """
 

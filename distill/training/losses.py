@@ -1,4 +1,4 @@
-"""Training objective of the student: DSS + MI (METHOD.md section 5), for a decoder-only causal LM.
+"""Training objective of the student: DSS + MI (docs/method.md, section 5), for a decoder-only causal LM.
 
     from distill.training.losses import compute_loss
     terms = compute_loss(model, batch, cfg.train.loss)   # LossTerms(total, label, rationale, mi)
