@@ -177,12 +177,28 @@ class TrainConfig(Section):
     """Validate every N steps (None: at the end of each epoch)."""
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Share of training question ids held out for validation and checkpoint selection."""
+    select_on: Literal["rationale", "label"] = "rationale"
+    """The validation accuracy that picks the kept checkpoint (ties: the lower supervised validation
+    loss): `rationale`, greedy strategy-tagged solutions verified like evaluation's (the mode SIKeD
+    reports, and the student that seeds the next self-generation), or `label`, the bare answer
+    (DSS's protocol). `sft` trains no label task and must select on `rationale`."""
+    val_max_tokens: int = Field(default=256, ge=1)
+    """New tokens per validation answer in rationale mode: the training's own budget, so that
+    changing `eval.*` never retrains."""
     seed: int = 42
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     nproc: int = Field(default=1, ge=1)
     tensorboard: bool = False
     continue_from_previous: bool = True
     """Iterations >= 1 start from the previous student (LoRA merged); False restarts from `model`."""
+
+
+    @model_validator(mode="after")
+    def _sft_selects_on_rationale(self) -> TrainConfig:
+        if self.loss.kind == "sft" and self.select_on == "label":
+            raise ValueError("train.select_on=label with train.loss.kind=sft: the label task is not trained, "
+                             "so its accuracy cannot pick a checkpoint (use select_on: rationale)")
+        return self
 
 
 class SikedConfig(Section):

@@ -355,6 +355,17 @@ def _scalars(values: dict | None) -> str | None:
     return ", ".join(items) or None
 
 
+def _checkpoint_line(train: dict) -> str | None:
+    """Which step was kept and on what: the selection metric, its value and the validation size."""
+    best = train.get("best_val")
+    if not isinstance(best, dict):
+        return "- Checkpoint: the last step (no validation split)" if train.get("steps") else None
+    metric = best.get("metric", "label accuracy")
+    return (f"- Checkpoint: step {best.get('step')} of {train.get('steps')}, selected on validation {metric} "
+            f"{_pct(best.get('accuracy'))} over {best.get('val_questions', '?')} questions "
+            f"(ties: lower validation loss)")
+
+
 def _iteration_section(summary: dict) -> str:
     i, data = summary["iteration"], summary.get("data") or {}
     origin = "teacher samples" if i == 0 else "the student's own samples"
@@ -371,6 +382,8 @@ def _iteration_section(summary: dict) -> str:
     lines += [f"- Mixing note: {note}" for note in (summary.get("mix") or {}).get("notes", [])]
     if _scalars(summary.get("train")):
         lines.append(f"- Training: {_scalars(summary.get('train'))}")
+    if _checkpoint_line(summary.get("train") or {}):
+        lines.append(_checkpoint_line(summary["train"]))
     if summary.get("student"):
         lines.append(f"- Student: `{summary['student']}`")
     return "\n".join(lines)

@@ -32,3 +32,25 @@ def test_higher_accuracy_wins_over_any_loss():
 
 def test_a_best_recorded_before_fit_loss_existed_compares_with_its_loss():
     assert _better(0.0, 0.9, {"step": 4, "accuracy": 0.0, "loss": 1.0})
+
+
+def test_rationale_mode_reads_each_answer_by_its_own_tag_as_evaluation_does():
+    from types import SimpleNamespace
+
+    from distill.training.validation import _judge
+
+    questions = [SimpleNamespace(question_id=f"q{i}", gold=7.0) for i in range(4)]
+    completions = ["[cot]: 3 + 4 = 7.\nFinal answer: 7", "[pot]: answer = 3 + 4", "[l2m]: Final answer: 8", "7"]
+    assert _judge("rationale", questions, completions, ["stop"] * 4) == [True, True, False, False]
+    # label mode reads the first number whatever the text: only the bare "7" counts
+    assert _judge("label", questions, completions, ["stop"] * 4) == [False, False, False, True]
+
+
+def test_sft_cannot_select_on_the_untrained_label_task():
+    import pytest
+
+    from distill.config import ConfigError, load_config
+
+    assert load_config(None, ["train.loss.kind=sft"]).train.select_on == "rationale"
+    with pytest.raises(ConfigError, match="select_on=label with train.loss.kind=sft"):
+        load_config(None, ["train.loss.kind=sft", "train.select_on=label"])

@@ -17,7 +17,7 @@ from tests.test_training_data import make_rows
 def tiny_cfg(**changes) -> TrainConfig:
     """Small and fast: short sequences, a few steps, validation on 20% of the questions."""
     base = {"model": "tiny", "max_length": 160, "batch_size": 4, "warmup_steps": 1, "max_steps": 6,
-            "checkpoint_every": 3, "val_fraction": 0.2, "lr": 2e-3, "seed": 42}
+            "checkpoint_every": 3, "val_fraction": 0.2, "lr": 2e-3, "seed": 42, "val_max_tokens": 8}
     base.update(changes)
     loss = base.pop("loss", {"kind": "dss_mi"})
     lora = base.pop("lora", {"enabled": True, "r": 8, "alpha": 16})
@@ -51,6 +51,7 @@ def test_loss_falls_over_30_steps_and_parameters_change(tiny_model_path, tmp_pat
     val_rows = [m for m in result.metrics if m["split"] == "val"]
     assert [m["step"] for m in val_rows] == [15, 30] and all(0 <= m["val_accuracy"] <= 1 for m in val_rows)
     assert result.best_step in (15, 30)
+    assert result.best_val["metric"] == "rationale accuracy" and result.best_val["val_questions"] == 4
     assert result.data_report["val_questions"] > 0 and result.data_report["dropped_total"] == 0
     before = load_file(Path(tiny_model_path) / "model.safetensors")
     after = load_file(Path(result.output_dir) / "model.safetensors")

@@ -17,8 +17,9 @@ biases and norms), a warm-up + linear/cosine schedule, gradient clipping; bf16 a
 float32 on CPU. The data order of epoch e is a permutation drawn from `seed + e`, so the position in
 the data is a function of the step alone and a resumed run continues the same trajectory.
 
-The best checkpoint is chosen on the held-out validation questions (label-mode answer accuracy,
-ties broken by the supervised validation loss, `fit_loss`), never on a test set. With
+The best checkpoint is chosen on the held-out validation questions (answer accuracy in the mode
+`train.select_on` names, rationale by default; ties broken by the supervised validation loss,
+`fit_loss`), never on a test set. With
 `val_fraction: 0` there is no validation and the last step is the student.
 
 Distributed: started by `torchrun` (RANK / WORLD_SIZE in the environment), DDP or FSDP2
@@ -295,11 +296,12 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
                              [val["loss"], val["loss_label"], val["loss_rationale"], val["loss_mi"]],
                              tokens=val["tokens"], seconds=val["seconds"], val_accuracy=val["accuracy"]))
             if is_main:
-                _say(f"validation at step {done}: loss {val['loss']:.4f} accuracy {val['accuracy']:.3f} "
-                     f"({val['answered']} questions)")
+                _say(f"validation at step {done}: loss {val['loss']:.4f} {val['accuracy_mode']} accuracy "
+                     f"{val['accuracy']:.3f} ({val['answered']} questions)")
             fit = fit_loss(val, cfg.loss.alpha)
             if _better(val["accuracy"], fit, best):
-                best = {"step": done, "accuracy": val["accuracy"], "loss": val["loss"], "fit_loss": fit}
+                best = {"step": done, "accuracy": val["accuracy"], "metric": f"{val['accuracy_mode']} accuracy",
+                        "val_questions": val["answered"], "loss": val["loss"], "fit_loss": fit}
                 state = trainable_state(model, fsdp)
                 ckpt.save_checkpoint(checkpoint_dir / "best", {"trainable.pt": state},
                                      {"step": done, "best": best}, rank=dist_.rank, barrier=dist_.barrier)

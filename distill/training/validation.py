@@ -1,12 +1,13 @@
-"""Validation on the held-out questions: the training loss terms, and answer accuracy in label mode.
+"""Validation on the held-out questions: the training loss terms, and answer accuracy.
 
     val = evaluate(wrapped, model, val_examples, val_texts, tokenizer, cfg, options, dist_, autocast)
-    val["loss"], val["accuracy"], val["answered"]
+    val["loss"], val["accuracy"], val["accuracy_mode"], val["answered"]
 
-Accuracy is the DSS protocol, cheap enough to run at every validation: greedy generation from the
-label prompt (`options.val_max_new_tokens` new tokens), the first number of the completion
-(`student_format.parse_label_output`) compared with the gold (`answers.answers_match`), over the
-first `options.val_accuracy_limit` validation questions in a fixed order (sha256 of the id).
+Accuracy is greedy generation over the first `options.val_accuracy_limit` validation questions in a
+fixed order (sha256 of the id), in the mode `train.select_on` names: `rationale` (the default, SIKeD's
+protocol: the strategy-tagged solution, `train.val_max_tokens` new tokens, read by its own tag and
+verified as evaluation does, PoT programs in the sandbox) or `label` (DSS's: the bare answer,
+`options.val_max_new_tokens` new tokens, its first number against the gold).
 
 Distributed: the examples are dealt out to the processes (example i to rank i mod world), each
 shard padded with repeats of weight 0 to the same length, so every process makes the same number of
@@ -54,7 +55,8 @@ def evaluate(wrapped: Any, model: Any, examples: list[Any], texts: list[Any], to
             sums[4] += weight
             sums[5] += batch_tokens(batch) * weight / len(chunk)
         correct, answered = _accuracy(model, texts, tokenizer, options, dist_, autocast,
-                                      synced=dist_.enabled and cfg.distributed == "fsdp")
+                                      synced=dist_.enabled and cfg.distributed == "fsdp", mode=cfg.select_on,
+                                      max_new_tokens=cfg.val_max_tokens if cfg.select_on == "rationale" else None)
     totals = dist_.all_sum(sums + [correct, answered])
     if was_training:
         wrapped.train()
@@ -62,7 +64,7 @@ def evaluate(wrapped: Any, model: Any, examples: list[Any], texts: list[Any], to
     return {"loss": totals[0] / count, "loss_label": totals[1] / count, "loss_rationale": totals[2] / count,
             "loss_mi": totals[3] / count, "tokens": int(totals[5]),
             "accuracy": totals[6] / totals[7] if totals[7] else 0.0, "answered": int(totals[7]),
-            "seconds": time.perf_counter() - t0}
+            "accuracy_mode": cfg.select_on, "seconds": time.perf_counter() - t0}
 
 
 def accuracy_questions(texts: list[Any], limit: int) -> list[Any]:
@@ -74,13 +76,25 @@ def accuracy_questions(texts: list[Any], limit: int) -> list[Any]:
     return ordered[:limit]
 
 
-def _accuracy(model: Any, texts: list[Any], tokenizer: Any, options: Any, dist_: Any, autocast: Any,
-              synced: bool) -> tuple[float, float]:
-    """(correct, answered) of this rank's share of the accuracy questions."""
+def _judge(mode: str, questions: list[Any], completions: list[str], finished: list[str]) -> list[bool]:
+    """Whether each completion answers its question: the label's first number, or the rationale read
+    by its own strategy tag as evaluation reads it (PoT programs run in the sandbox)."""
     from distill.answers import answers_match
-    from distill.student_format import parse_label_output
+    from distill.student_format import parse_label_output, parse_student_output
+    from distill.verify import verify_samples
 
+    if mode == "label":
+        return [answers_match(parse_label_output(c), q.gold) for q, c in zip(questions, completions)]
+    samples = [{"question_id": q.question_id, "strategy": parse_student_output(c)[0] or "none", "text": c,
+                "finish_reason": f, "gold": q.gold} for q, c, f in zip(questions, completions, finished)]
+    return [row["verdict"] == "correct" for row in verify_samples(samples, workers=1)]
+
+
+def _accuracy(model: Any, texts: list[Any], tokenizer: Any, options: Any, dist_: Any, autocast: Any,
+              synced: bool, mode: str = "label", max_new_tokens: int | None = None) -> tuple[float, float]:
+    """(correct, answered) of this rank's share of the accuracy questions, in `mode`."""
     questions = accuracy_questions(texts, options.val_accuracy_limit)
+    budget = max_new_tokens or options.val_max_new_tokens
     mine = _shard(len(questions), dist_.rank, dist_.world)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side = tokenizer.padding_side
@@ -89,14 +103,18 @@ def _accuracy(model: Any, texts: list[Any], tokenizer: Any, options: Any, dist_:
     try:
         for start in range(0, len(mine), options.val_batch_size):
             chunk = mine[start: start + options.val_batch_size]
-            prompts = [questions[i].label_prompt for i, _ in chunk]
+            asked = [questions[i] for i, _ in chunk]
+            prompts = [q.label_prompt if mode == "label" else q.rationale_prompt for q in asked]
             enc = tokenizer(prompts, return_tensors="pt", padding=True).to(dist_.device)
             with autocast:
-                out = model.generate(**enc, max_new_tokens=options.val_max_new_tokens, do_sample=False,
+                out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
                                      pad_token_id=pad_id, use_cache=True, synced_gpus=synced)
-            completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for (i, weight), completion in zip(chunk, completions):
-                hit = answers_match(parse_label_output(completion), questions[i].gold)
+            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            # An answer that filled the budget without the end-of-sequence token was cut off.
+            ended = [(row == tokenizer.eos_token_id).any().item() for row in new_tokens]
+            finished = ["stop" if e else "length" for e in ended]
+            for (_, weight), hit in zip(chunk, _judge(mode, asked, completions, finished)):
                 correct += weight * float(hit)
                 answered += weight
     finally:
