@@ -420,6 +420,14 @@ def test_settings_that_change_only_how_a_step_runs_move_no_key(tmp_path):
                               "siked.engine.request_timeout_s=30", "train.checkpoint_every=7")) == {"report"}
 
 
+def test_with_deterministic_sampling_the_kv_cache_share_is_part_of_the_generation_key(tmp_path):
+    det = ["teacher.engine.deterministic=true"]
+    base = keys(tmp_path, *det)
+    assert "iter-00/generate" in changed(base, keys(tmp_path, *det, "teacher.engine.gpu_memory_utilization=0.5"))
+    plain = keys(tmp_path)
+    assert "iter-00/generate" not in changed(plain, keys(tmp_path, "teacher.engine.gpu_memory_utilization=0.5"))
+
+
 def test_a_step_code_version_moves_that_step_and_what_follows_it(tmp_path, monkeypatch):
     from tasks.jobs import pipeline
 

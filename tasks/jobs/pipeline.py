@@ -99,7 +99,12 @@ def _value(cfg: RunConfig, dotted: str) -> Any:
     if not isinstance(node, BaseModel):
         return node
     section = dotted.rpartition(".")[2]
-    return node.model_dump(mode="json", exclude=set(EXECUTION_ONLY.get(section, ())))
+    exclude = set(EXECUTION_ONLY.get(section, ()))
+    if section == "engine" and getattr(node, "deterministic", False):
+        # Whether a shard's sequences fit the KV cache together decides whether its samples repeat
+        # (vLLM preempts otherwise): with `deterministic`, the cache share changes what is written.
+        exclude.discard("gpu_memory_utilization")
+    return node.model_dump(mode="json", exclude=exclude)
 
 
 def fields(cfg: RunConfig, *dotted: str) -> dict[str, Any]:
