@@ -32,12 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def write_problems(folder: Path, count: int) -> str:
+def write_problems(folder: Path, count: int, difficulty: int = 2) -> str:
     from distill.benchmarks import arith
     from storage.artifacts import write_artifact
 
     url = str(folder / "problems.parquet")
-    problems = arith.load("train", difficulty=2, size=count, seed=0).problems
+    problems = arith.load("train", difficulty=difficulty, size=count, seed=0).problems
     write_artifact(url, [p.to_row() for p in problems], "problems", config_hash="bench")
     return url
 

@@ -24,15 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def write_problems(folder: Path, count: int) -> str:
-    from distill.benchmarks import arith
-    from storage.artifacts import write_artifact
-
-    url = str(folder / "problems.parquet")
-    problems = arith.load("train", difficulty=1, size=count, seed=0).problems
-    write_artifact(url, [p.to_row() for p in problems], "problems", config_hash="bench")
-    return url
+from bench.bench_ray_generation import write_problems  # the repository root is on the path now
 
 
 def make_job(problems_url: str, output: str, args, deterministic: bool):
@@ -104,7 +96,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # vLLM logs to stdout: keep the report apart
     with tempfile.TemporaryDirectory(prefix="bench-repeat-") as tmp:
         folder = Path(tmp)
-        problems = write_problems(folder, args.questions)
+        problems = write_problems(folder, args.questions, difficulty=1)
         report = {"questions": args.questions, "strategies": 3, "n": args.n, "repeats": args.repeats,
                   "cores": len(os.sched_getaffinity(0)), "load_avg_before": round(os.getloadavg()[0], 1),
                   "default": side(problems, folder, args, deterministic=False),

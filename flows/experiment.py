@@ -40,6 +40,7 @@ from flows.run_setup import run_id, run_layout
 from storage.artifacts import read_artifact, write_artifact
 from storage.fs import ArtifactError, write_bytes, write_json
 from storage.paths import ExperimentLayout
+from storage.schemas import OUTCOMES
 from tasks.jobs.pipeline import Step, pipeline_steps, prediction_kind
 
 
@@ -87,9 +88,7 @@ def collect_outcomes(experiment: Experiment) -> tuple[pd.DataFrame, list[str], l
             if stage_frames:
                 oracle = oracle_rows(pd.concat(stage_frames, ignore_index=True))
                 frames += [*stage_frames, oracle] if len(oracle) else stage_frames
-    columns = ["arm", "seed", "run_id", "benchmark", "mode", "stage", "final", "step_key", "question_id",
-               "correct", "correct_strict", "strategy", "verdict", "rule"]
-    outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OUTCOMES.names)
     return outcomes, parents, missing
 
 

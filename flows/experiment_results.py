@@ -115,7 +115,8 @@ def _stages(outcomes: pd.DataFrame, arm: str, baseline: str) -> list[str]:
     `final` only."""
     mine = set(outcomes.loc[outcomes["arm"] == arm, "stage"])
     theirs = list(dict.fromkeys(outcomes.loc[outcomes["arm"] == baseline, "stage"]))
-    same_final = _final_stages(outcomes, arm) if _final_stages(outcomes, arm) == _final_stages(outcomes, baseline) else set()
+    arm_final = _final_stages(outcomes, arm)
+    same_final = arm_final if arm_final == _final_stages(outcomes, baseline) else set()
     return [s for s in theirs if s in mine and s not in same_final] + ["final"]
 
 
