@@ -152,6 +152,10 @@ class LossConfig(Section):
     """Sequence positions per chunk when pooling softmax maxima (bounds MI memory)."""
     infonce_dim: int = Field(default=128, ge=1)
     infonce_temperature: float = Field(default=0.1, gt=0)
+    label_weighting: Literal["per_question", "per_row"] = "per_question"
+    """How the label task counts a question with k kept solutions (k rows, k identical label
+    targets): `per_question` weighs each of its label rows 1/k, so every question counts once in
+    the label loss, as in DSS (one row per question); `per_row` counts it k times."""
 
 
 class TrainConfig(Section):

@@ -191,3 +191,38 @@ def test_dss_svamp_rationales_become_cot_rows(data_dir):
     assert all(r["text"].endswith(f"\nFinal answer: {format_number(r['gold'])}") for r in rows)
     texts, dropped = build_texts(rows)
     assert len(texts) == len(rows) and not dropped
+
+
+def test_a_question_counts_once_in_the_label_loss(tokenizer, tiny_model_path):
+    """A question with k kept solutions has k identical label rows; weighted 1/k each, the label
+    loss of [A, A, A, B] equals that of [A, B] (as in DSS, one row per question)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distill.config import LossConfig
+    from distill.training.data import weigh_labels_per_question
+    from distill.training.losses import compute_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    rows = make_rows(2, seed=3)
+    a, b = rows
+    repeated = [dict(a, strategy=s, text=f"{s} {a['text']}") for s in ("cot", "l2m", "pot")] + [b]
+    once, _ = tokenize_texts(build_texts([a, b])[0], tokenizer, max_length=512)
+    several, _ = tokenize_texts(build_texts(repeated)[0], tokenizer, max_length=512)
+    weigh_labels_per_question(several)
+    assert [e.label_weight for e in several] == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    cfg = LossConfig(kind="dss")
+    with torch.no_grad():
+        expected = compute_loss(model, collate_padded(once, tokenizer.pad_token_id), cfg).label
+        weighted = collate_padded(several, tokenizer.pad_token_id)
+        assert weighted["label_weights"].shape == weighted["label_labels"].shape
+        torch.testing.assert_close(compute_loss(model, weighted, cfg).label, expected)
+        packed = collate_packed([several[:2], several[2:]], tokenizer.pad_token_id)
+        torch.testing.assert_close(compute_loss(model, packed, cfg).label, expected, atol=1e-5, rtol=1e-5)
+        unweighted = collate_padded(several, tokenizer.pad_token_id)
+        unweighted.pop("label_weights")  # what every row counting once gives: A three times over
+        for e in several:
+            e.label_weight = 1.0
+        counted_per_row = compute_loss(model, collate_padded(several, tokenizer.pad_token_id), cfg).label
+        torch.testing.assert_close(compute_loss(model, unweighted, cfg).label, counted_per_row)
+        assert abs(float(counted_per_row) - float(expected)) > 1e-4

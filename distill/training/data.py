@@ -63,6 +63,8 @@ class TokenizedExample:
     label_prompt_len: int
     rationale_ids: list[int]
     rationale_prompt_len: int
+    label_weight: float = 1.0
+    """Weight of this example's label tokens in the label loss (`weigh_labels_per_question`)."""
 
     def length(self, task: str) -> int:
         return len(self.label_ids if task == "label" else self.rationale_ids)
@@ -237,6 +239,18 @@ def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
     return examples, stats
 
 
+def weigh_labels_per_question(examples: Sequence[TokenizedExample]) -> None:
+    """Give each example label weight 1/k, k = the examples of its question (in place).
+
+    A question with k kept solutions gives k rows whose label tasks are identical (same prompt, same
+    answer); unweighted, the label loss counts it k times, so questions the teacher solved with
+    several strategies would dominate the label task. DSS has one row per question.
+    """
+    counts = Counter(e.question_id for e in examples)
+    for e in examples:
+        e.label_weight = 1.0 / counts[e.question_id]
+
+
 # --------------------------------------------------------------------------- padded batches
 
 
@@ -264,7 +278,23 @@ def collate_padded(examples: Sequence[TokenizedExample], pad_id: int) -> dict[st
     for task in TASKS:
         seqs = [(getattr(e, f"{task}_ids"), getattr(e, f"{task}_prompt_len")) for e in examples]
         batch.update({f"{task}_{k}": v for k, v in _task_tensors(seqs, pad_id).items()})
+    batch["label_weights"] = _position_weights([[(len(e.label_ids), e.label_weight)] for e in examples],
+                                               batch["label_input_ids"].shape[1])
     return batch
+
+
+def _position_weights(rows: list[list[tuple[int, float]]], width: int) -> Any:
+    """Rows of segments [(length, weight), ...] -> [B, T] float32: each position carries the weight
+    of the example it belongs to, 0 on padding (`losses.token_nll` reads it at target positions)."""
+    import torch
+
+    weights = torch.zeros((len(rows), width), dtype=torch.float32)
+    for row, segs in enumerate(rows):
+        start = 0
+        for length, weight in segs:
+            weights[row, start: start + length] = weight
+            start += length
+    return weights
 
 
 # --------------------------------------------------------------------------- packing
@@ -347,6 +377,8 @@ def collate_packed(packs: Sequence[Sequence[TokenizedExample]], pad_id: int) -> 
         rows = [[(getattr(e, f"{task}_ids"), getattr(e, f"{task}_prompt_len")) for e in pack]
                 for pack in packs]
         batch.update({f"{task}_{k}": v for k, v in _packed_task_tensors(rows, pad_id).items()})
+    batch["label_weights"] = _position_weights([[(len(e.label_ids), e.label_weight) for e in pack]
+                                                for pack in packs], batch["label_input_ids"].shape[1])
     return batch
 
 

@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from distill.training.data import (
     collate_packed,
     collate_padded,
     pack_examples,
+    weigh_labels_per_question,
     split_by_question,
     tokenize_texts,
 )
@@ -191,6 +193,9 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     train_texts, val_texts = split_by_question(texts, cfg.val_fraction, cfg.seed)
     train_ex, train_stats = tokenize_texts(train_texts, tokenizer, cfg.max_length)
     val_ex, val_stats = tokenize_texts(val_texts, tokenizer, cfg.max_length)
+    if cfg.loss.label_weighting == "per_question":
+        weigh_labels_per_question(train_ex)
+        weigh_labels_per_question(val_ex)
     if cfg.packing and cfg.loss.kind in ("dss_mi", "dss_infonce"):
         raise ValueError(f"train.packing with loss.kind {cfg.loss.kind!r}: the MI term pools over each "
                          "example's targets, and a packed row holds several examples; use packing with "
@@ -447,7 +452,9 @@ def data_report(rows: int, dropped_rows: Any, train_stats: DataStats, val_stats:
         "train": [(t.question_id, t.strategy) for t in train_texts], "units": units,
         "batch": cfg.batch_size, "accum": cfg.grad_accum, "world": plan.world, "seed": cfg.seed,
         "max_length": cfg.max_length, "packing": cfg.packing, "steps": total_steps,
+        "label_weighting": cfg.loss.label_weighting,
     })
+    per_question = Counter(t.question_id for t in train_texts)
     return {
         "rows": rows, "dropped": dropped, "dropped_total": sum(dropped.values()),
         "train_examples": train_stats.examples, "train_questions": len({t.question_id for t in train_texts}),
@@ -457,6 +464,8 @@ def data_report(rows: int, dropped_rows: Any, train_stats: DataStats, val_stats:
         "truncated_tokens": {"train": dict(train_stats.truncated_tokens),
                              "val": dict(val_stats.truncated_tokens)},
         "max_length": cfg.max_length, "packing": cfg.packing, "units": len(units),
+        "label_weighting": cfg.loss.label_weighting,
+        "train_questions_with_several_rows": sum(1 for k in per_question.values() if k > 1),
         "steps_per_epoch": plan.steps_per_epoch, "total_steps": total_steps,
         "global_batch": cfg.batch_size, "micro_batch": plan.micro, "processes": plan.world,
         "fingerprint": hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],

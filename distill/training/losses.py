@@ -70,17 +70,23 @@ def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
-def token_nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_nll(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Token-level cross-entropy from log-probabilities [B, T, V]: the mean over all target tokens.
 
-    A batch without target tokens gives 0 (still attached to the graph), not NaN. Written with
-    gather (what F.nll_loss computes) so that its gradient is a fresh B x T x V tensor, not a view,
-    into which autograd can add the MI term's sparse gradient in place.
+    `weights` [B, T] (optional): each position's weight, the mean becomes the weighted one
+    (sum w * nll / sum w over target positions); `data.collate_*` gives `label_weights` so that a
+    question with k label rows counts once. A batch without target tokens gives 0 (still attached
+    to the graph), not NaN. Written with gather (what F.nll_loss computes) so that its gradient is
+    a fresh B x T x V tensor, not a view, into which autograd can add the MI term's sparse gradient
+    in place.
     """
     targets = shifted_labels(labels)
-    is_target = targets != IGNORE_INDEX
+    is_target = (targets != IGNORE_INDEX).to(log_probs.dtype)
+    if weights is not None:
+        # the logits at t predict the token at t + 1: weigh them with that token's example
+        is_target = is_target * F.pad(weights[:, 1:], (0, 1)).to(log_probs.dtype)
     picked = log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # [B, T]
-    return -(picked * is_target).sum() / is_target.sum().clamp(min=1)
+    return -(picked * is_target).sum() / is_target.sum().clamp(min=torch.finfo(log_probs.dtype).tiny)
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -183,7 +189,7 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
         return LossTerms(total=rationale, label=zero, rationale=rationale, mi=zero)
 
     label_lp, label_hidden = _task_log_probs(model, batch, "label", kind == "dss_infonce")
-    label = token_nll(label_lp, batch["label_labels"])
+    label = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
     terms = LossTerms(total=dss_loss(label, rationale, loss_cfg.alpha), label=label, rationale=rationale,
                       mi=zero)
     if kind == "dss_mi":
