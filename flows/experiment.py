@@ -39,6 +39,7 @@ from flows.experiment_results import (
 from flows.run_setup import run_id, run_layout
 from storage.artifacts import read_artifact, write_artifact
 from storage.fs import ArtifactError, write_bytes, write_json
+from storage.manifest import code_version
 from storage.paths import ExperimentLayout
 from storage.schemas import OUTCOMES
 from tasks.jobs.pipeline import Step, pipeline_steps, prediction_kind
@@ -106,7 +107,8 @@ def _json_safe(value: Any) -> Any:
 def results_document(experiment: Experiment, outcomes: pd.DataFrame, missing: list[str]) -> dict[str, Any]:
     spec = experiment.spec
     return _json_safe({
-        "experiment": spec.name, "file": experiment.source, "baseline": spec.baseline, "seeds": spec.seeds,
+        "experiment": spec.name, "file": experiment.source, "code_version": code_version(),
+        "baseline": spec.baseline, "seeds": spec.seeds,
         "arms": spec.arms, "overrides": spec.overrides,
         "runs": [{"arm": r.arm, "seed": r.seed, "run_id": run_id(r.cfg), "run_dir": run_layout(r.cfg).run_dir}
                  for r in experiment.runs],

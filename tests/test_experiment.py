@@ -204,6 +204,7 @@ def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny
     assert "## Contamination" in (Path(clean_run) / "report/report.md").read_text()
     results = json.loads((folder / "results.json").read_text())
     assert results["comparisons"], results
+    assert results["code_version"]  # the commit behind the figures (docs/results.md cites it)
     for entry in results["comparisons"]:
         assert {"arm", "baseline", "seed", "benchmark", "mode", "stage", "n", "diff", "ci_low", "ci_high",
                 "p_mcnemar"} <= set(entry)

@@ -48,9 +48,9 @@ from distill.training.data import (
     collate_packed,
     collate_padded,
     pack_examples,
-    weigh_labels_per_question,
     split_by_question,
     tokenize_texts,
+    weigh_labels_per_question,
 )
 from distill.training.student import (
     Dist,
