@@ -189,6 +189,54 @@ def test_pooled_max_without_targets_is_zero():
     assert torch.count_nonzero(grads(out.sum(), logits)[0]) == 0
 
 
+def pack_rows(tensor: torch.Tensor, rows_per_pack: int) -> torch.Tensor:
+    """[B, T, ...] -> [B / k, k * T, ...]: k consecutive rows laid end to end, as packing does."""
+    return tensor.reshape(tensor.size(0) // rows_per_pack, rows_per_pack * tensor.size(1), *tensor.shape[2:])
+
+
+def packed_examples(rows: int, rows_per_pack: int, length: int) -> tuple[torch.Tensor, int]:
+    ids = torch.arange(rows).repeat_interleave(length).reshape(rows // rows_per_pack, rows_per_pack * length)
+    return ids, rows
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_pooled_max_per_packed_example_equals_one_example_per_row(batch, chunk):
+    """Four examples packed two to a row pool exactly as four padded rows (values and gradients)."""
+    label_logits, ll, logits, labels = batch
+    packed_logits = pack_rows(logits.detach(), 2).requires_grad_()
+    examples = packed_examples(4, 2, TR)
+    got = pooled_softmax_max(packed_logits, pack_rows(labels, 2), chunk, examples=examples)
+    want = pooled_softmax_max(logits, labels, chunk)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(want.shape, dtype=torch.float64)
+    torch.testing.assert_close(pack_rows(grads((want * weights).sum(), logits)[0], 2),
+                               grads((got * weights).sum(), packed_logits)[0])
+    mi_packed = mi_loss(pack_rows(label_logits, 2), pack_rows(ll, 2), packed_logits, pack_rows(labels, 2), chunk,
+                        examples=(packed_examples(4, 2, TL), examples))
+    torch.testing.assert_close(mi_packed, mi_loss(label_logits, ll, logits, labels, chunk))
+
+
+def test_infonce_with_the_step_as_negatives_is_the_whole_batch_loss():
+    """Two halves, each scored against the other half's embeddings as constants: their mean is the
+    InfoNCE of the whole batch."""
+    from distill.training.infonce import embed_pairs
+
+    torch.manual_seed(0)
+    head = InfoNCEHead(6, 5).double()
+    ll, rl = make_labels(LABEL_LAYOUT, TL, 1), make_labels(RATIONALE_LAYOUT, TR, 2)
+    lh, rh = torch.randn(4, TL, 6, dtype=torch.float64), torch.randn(4, TR, 6, dtype=torch.float64)
+    lm, rm = target_mask(ll), target_mask(rl)
+    whole = infonce_loss(head, lh, lm, rh, rm, 0.1)
+    halves = []
+    for own, other in ((slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2))):
+        with torch.no_grad():
+            negatives = embed_pairs(head, lh[other], lm[other], rh[other], rm[other])
+        halves.append(infonce_loss(head, lh[own], lm[own], rh[own], rm[own], 0.1, negatives=negatives))
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+    alone = infonce_loss(head, lh[:2], lm[:2], rh[:2], rm[:2], 0.1).detach()
+    assert abs(float(alone) - float(halves[0].detach())) > 1e-3
+
+
 def test_pooled_max_bfloat16_logits(batch):
     _, _, logits, labels = batch
     low = logits.detach().to(torch.bfloat16).requires_grad_()

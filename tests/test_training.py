@@ -158,10 +158,29 @@ def test_checkpoints_are_complete_or_invisible(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000009"]
 
 
-def test_packing_refuses_the_per_example_mi_losses(tiny_model_path, tmp_path):
-    cfg = tiny_cfg(packing=True)
-    with pytest.raises(ValueError, match="packing"):
-        train_student(cfg, make_rows(8), str(tiny_model_path), tmp_path / "o", tmp_path / "c", quiet())
+@pytest.mark.parametrize("kind", ["dss_mi", "dss_infonce"])
+def test_packing_trains_the_per_example_mi_losses(kind, tiny_model_path, tmp_path):
+    cfg = tiny_cfg(packing=True, loss={"kind": kind}, max_steps=2, val_fraction=0.0, max_length=512)
+    result = train_student(cfg, make_rows(16, words=2), str(tiny_model_path), tmp_path / "o", tmp_path / "c",
+                           quiet())
+    assert result.data_report["packing"] and result.data_report["units"] < 12
+    assert all(m["loss_mi"] > 0 for m in result.metrics if m["split"] == "train")
+
+
+def first_step_mi(cfg: TrainConfig, rows: list[dict], model: str, work: Path) -> float:
+    result = train_student(cfg, rows, model, work / "o", work / "c", quiet(stop_after_step=1))
+    return next(m["loss_mi"] for m in result.metrics if m["split"] == "train")
+
+
+def test_infonce_scores_against_the_whole_step_under_gradient_accumulation(tiny_model_path, tmp_path):
+    """At step 1 (same parameters) the InfoNCE of 2 micro-batches of 2 is the InfoNCE of one
+    batch of 4: each micro-batch scores its examples against all 4."""
+    rows = make_rows(8, seed=5)
+    cfg = {"loss": {"kind": "dss_infonce"}, "val_fraction": 0.0, "max_steps": 1}
+    whole = first_step_mi(tiny_cfg(**cfg), rows, str(tiny_model_path), tmp_path / "whole")
+    accumulated = first_step_mi(tiny_cfg(grad_accum=2, **cfg), rows, str(tiny_model_path), tmp_path / "accum")
+    assert accumulated == pytest.approx(whole, rel=1e-5)
+    assert whole > 0
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +212,20 @@ def test_two_processes_train_like_one_on_the_same_global_batch(kind, one_process
     assert Path(two.output_dir, "siked-student.json").is_file()
     val = [m["loss"] for m in two.metrics if m["split"] == "val"]
     assert val == pytest.approx([m["loss"] for m in one_process_run.metrics if m["split"] == "val"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_infonce_gathers_negatives_from_every_process(tiny_model_path, tmp_path):
+    """At step 1, 2 processes x 2 examples give the InfoNCE of 1 process x 4 (`step_negatives`)."""
+    from distill.training.launch import launch_training
+
+    cfg = {"loss": {"kind": "dss_infonce"}, "val_fraction": 0.0, "max_steps": 1}
+    runs = [launch_training(tiny_cfg(**cfg, **extra), make_rows(8, seed=5), str(tiny_model_path),
+                            tmp_path / name / "out", tmp_path / name / "ckpt", quiet())
+            for name, extra in (("one", {}), ("two", {"distributed": "ddp", "nproc": 2}))]
+    one, two = ([m["loss_mi"] for m in run.metrics if m["split"] == "train"] for run in runs)
+    assert runs[1].data_report["processes"] == 2
+    assert two == pytest.approx(one, rel=1e-4)
 
 
 @pytest.mark.slow

@@ -126,6 +126,7 @@ def test_packed_rows_equal_separate_examples(tokenizer, tiny_model_path):
     from transformers import AutoModelForCausalLM
 
     from distill.config import LossConfig
+    from distill.training.infonce import InfoNCEHead
     from distill.training.losses import compute_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32,
@@ -144,10 +145,15 @@ def test_packed_rows_equal_separate_examples(tokenizer, tiny_model_path):
             torch.testing.assert_close(logits[start: start + n], alone, atol=1e-4, rtol=1e-4)
             start += n
         padded = collate_padded(examples, tokenizer.pad_token_id)
-        for kind in ("sft", "dss"):  # token-level means: packing does not change the loss
-            a = compute_loss(model, packed, LossConfig(kind=kind)).total
-            b = compute_loss(model, padded, LossConfig(kind=kind)).total
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.manual_seed(0)
+        head = InfoNCEHead(model.config.hidden_size, 16)
+        # token-level means, and the MI terms pooled per example: packing changes no loss term
+        for kind in ("sft", "dss", "dss_mi", "dss_infonce"):
+            a = compute_loss(model, packed, LossConfig(kind=kind), infonce_head=head)
+            b = compute_loss(model, padded, LossConfig(kind=kind), infonce_head=head)
+            for term in ("total", "label", "rationale", "mi"):
+                torch.testing.assert_close(getattr(a, term), getattr(b, term), atol=1e-4, rtol=1e-4)
+        assert float(compute_loss(model, packed, LossConfig(kind="dss_mi")).mi) > 0
     targets = lambda batch: int((batch["rationale_labels"] != IGNORE_INDEX).sum())
     assert targets(packed) == targets(padded)
 

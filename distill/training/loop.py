@@ -196,10 +196,6 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     if cfg.loss.label_weighting == "per_question":
         weigh_labels_per_question(train_ex)
         weigh_labels_per_question(val_ex)
-    if cfg.packing and cfg.loss.kind in ("dss_mi", "dss_infonce"):
-        raise ValueError(f"train.packing with loss.kind {cfg.loss.kind!r}: the MI term pools over each "
-                         "example's targets, and a packed row holds several examples; use packing with "
-                         "sft or dss, or turn it off")
     units = pack_examples(train_ex, cfg.max_length) if cfg.packing else [[i] for i in range(len(train_ex))]
     plan = BatchPlan(len(units), cfg.batch_size, dist_.world, cfg.grad_accum, cfg.seed)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * plan.steps_per_epoch)
@@ -220,7 +216,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     model = load_student(model_path, cfg, dist_.device)
     head = None
     if cfg.loss.kind == "dss_infonce":
-        from distill.training.infonce import InfoNCEHead
+        from distill.training.infonce import InfoNCEHead, step_negatives
 
         head = InfoNCEHead(model.config.hidden_size, cfg.loss.infonce_dim).to(dist_.device)
     named = _named_trainables(model, head)
@@ -264,14 +260,17 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # total, label, rationale, mi, tokens
-        micro_batches = plan.micro_batches(step, dist_.rank)
-        for a, unit_ids in enumerate(micro_batches):
-            batch = collate(unit_ids)
-            last = a == len(micro_batches) - 1
+        batches = [collate(unit_ids) for unit_ids in plan.micro_batches(step, dist_.rank)]
+        negatives = [None] * len(batches)
+        if head is not None and dist_.world * cfg.grad_accum > 1:  # InfoNCE over the whole step
+            with autocast:
+                negatives = step_negatives(wrapped, head, batches, dist_)
+        for a, batch in enumerate(batches):
+            last = a == len(batches) - 1
             sync = contextlib.nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
             with sync:
                 with autocast:
-                    terms = compute_loss(wrapped, batch, cfg.loss, infonce_head=head)
+                    terms = compute_loss(wrapped, batch, cfg.loss, infonce_head=head, negatives=negatives[a])
                 (terms.total / cfg.grad_accum).backward()
             for i, value in enumerate(terms.as_floats().values()):
                 sums[i] += value / cfg.grad_accum

@@ -99,21 +99,42 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_nll(to_log_probs(logits), labels)
 
 
-def pooled_softmax_max(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+Examples = tuple[torch.Tensor, int]
+"""Which example each position belongs to: ([B, T] long, -1 on padding; the number of examples E).
+A padded batch has one example per row (`None` stands for that); a packed row holds several."""
+
+
+def batch_examples(batch: dict[str, torch.Tensor], task: str) -> Examples | None:
+    """The examples of `task`'s positions in `batch`: None for a padded batch (example = row); for a
+    packed one (`<task>_segment_ids`, see `data.collate_packed`) the k-th example of row r is
+    number (examples in the rows before r) + k. Both tasks of a packed batch hold the same examples
+    in the same order, so the numbers agree across tasks."""
+    segments = batch.get(f"{task}_segment_ids")
+    if segments is None:
+        return None
+    per_row = segments.amax(dim=1) + 1  # [B]
+    offsets = torch.cumsum(per_row, 0) - per_row
+    return torch.where(segments >= 0, segments + offsets[:, None], -1), int(per_row.sum())
+
+
+def pooled_softmax_max(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64,
+                       examples: Examples | None = None) -> torch.Tensor:
     """Per example, the softmax over the vocabulary at each target position, max-pooled over them.
 
     logits [B, T, V], labels [B, T] -> [B, V] (float32; float64 for float64 logits):
     out[b, v] = max over the target positions t of example b of softmax(logits[b, t])[v]; prompt and
     padding never enter. An example without target positions gives a zero vector (`mi_loss` leaves
-    it out of its mean). Holds one log-softmax [B, T, V], as cross-entropy does (`compute_loss`
+    it out of its mean). With `examples` (a packed batch, `batch_examples`) the output is [E, V],
+    one row per example, pooled over that example's target positions only. Holds one log-softmax [B, T, V], as cross-entropy does (`compute_loss`
     shares that one); the pooling itself allocates no B x T x V tensor
-    (`pooled_max_from_log_probs`, which also describes the gradient).
+    (`pooled_max_from_log_probs`, which also describes the gradient). With `examples` (a packed
+    batch, `batch_examples`) the output is [E, V], each example pooled over its own targets.
     """
-    return pooled_max_from_log_probs(to_log_probs(logits), labels, chunk_size)
+    return pooled_max_from_log_probs(to_log_probs(logits), labels, chunk_size, examples=examples)
 
 
 def pooled_max_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64,
-                              sparse_grad: bool = False) -> torch.Tensor:
+                              sparse_grad: bool = False, examples: Examples | None = None) -> torch.Tensor:
     """`pooled_softmax_max` from the log-softmax [B, T, V] (probabilities are exp(log_probs)).
 
     Since exp is monotonic, the maximum is taken over the log-probabilities themselves, read in
@@ -128,38 +149,59 @@ def pooled_max_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, chu
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _PooledMaxProb.apply(log_probs, target_mask(labels), chunk_size, sparse_grad)
+    ids, count = examples if examples is not None else (_row_examples(labels), labels.size(0))
+    return _PooledMaxProb.apply(log_probs, target_mask(labels), ids, count, chunk_size, sparse_grad)
+
+
+def _row_examples(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] example ids of a padded batch: row b is example b."""
+    return torch.arange(labels.size(0), device=labels.device)[:, None].expand_as(labels)
+
+
+def _has_targets(labels: torch.Tensor, examples: Examples | None) -> torch.Tensor:
+    """[E] bool: the examples with at least one target position."""
+    mask = target_mask(labels)
+    if examples is None:
+        return mask.any(dim=1)
+    ids, count = examples
+    hits = torch.zeros(count, dtype=torch.long, device=labels.device)
+    return hits.index_add_(0, ids[mask], torch.ones_like(ids[mask])) > 0
 
 
 def mi_loss(label_logits: torch.Tensor, label_labels: torch.Tensor, rationale_logits: torch.Tensor,
-            rationale_labels: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+            rationale_labels: torch.Tensor, chunk_size: int = 64,
+            examples: tuple[Examples, Examples] | None = None) -> torch.Tensor:
     """The parameter-free MI term of the MI reference code: L_MI = -sum_v p[v] * log_softmax(q)[v].
 
     p = pooled_softmax_max over the label task (detached: no gradient reaches the label logits),
     q = pooled_softmax_max over the rationale task, fed to log_softmax as logits (no temperature).
     Averaged over the examples that have target positions in both tasks; 0 when none has.
     label_logits [B, Tl, V], label_labels [B, Tl], rationale_logits [B, Tr, V],
-    rationale_labels [B, Tr] -> scalar.
+    rationale_labels [B, Tr] -> scalar. `examples`: each task's `batch_examples` for a packed batch
+    (the pooling is then per packed example, the mean over examples).
     """
     with torch.no_grad():
         label_log_probs = to_log_probs(label_logits)
     return mi_from_log_probs(label_log_probs, label_labels, to_log_probs(rationale_logits), rationale_labels,
-                             chunk_size)
+                             chunk_size, examples=examples)
 
 
 def mi_from_log_probs(label_log_probs: torch.Tensor, label_labels: torch.Tensor,
                       rationale_log_probs: torch.Tensor, rationale_labels: torch.Tensor,
-                      chunk_size: int = 64, sparse_grad: bool = False) -> torch.Tensor:
+                      chunk_size: int = 64, sparse_grad: bool = False,
+                      examples: tuple[Examples, Examples] | None = None) -> torch.Tensor:
     """`mi_loss` from each task's log-softmax [B, T, V].
 
     `sparse_grad=True` when `rationale_log_probs` also feeds the rationale cross-entropy (as in
     `compute_loss`): see `pooled_max_from_log_probs`.
     """
+    label_examples, rationale_examples = examples if examples is not None else (None, None)
     with torch.no_grad():
-        p = pooled_max_from_log_probs(label_log_probs.detach(), label_labels, chunk_size)
-    q = pooled_max_from_log_probs(rationale_log_probs, rationale_labels, chunk_size, sparse_grad)
+        p = pooled_max_from_log_probs(label_log_probs.detach(), label_labels, chunk_size, examples=label_examples)
+    q = pooled_max_from_log_probs(rationale_log_probs, rationale_labels, chunk_size, sparse_grad,
+                                  examples=rationale_examples)
     per_example = -(p * F.log_softmax(q, dim=-1)).sum(dim=-1)
-    keep = target_mask(label_labels).any(dim=1) & target_mask(rationale_labels).any(dim=1)
+    keep = _has_targets(label_labels, label_examples) & _has_targets(rationale_labels, rationale_examples)
     return (per_example * keep).sum() / keep.sum().clamp(min=1)
 
 
@@ -169,12 +211,14 @@ def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: floa
 
 
 def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfig,
-                 infonce_head: InfoNCEHead | None = None) -> LossTerms:
+                 infonce_head: InfoNCEHead | None = None,
+                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
     """Run the causal LM `model` on both tasks of `batch` and combine the terms of `loss_cfg.kind`.
 
     sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale. dss_mi: dss + beta * L_MI
     (`mi_loss`). dss_infonce: dss + beta * `infonce_loss` over the last hidden states, with
-    `infonce_head` (required). Two forward passes (one per task): the tasks differ in length, and
+    `infonce_head` (required) and `negatives`, the step's other examples (`infonce.step_negatives`).
+    A packed batch (`data.collate_packed`) pools both MI terms per example. Two forward passes (one per task): the tasks differ in length, and
     separate passes pad each task to its own longest sequence only.
     """
     kind = loss_cfg.kind
@@ -192,19 +236,22 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
     label = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
     terms = LossTerms(total=dss_loss(label, rationale, loss_cfg.alpha), label=label, rationale=rationale,
                       mi=zero)
+    # packed rows hold several examples: the MI terms pool per example, not per row
+    examples = (batch_examples(batch, "label"), batch_examples(batch, "rationale"))
+    examples = None if examples[0] is None else examples
     if kind == "dss_mi":
         # rationale_lp also feeds `rationale` above, so the MI gradient can travel sparse. Built
         # after it, the MI term runs first in the backward pass (autograd runs the nodes created
         # last first), so the dense cross-entropy gradient arrives second and autograd adds the
         # sparse one into it in place (the other order would copy B x T x V; correct either way).
         terms.mi = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
-                                     loss_cfg.chunk_size, sparse_grad=True)
+                                     loss_cfg.chunk_size, sparse_grad=True, examples=examples)
     elif kind == "dss_infonce":
         from distill.training.infonce import infonce_loss
 
         terms.mi = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
                                 rationale_hidden, target_mask(batch["rationale_labels"]),
-                                loss_cfg.infonce_temperature)
+                                loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
     if kind != "dss":
         terms.total = terms.total + loss_cfg.beta * terms.mi
     return terms
@@ -222,16 +269,17 @@ def _task_log_probs(model: Any, batch: dict[str, torch.Tensor], task: str,
     return to_log_probs(out.logits), (out.hidden_states[-1] if hidden else None)
 
 
-def _target_runs(mask: torch.Tensor) -> list[tuple[int, int, int]]:
-    """[B, T] target mask -> [(example, start, stop)]: the runs of consecutive target positions of
-    each example (one run in the usual prompt, answer, padding layout), read in place as
-    log_probs[example, start:stop]."""
+def _target_runs(mask: torch.Tensor, examples: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """[B, T] target mask, [B, T] example ids -> [(row, start, stop, example)]: the runs of
+    consecutive target positions of one example (one run per example in the usual prompt, answer,
+    padding layout), read in place as log_probs[row, start:stop], in row-major order."""
     runs = []
-    for b, row in enumerate(mask.cpu()):
+    for b, (row, ids) in enumerate(zip(mask.cpu(), examples.cpu(), strict=True)):
         positions = row.nonzero().flatten().tolist()
-        for _, run in groupby(enumerate(positions), key=lambda item: item[1] - item[0]):
+        owner = ids.tolist()
+        for (_, e), run in groupby(enumerate(positions), key=lambda item: (item[1] - item[0], owner[item[1]])):
             run = [t for _, t in run]
-            runs.append((b, run[0], run[-1] + 1))
+            runs.append((b, run[0], run[-1] + 1, e))
     return runs
 
 
@@ -255,16 +303,16 @@ class _PooledMaxProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_probs, mask, chunk_size, sparse_grad):
-        runs = _target_runs(mask)
-        shape = (log_probs.size(0), log_probs.size(-1))
+    def forward(ctx, log_probs, mask, examples, count, chunk_size, sparse_grad):
+        runs = _target_runs(mask, examples)
+        shape = (count, log_probs.size(-1))
         best = torch.full(shape, -torch.inf, dtype=log_probs.dtype, device=log_probs.device)
         best_run = torch.full(shape, -1, dtype=torch.long, device=log_probs.device)
-        for i, (b, start, stop) in enumerate(runs):
+        for i, (b, start, stop, e) in enumerate(runs):
             run_best = log_probs[b, start:stop].amax(dim=0)
-            best_run[b].masked_fill_(run_best > best[b], i)  # strict: ties keep the earliest run
-            torch.maximum(best[b], run_best, out=best[b])
-        pooled = best.exp().masked_fill_(~mask.any(dim=1, keepdim=True), 0.0)  # no targets: zeros
+            best_run[e].masked_fill_(run_best > best[e], i)  # strict: ties keep the earliest run
+            torch.maximum(best[e], run_best, out=best[e])
+        pooled = best.exp().masked_fill_(best_run.amax(dim=1, keepdim=True) < 0, 0.0)  # no targets: zeros
         ctx.runs, ctx.chunk_size, ctx.sparse_grad = runs, chunk_size, sparse_grad
         ctx.save_for_backward(log_probs, best, best_run, pooled)
         return pooled
@@ -274,25 +322,27 @@ class _PooledMaxProb(torch.autograd.Function):
     def backward(ctx, grad_pooled):
         log_probs, best, best_run, pooled = ctx.saved_tensors
         owned = torch.bincount(best_run.flatten() + 1, minlength=len(ctx.runs) + 1)[1:].tolist()
-        examples, positions, columns = [], [], []
-        for i, (b, start, stop) in enumerate(ctx.runs):
+        rows, owners, positions, columns = [], [], [], []
+        for i, (b, start, stop, e) in enumerate(ctx.runs):
             # NaN equals nothing: only the columns whose maximum lies in this run can hit.
-            target = torch.where(best_run[b] == i, best[b], torch.nan)
+            target = torch.where(best_run[e] == i, best[e], torch.nan)
             hits = [(log_probs[b, t:min(t + ctx.chunk_size, stop)] == target).nonzero()
                     + torch.tensor([t, 0], device=target.device) for t in range(start, stop, ctx.chunk_size)]
             position, column = torch.cat(hits).unbind(1)  # (t, v) in row-major order
             if position.numel() > owned[i]:  # exact ties: keep each column's first position
                 position, column = _first_per_column(position, column, log_probs.size(-1))
-            examples.append(torch.full_like(position, b))
+            rows.append(torch.full_like(position, b))
+            owners.append(torch.full_like(position, e))
             positions.append(position)
             columns.append(column)
-        if not examples:
-            return torch.zeros_like(log_probs), None, None, None
-        example, position, column = torch.cat(examples), torch.cat(positions), torch.cat(columns)
-        values = (grad_pooled * pooled)[example, column]  # d exp(x) / dx = exp(x)
+        none = (None,) * 5  # no gradient for mask, examples, count, chunk_size, sparse_grad
+        if not rows:
+            return torch.zeros_like(log_probs), *none
+        row, owner, position, column = torch.cat(rows), torch.cat(owners), torch.cat(positions), torch.cat(columns)
+        values = (grad_pooled * pooled)[owner, column]  # d exp(x) / dx = exp(x)
         if ctx.sparse_grad:  # each (b, t, v) once, in sorted order: coalesced as they stand
-            return torch.sparse_coo_tensor(torch.stack([example, position, column]), values, log_probs.shape,
-                                           is_coalesced=True, check_invariants=False), None, None, None
+            return torch.sparse_coo_tensor(torch.stack([row, position, column]), values, log_probs.shape,
+                                           is_coalesced=True, check_invariants=False), *none
         grad_log_probs = torch.zeros_like(log_probs)
-        grad_log_probs[example, position, column] = values
-        return grad_log_probs, None, None, None
+        grad_log_probs[row, position, column] = values
+        return grad_log_probs, *none
