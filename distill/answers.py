@@ -96,6 +96,18 @@ def first_number(text: str) -> float | None:
     return found[0][0] if found else None
 
 
+def numbers(text: str) -> list[float]:
+    """Every number in `text`, in order."""
+    return [value for value, _ in _numbers(text)]
+
+
+def expression_or_first_number(text: str) -> float | None:
+    """A bare answer's value: the whole text evaluated when it is nothing but arithmetic (DSS's SVAMP
+    labels are equations such as `( 84.0 / 2.0 )`), else its first number."""
+    value = _expression_value(text.strip().rstrip("."))
+    return value if value is not None else first_number(text)
+
+
 def last_number(text: str) -> float | None:
     """The last number in `text`, or None."""
     found = _numbers(text)

@@ -186,6 +186,13 @@ class TrainConfig(Section):
     loss): `rationale`, greedy strategy-tagged solutions verified like evaluation's (the mode SIKeD
     reports, and the student that seeds the next self-generation), or `label`, the bare answer
     (DSS's protocol). `sft` trains no label task and must select on `rationale`."""
+    format: Literal["siked", "dss"] = "siked"
+    """What the two tasks' targets hold. `siked`: the rationale is `[strategy]: solution` ending with
+    its final answer, the label the bare number. `dss` (Distilling Step-by-Step's own): the
+    rationale as the teacher released it, cut before its answer statement (`The answer is`), no
+    strategy tag; the label as the dataset defines it (`answer_text`: SVAMP's equation string,
+    scored by evaluating it). Rationales then carry no answer: `dss` selects on `label` and trains
+    one pass (siked.iterations 0)."""
     val_max_tokens: int = Field(default=256, ge=1)
     """New tokens per validation answer in rationale mode: the training's own budget, so that
     changing `eval.*` never retrains."""
@@ -202,6 +209,9 @@ class TrainConfig(Section):
         if self.loss.kind == "sft" and self.select_on == "label":
             raise ValueError("train.select_on=label with train.loss.kind=sft: the label task is not trained, "
                              "so its accuracy cannot pick a checkpoint (use select_on: rationale)")
+        if self.format == "dss" and (self.loss.kind == "sft" or self.select_on != "label"):
+            raise ValueError("train.format=dss: its rationales carry no answer, so the label task is what "
+                             "answers; it needs a loss with the label task (not sft) and train.select_on=label")
         return self
 
 
@@ -304,6 +314,14 @@ class RunConfig(Section):
             else:
                 node.setdefault("seed", seed)
         return data
+
+    @model_validator(mode="after")
+    def _dss_format_is_one_pass(self) -> RunConfig:
+        if self.train.format == "dss" and self.siked.iterations > 0:
+            raise ValueError("train.format=dss with siked.iterations > 0: a DSS-format student writes "
+                             "rationales without answers, so none of its samples can be verified correct; "
+                             "set siked.iterations=0 (one-pass distillation)")
+        return self
 
     @model_validator(mode="after")
     def _alpha_schedule_needed(self) -> RunConfig:

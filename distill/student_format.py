@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
-from distill.answers import first_number, format_number
+from distill.answers import expression_or_first_number, first_number, format_number
 from distill.strategies import STRATEGIES, strip_tag
 from distill.strategies.render import PREAMBLE
 
@@ -85,9 +86,32 @@ def parse_student_output(text: str) -> tuple[str | None, str]:
     return strategy, rest.strip()
 
 
+LABEL_PARSER_VERSION = "2"  # 2: a completion that is an arithmetic expression is evaluated
+
+
 def parse_label_output(text: str) -> float | None:
-    """The answer of a label-task completion: its first number."""
-    return first_number(text or "")
+    """The answer of a label-task completion: the value of its first line when that line is an
+    arithmetic expression (a DSS-format student writes SVAMP's equation labels), else its first number."""
+    lines = (text or "").strip().splitlines()
+    value = expression_or_first_number(lines[0]) if lines else None
+    return value if value is not None else first_number(text or "")
+
+
+_ANSWER_STATEMENT = re.compile(r"(?:\bso\s+)?\bthe answer is\b|\bfinal answer\s*:", re.IGNORECASE)
+
+
+def dss_rationale_target(text: str) -> str:
+    """The `dss` format's rationale target: the teacher's rationale without its answer statement, as
+    Distilling Step-by-Step's parse keeps it (the text before `The answer is`; also `Final answer:`),
+    with no strategy tag."""
+    found = _ANSWER_STATEMENT.search(text)
+    return (text[: found.start()] if found else text).strip()
+
+
+def dss_label_target(label_text: str | None, answer: float) -> str:
+    """The `dss` format's label target: the label as the dataset writes it (`answer_text`), or the
+    bare number where none is given."""
+    return label_text.strip() if label_text and label_text.strip() else format_number(answer)
 
 
 def student_prompt_hash(task: str) -> str:

@@ -87,7 +87,8 @@ def train(run: Run, iteration: int, train_set_url: str, start_model: str) -> dic
     step = run.steps[name]
     job = TrainJob(train_set_url=train_set_url, start_model=start_model, cfg=run.cfg.train,
                    output_dir=step.output("student"), checkpoint_dir=f"{step.folder}/checkpoints",
-                   metrics_url=step.output("metrics"), key=step.key, iteration=iteration)
+                   metrics_url=step.output("metrics"), key=step.key, iteration=iteration,
+                   problems_url=run.output("problems/train", "problems") if "problems" in step.inputs else None)
     with on_gpus(train_devices(run.cfg.train)):
         return run.submit(train_student_step, name, job=job)
 

@@ -93,7 +93,8 @@ def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: i
     if cfg.train_data.name == "dss_svamp":
         rows = dss_rows(cfg)
         url = layout.train_set(iteration)
-        write_artifact(url, rows, "train_examples", config_hash=section_hash(cfg.train_data))
+        recorded = [{k: v for k, v in row.items() if k != "label_text"} for row in rows]  # not a set column
+        write_artifact(url, recorded, "train_examples", config_hash=section_hash(cfg.train_data))
         return rows, url
     from tasks.jobs.pipeline import pipeline_steps
 

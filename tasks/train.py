@@ -39,6 +39,9 @@ def train_student_step(job: TrainJob) -> dict:
     rows = read_artifact(job.train_set_url, "train_examples").to_pandas()
     if rows.empty:
         raise ValueError(f"{job.train_set_url} has no training rows: nothing was verified correct")
+    if job.problems_url is not None:
+        problems = read_artifact(job.problems_url, "problems").to_pandas()
+        rows["label_text"] = rows["question_id"].map(dict(zip(problems["id"], problems["answer_text"], strict=True)))
     model_path = resolve_model(local_model(job.start_model), models_dir())
     output, checkpoints = mirror_dir(job.output_dir), mirror_dir(job.checkpoint_dir)
     unmark_folder_complete(job.output_dir)  # the shared copy, then the local one being rewritten

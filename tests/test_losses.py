@@ -448,3 +448,16 @@ def test_compute_loss_sft_needs_only_rationale_tensors(tiny_model):
 def test_compute_loss_infonce_needs_a_head(tiny_model):
     with pytest.raises(ValueError, match="InfoNCEHead"):
         compute_loss(tiny_model, model_batch(), LossConfig(kind="dss_infonce"))
+
+
+def test_mi_floor_is_a_lower_bound_the_loss_reaches_only_at_the_label_distribution(batch):
+    """L_MI = -sum p log r >= -sum p log(p / sum p): no rationale side can go below the floor, and a
+    rationale distribution equal to p / sum p reaches it."""
+    from distill.training.losses import mi_floor
+
+    label_logits, ll, rationale_logits, rl = batch
+    floor = mi_floor(to_log_probs(label_logits.detach()), ll, rl)
+    assert float(mi_loss(label_logits, ll, rationale_logits, rl)) >= floor > 0
+    p = ref_pooled(label_logits.detach(), ll)
+    best = -(p * torch.log_softmax(torch.log(p), dim=-1)).sum(dim=-1).mean()  # r = p / sum p
+    assert floor == pytest.approx(float(best), rel=1e-9)

@@ -51,6 +51,30 @@ def test_an_eval_change_moves_only_evaluations_and_the_report(tmp_path):
     assert moved == {n for n in base if n.endswith("/evaluate")} | {"report"}
 
 
+def test_the_label_parser_is_part_of_an_evaluation_key_only_with_label_mode(tmp_path, monkeypatch):
+    from tasks.jobs import pipeline
+
+    with_label = keys(tmp_path, "eval.modes=[rationale, label]")
+    rationale_only = keys(tmp_path, "eval.modes=[rationale]")
+    monkeypatch.setattr(pipeline, "LABEL_PARSER_VERSION", "next")
+    assert changed(with_label, keys(tmp_path, "eval.modes=[rationale, label]")) == \
+        {n for n in with_label if n.endswith("/evaluate")} | {"report"}
+    assert not changed(rationale_only, keys(tmp_path, "eval.modes=[rationale]"))
+
+
+def test_the_dss_format_reads_the_datasets_labels_and_trains_one_pass(tmp_path):
+    from distill.config import ConfigError
+
+    cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", "train.format=dss", "train.select_on=label",
+                                   "siked.iterations=0"])
+    assert pipeline_steps(cfg, run_layout(cfg))["iter-00/train"].inputs == {"train_set": "iter-00/distill_set",
+                                                                             "problems": "problems/train"}
+    with pytest.raises(ConfigError, match="siked.iterations"):
+        load_config(QUICKSTART, ["train.format=dss", "train.select_on=label"])
+    with pytest.raises(ConfigError, match="select_on=label"):
+        load_config(QUICKSTART, ["train.format=dss", "siked.iterations=0"])
+
+
 def test_a_biased_chain_biases_every_iterations_set(tmp_path):
     base = keys(tmp_path)
     moved = changed(base, keys(tmp_path, "teacher.biased=cot"))

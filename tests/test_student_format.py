@@ -64,3 +64,15 @@ def test_parse_label_output():
     assert parse_label_output("7") == 7.0
     assert parse_label_output(" 0.75\n### Input: 12") == 0.75
     assert parse_label_output("I don't know") is None
+
+
+def test_a_label_written_as_an_equation_is_scored_by_its_value():
+    """A DSS-format student writes SVAMP's labels, equations such as `( 84.0 / 2.0 )`: their value
+    counts (before, the first number, 84, was read)."""
+    from distill.student_format import parse_label_output
+
+    assert parse_label_output("( 84.0 / 2.0 )") == 42.0
+    assert parse_label_output("(5 - 2).\nMore text 9") == 3.0
+    assert parse_label_output("42 apples") == 42.0
+    assert parse_label_output("about 12 + lots") == 12.0  # not an expression: its first number
+    assert parse_label_output("") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
 
@@ -232,3 +233,43 @@ def test_a_question_counts_once_in_the_label_loss(tokenizer, tiny_model_path):
         counted_per_row = compute_loss(model, collate_padded(several, tokenizer.pad_token_id), cfg).label
         torch.testing.assert_close(compute_loss(model, unweighted, cfg).label, counted_per_row)
         assert abs(float(counted_per_row) - float(expected)) > 1e-4
+
+
+def test_dss_format_trains_the_rationale_as_released_and_the_dataset_label(data_dir):
+    """`train.format=dss` on DSS's SVAMP: the rationale without its answer statement or tag, the
+    label the equation string; the SIKeD format puts the answer in every rationale target."""
+    from distill.benchmarks import load_benchmark, load_rationales
+    from distill.config import BenchmarkRef, TrainConfig
+    from distill.student_format import parse_label_output
+    from distill.training.data import DataStats
+    from distill.training.loop import BatchPlan, data_report
+
+    problems = load_benchmark(BenchmarkRef(name="dss_svamp", split="train"), data_dir).problems
+    rows, _ = dss_rationale_rows(problems, load_rationales("dss_svamp", "train", data_dir))
+    dss, dropped = build_texts(rows, "dss")
+    assert not dropped and len(dss) == len(rows)
+    first = dss[0]
+    assert first.label_target == rows[0]["label_text"] and first.label_target.startswith("(")
+    assert parse_label_output(first.label_target) == first.gold  # the equation is scored by its value
+    assert not any(t.rationale_target.startswith("[") or "answer is" in t.rationale_target.lower() for t in dss)
+    siked, _ = build_texts(rows)
+    assert siked[0].rationale_target.startswith("[cot]: ") and siked[0].label_target == f"{first.gold:g}"
+
+    def shares(texts, fmt):
+        cfg = TrainConfig(format=fmt, select_on="label" if fmt == "dss" else "rationale", val_fraction=0.0)
+        units = [[i] for i in range(len(texts))]
+        report = data_report(len(texts), Counter(), DataStats(), DataStats(), texts, [], units,
+                             BatchPlan(len(texts), 8, 1, 1, 0), 10, cfg)
+        return report["rationale_contains_label"], report["rationale_states_answer"]
+
+    assert shares(siked, "siked") == (1.0, 1.0)
+    contains, states = shares(dss, "dss")
+    assert contains < 0.05 and 0.5 < states < 1.0  # the equation is never quoted; its value often is
+
+
+def test_dss_rows_without_a_dataset_label_use_the_number():
+    rows = [dict(make_rows(1)[0], text="Add them: 3 + 4 = 7. The answer is 7.")]
+    (text,), _ = build_texts(rows, "dss")
+    assert text.rationale_target == "Add them: 3 + 4 = 7." and text.label_target == "{:g}".format(rows[0]["gold"])
+    empty = [dict(rows[0], text="The answer is 7.")]
+    assert build_texts(empty, "dss")[1] == {"empty_solution": 1}

@@ -105,14 +105,26 @@ def _records(rows: Any) -> list[Mapping[str, Any]]:
     return list(rows)
 
 
-def build_texts(rows: Any) -> tuple[list[TwoTaskText], Counter]:
+def build_texts(rows: Any, fmt: str = "siked") -> tuple[list[TwoTaskText], Counter]:
     """TRAIN_EXAMPLES rows -> (two-task texts in row order, Counter of dropped rows by reason).
 
-    Dropped: `no_gold` (gold missing or not a finite number: the label task has no target),
-    `empty_solution` (no solution text), `unknown_strategy`.
+    `fmt` (`train.format`): `siked` targets `[strategy]: solution` and the bare number; `dss` the
+    rationale without its answer statement and no tag, and the row's `label_text` (the dataset's
+    answer as written, when the row has one) or the bare number. Dropped: `no_gold` (gold missing or
+    not a finite number: the label task has no target), `empty_solution` (no solution text, or in
+    `dss` nothing before the answer statement), `unknown_strategy`.
     """
-    from distill.student_format import label_prompt, label_target, rationale_prompt, rationale_target
+    from distill.student_format import (
+        dss_label_target,
+        dss_rationale_target,
+        label_prompt,
+        label_target,
+        rationale_prompt,
+        rationale_target,
+    )
 
+    if fmt not in ("siked", "dss"):
+        raise ValueError(f"unknown training format {fmt!r} (siked | dss)")
     texts: list[TwoTaskText] = []
     dropped: Counter = Counter()
     for row in _records(rows):
@@ -128,10 +140,16 @@ def build_texts(rows: Any) -> tuple[list[TwoTaskText], Counter]:
         except ValueError:
             dropped["unknown_strategy"] += 1
             continue
+        label = label_target(float(gold))
+        if fmt == "dss":
+            target, label = dss_rationale_target(text), dss_label_target(row.get("label_text"), float(gold))
+            if not target:
+                dropped["empty_solution"] += 1
+                continue
         question = str(row["question"])
         texts.append(TwoTaskText(
             question_id=str(row["question_id"]), strategy=str(strategy), gold=float(gold), question=question,
-            label_prompt=label_prompt(question), label_target=label_target(float(gold)),
+            label_prompt=label_prompt(question), label_target=label,
             rationale_prompt=rationale_prompt(question), rationale_target=target,
         ))
     return texts, dropped
@@ -170,7 +188,7 @@ def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], m
         text = f"{found.rationale.strip()}\nFinal answer: {format_number(problem.answer)}"
         rows.append({"question_id": problem.id, "question": problem.question, "gold": float(problem.answer),
                      "strategy": "cot", "text": text, "sample_index": 0, "source": "teacher",
-                     "iteration": 0, "model": model})
+                     "iteration": 0, "model": model, "label_text": problem.answer_text})
     return rows, counts
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.answers import answers_match, numbers
 from distill.training import checkpoint as ckpt
 from distill.training.data import (
     DataStats,
@@ -189,7 +190,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     # Data: texts -> validation split by question id -> tokens -> units (examples or packs).
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts, dropped_rows = build_texts(rows)
+    texts, dropped_rows = build_texts(rows, cfg.format)
     train_texts, val_texts = split_by_question(texts, cfg.val_fraction, cfg.seed)
     train_ex, train_stats = tokenize_texts(train_texts, tokenizer, cfg.max_length)
     val_ex, val_stats = tokenize_texts(val_texts, tokenizer, cfg.max_length)
@@ -259,7 +260,8 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     done = start_step
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
-        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # total, label, rationale, mi, tokens
+        # total, label, rationale, mi, tokens, and (dss_mi) the lowest value the MI term could reach
+        sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         batches = [collate(unit_ids) for unit_ids in plan.micro_batches(step, dist_.rank)]
         negatives = [None] * len(batches)
         if head is not None and dist_.world * cfg.grad_accum > 1:  # InfoNCE over the whole step
@@ -274,6 +276,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
                 (terms.total / cfg.grad_accum).backward()
             for i, value in enumerate(terms.as_floats().values()):
                 sums[i] += value / cfg.grad_accum
+            sums[5] += (terms.mi_floor or 0.0) / cfg.grad_accum
             sums[4] += batch_tokens(batch)
         if head is not None and dist_.enabled:  # the heads live outside DDP: average their gradients
             _average_grads(list(head.parameters()), dist_)
@@ -289,8 +292,9 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
                    grad_norm=float(grad_norm), tokens=int(totals[4]), seconds=time.perf_counter() - t0)
         metrics.add(row)
         if is_main and ((step + 1) % options.log_every == 0 or step + 1 in (1, total_steps)):
+            floor = f" floor {totals[5] / dist_.world:.4f}" if cfg.loss.kind == "dss_mi" else ""
             _say(f"step {step + 1}/{total_steps} loss {row['loss']:.4f} (label {row['loss_label']:.4f} "
-                 f"rationale {row['loss_rationale']:.4f} mi {row['loss_mi']:.4f}) lr {lr:.2e} "
+                 f"rationale {row['loss_rationale']:.4f} mi {row['loss_mi']:.4f}{floor}) lr {lr:.2e} "
                  f"grad_norm {row['grad_norm']:.3f} tokens {row['tokens']} {row['seconds']:.2f}s")
 
         done = step + 1
@@ -454,6 +458,7 @@ def data_report(rows: int, dropped_rows: Any, train_stats: DataStats, val_stats:
         "label_weighting": cfg.loss.label_weighting,
     })
     per_question = Counter(t.question_id for t in train_texts)
+    share = (lambda hits: round(hits / len(train_texts), 4) if train_texts else None)
     return {
         "rows": rows, "dropped": dropped, "dropped_total": sum(dropped.values()),
         "train_examples": train_stats.examples, "train_questions": len({t.question_id for t in train_texts}),
@@ -465,6 +470,12 @@ def data_report(rows: int, dropped_rows: Any, train_stats: DataStats, val_stats:
         "max_length": cfg.max_length, "packing": cfg.packing, "units": len(units),
         "label_weighting": cfg.loss.label_weighting,
         "train_questions_with_several_rows": sum(1 for k in per_question.values() if k > 1),
+        "format": cfg.format,
+        # With the answer inside the rationale target, cross-entropy pins it there already and the
+        # MI term has little left to tie (docs/method.md, section 4).
+        "rationale_contains_label": share(sum(t.label_target in t.rationale_target for t in train_texts)),
+        "rationale_states_answer": share(sum(any(answers_match(v, t.gold) for v in numbers(t.rationale_target))
+                                             for t in train_texts)),
         "steps_per_epoch": plan.steps_per_epoch, "total_steps": total_steps,
         "global_batch": cfg.batch_size, "micro_batch": plan.micro, "processes": plan.world,
         "fingerprint": hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],

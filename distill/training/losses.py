@@ -45,6 +45,8 @@ class LossTerms:
     label: torch.Tensor
     rationale: torch.Tensor
     mi: torch.Tensor
+    mi_floor: float | None = None
+    """`dss_mi`: the lowest value L_MI could reach for this batch (`mi_floor`), logged beside it."""
 
     def as_floats(self) -> dict[str, float]:
         """Detached values for logging: {"total": ..., "label": ..., "rationale": ..., "mi": ...}."""
@@ -205,6 +207,23 @@ def mi_from_log_probs(label_log_probs: torch.Tensor, label_labels: torch.Tensor,
     return (per_example * keep).sum() / keep.sum().clamp(min=1)
 
 
+def mi_floor(label_log_probs: torch.Tensor, label_labels: torch.Tensor, rationale_labels: torch.Tensor,
+             chunk_size: int = 64, examples: tuple[Examples, Examples] | None = None) -> float:
+    """The lowest value the MI term can take for this batch, whatever the rationale side does.
+
+    Per example L_MI = -sum_v p[v] log r[v] with r = softmax(q) a distribution; over r it is smallest
+    at r = p / sum(p), where it equals -sum_v p[v] log(p[v] / sum(p)): the entropy of the (detached)
+    label distribution, scaled by sum(p). L_MI minus this floor is what training can still remove.
+    """
+    label_examples, rationale_examples = examples if examples is not None else (None, None)
+    with torch.no_grad():
+        p = pooled_max_from_log_probs(label_log_probs.detach(), label_labels, chunk_size, examples=label_examples)
+        normalised = p / p.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(p.dtype).tiny)
+        per_example = -(p * torch.log(normalised.clamp(min=torch.finfo(p.dtype).tiny))).sum(dim=-1)
+        keep = _has_targets(label_labels, label_examples) & _has_targets(rationale_labels, rationale_examples)
+        return float((per_example * keep).sum() / keep.sum().clamp(min=1))
+
+
 def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: float) -> torch.Tensor:
     """Distilling step-by-step: L = alpha * L_label + (1 - alpha) * L_rationale (two `token_ce` values)."""
     return alpha * label_loss + (1.0 - alpha) * rationale_loss
@@ -246,6 +265,8 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
         # sparse one into it in place (the other order would copy B x T x V; correct either way).
         terms.mi = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
                                      loss_cfg.chunk_size, sparse_grad=True, examples=examples)
+        terms.mi_floor = mi_floor(label_lp, batch["label_labels"], batch["rationale_labels"], loss_cfg.chunk_size,
+                                  examples)
     elif kind == "dss_infonce":
         from distill.training.infonce import infonce_loss
 

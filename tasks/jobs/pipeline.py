@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from distill.config import BenchmarkRef, RunConfig
 from distill.mixing import alpha_for_iteration
+from distill.student_format import LABEL_PARSER_VERSION
 from storage import fs
 from storage.artifacts import incomplete_reason, read_manifest
 from storage.paths import DataDirMissing, RunLayout, data_dir, join
@@ -186,6 +187,8 @@ def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], mod
     reads["siked.engine"] = {k: v for k, v in reads["siked.engine"].items() if k != "seed" or sampled}
     if sampled:
         reads.update(fields(cfg, "eval.self_consistency"))
+    if "label" in cfg.eval.modes:  # how bare answers are read: only label-mode predictions depend on it
+        reads["label_parser"] = LABEL_PARSER_VERSION
     if model_spec is not None:
         reads["model"] = model_spec
     inputs = {f"problems:{name.removeprefix('problems/eval-')}": name for name in eval_sets}
@@ -225,6 +228,8 @@ def _train(b: _Builder, cfg: RunConfig, iteration: int, train_set: str) -> str:
     inputs = {"train_set": train_set}
     if iteration > 0 and cfg.train.continue_from_previous:
         inputs["start"] = f"iter-{iteration - 1:02d}/train"
+    if cfg.train.format == "dss":
+        inputs["problems"] = "problems/train"  # the labels as the dataset writes them (answer_text)
     b.add(f"{stage}/train", "train", iteration, fields(cfg, "train"), inputs,
           {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
     return f"{stage}/train"

@@ -24,6 +24,8 @@ class TrainJob:
     metrics_url: str
     key: str
     iteration: int
+    problems_url: str | None = None
+    """The training problems, read for their `answer_text` (the `dss` format's label targets)."""
 
 
 def fraction_done(job: TrainJob, total_steps: int) -> float:
