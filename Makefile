@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= cpu,hub,s3,ray,dev
 export SIKED_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install install-gpu model quickstart test test-fast lint clean-venv prefect-server prefect-server-stop
+.PHONY: install install-gpu gpu-smoke model quickstart test test-fast lint clean-venv prefect-server prefect-server-stop
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ $(VENV)/.installed: pyproject.toml
 
 install-gpu:
 	$(MAKE) install EXTRAS=gpu,hub,s3,ray,dev
+
+# On a CUDA machine, after `make install-gpu`: a small end-to-end run in bfloat16, then the GPU
+# benchmarks (the teacher step against raw vLLM; the training step's tokens/s and MFU). Figures go
+# to BENCHMARKS.md with the device named.
+gpu-smoke: model
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-smoke needs a CUDA GPU')"
+	$(BIN)/siked run configs/gpu_smoke.yaml
+	$(BIN)/python bench/bench_teacher.py --repeats 2 --json teacher.engine.dtype=bfloat16
+	$(BIN)/python bench/bench_training_mfu.py --json
 
 model: install
 	$(BIN)/siked model prepare

@@ -100,6 +100,14 @@ def test_every_shipped_config_passes_preflight(data_dir):
         preflight(read_config(path))
 
 
+def test_every_shipped_config_plans(data_dir, tmp_path, capsys, monkeypatch):
+    """`siked plan` on each config, the paper-scale GPU ones and the GPU smoke run included."""
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert main(["plan", str(path)]) == 0, path
+        assert "steps to run" in capsys.readouterr().out.splitlines()[-1], path
+
+
 def test_tensorboard_option_without_the_package_fails_before_training(monkeypatch, tmp_path, capsys):
     """train.tensorboard=true on an install without tensorboard: a config error naming the key,
     raised before any data is read or any model loaded (it once failed inside the training child)."""

