@@ -145,6 +145,19 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return gc_cli(args.runs_root, args.dry_run)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from flows.export import ExportError, export_student
+    from storage.fs import ArtifactError
+
+    try:
+        path = export_student(args.run, args.to, args.iteration)
+    except (ExportError, ArtifactError) as exc:
+        print(f"siked: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from flows.run_cli import eval_cli
 
@@ -238,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stage", default=None, help="flow to run: siked (whole pipeline) or teacher")
     serve.add_argument("--dry-run", action="store_true", help="print the deployment as JSON and exit")
     serve.set_defaults(func=_cmd_serve)
+
+    export = sub.add_parser("export", help="copy a run's student out as a Hugging Face model folder with a model card")
+    export.add_argument("run", help="the run folder (path or URL)")
+    export.add_argument("--iteration", type=int, default=None, help="which iteration's student (default: the last)")
+    export.add_argument("--to", required=True, help="the new model folder")
+    export.set_defaults(func=_cmd_export)
 
     report = sub.add_parser("report", help="write a run's Markdown report and plots into <run>/report/")
     report.add_argument("run", help="the run folder: a local path or an fsspec URL")

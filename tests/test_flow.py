@@ -154,6 +154,38 @@ def artifact_rows(run: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def exported_student_answers_like_the_run(run: Path, target: Path, capsys) -> None:
+    """`siked export`: a model folder with a card, which transformers and vLLM load as it is and
+    which answers the run's evaluation questions as the run's own evaluation did (greedy)."""
+    from distill.config import EngineConfig
+    from distill.engines import make_engine
+    from distill.evaluation import evaluate
+    from storage.artifacts import read_artifact
+
+    assert main(["export", str(run), "--to", str(target)]) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == target
+    card = (target / "README.md").read_text()
+    assert "| 1 | `iter-01/mix`" in card and "95% interval" in card and "### Response:" in card
+    assert not (target / "_manifest.json").exists() and (target / "model.safetensors").is_file()
+    assert main(["export", str(run), "--to", str(target)]) == 1  # never over an existing folder
+    capsys.readouterr()
+    problems = read_artifact(output_of(run, "problems/eval-arith-test", "problems"), "problems").to_pylist()
+    ran = {r["question_id"]: r for r in read_artifact(output_of(run, "iter-01/evaluate", "arith-test/rationale"),
+                                                      "predictions").to_pylist()}
+    for kind in ("transformers", "vllm"):
+        engine = make_engine(EngineConfig(kind=kind, dtype="float32", max_model_len=2048,
+                                          gpu_memory_utilization=0.1), str(target))
+        try:
+            rows = evaluate(engine, problems, "arith-test", "rationale", 8, str(target))
+        finally:
+            engine.close()
+        for row in rows:
+            expected = ran[row["question_id"]]
+            assert (row["predicted"], row["verdict"]) == (expected["predicted"], expected["verdict"]), kind
+            if kind == "transformers":  # the engine the run evaluated with: the very same text
+                assert row["text"] == expected["text"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_what_they_touch(tmp_path, tiny_model_path, capsys):
@@ -169,6 +201,7 @@ def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_wh
     assert main(["status", str(run), "--json"]) == 0
     statuses = json.loads(capsys.readouterr().out)
     assert statuses and all(s["state"] == "done" for s in statuses), statuses
+    exported_student_answers_like_the_run(run, tmp_path / "exported", capsys)
 
     assert main(["run", config, *overrides]) == 0
     capsys.readouterr()

@@ -1,0 +1,48 @@
+"""`siked export` refusals, without a pipeline run (the slow full-run test in test_flow.py exports a
+real student and loads it with transformers and vLLM)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.cli import main
+from flows.export import ExportError, export_student
+
+
+def fake_run(tmp_path, finished: bool):
+    """A run folder whose index names one iteration-0 student, marked complete or not."""
+    from storage.folders import mark_folder_complete
+
+    run = tmp_path / "runs" / "r-1"
+    student = tmp_path / "runs" / "steps" / "train" / "k" / "student"
+    student.mkdir(parents=True)
+    (student / "config.json").write_text("{}")
+    if finished:
+        mark_folder_complete(str(student), {"steps": 3})
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: r\n")
+    steps = [{"name": "iter-00/train", "kind": "train", "iteration": 0, "key": "k", "dir": str(student.parent),
+              "inputs": {"train_set": "iter-00/distill_set"}, "outputs": {"student": str(student)}}]
+    (run / "steps.json").write_text(json.dumps({"format": 1, "run": "r-1", "steps": steps}))
+    return run
+
+
+def test_an_unfinished_student_or_a_missing_iteration_is_refused(tmp_path):
+    run = fake_run(tmp_path, finished=False)
+    with pytest.raises(ExportError, match="not finished"):
+        export_student(str(run), tmp_path / "out")
+    with pytest.raises(ExportError, match="no iteration 2"):
+        export_student(str(run), tmp_path / "out", iteration=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_target_is_refused_and_left_alone(tmp_path, capsys):
+    run = fake_run(tmp_path, finished=True)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    assert main(["export", str(run), "--to", str(target)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]
