@@ -316,6 +316,13 @@ class RunConfig(Section):
         return data
 
     @model_validator(mode="after")
+    def _multiple_choice_trains_in_dss_format(self) -> RunConfig:
+        if self.train_data.name == "dss_cqa" and self.train.format != "dss":
+            raise ValueError("train_data dss_cqa is multiple choice: its label is the choice's text, which "
+                             "the dss format trains (train.format=dss, train.select_on=label)")
+        return self
+
+    @model_validator(mode="after")
     def _dss_format_is_one_pass(self) -> RunConfig:
         if self.train.format == "dss" and self.siked.iterations > 0:
             raise ValueError("train.format=dss with siked.iterations > 0: a DSS-format student writes "

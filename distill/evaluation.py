@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distill.answers import answers_match
+from distill.choices import extract_choice, gold_answers
 from distill.config import SamplingConfig
 from distill.engines.base import GenerationRequest
 from distill.student_format import (
@@ -44,7 +45,7 @@ MODES = ("rationale", "label", *FORCED_MODES, SAMPLED_MODE)
 EXTRACTION_FAILURES = ("no_answer", "bad_format")
 # Rules that read an answer the model stated as its answer (or a program's result): the strict
 # score. The flexible score, the pipeline's own, also accepts the last number of the text.
-STRICT_RULES = ("final_answer", "the_answer_is", "program", "label")
+STRICT_RULES = ("final_answer", "the_answer_is", "program", "label", "choice")
 
 
 def greedy(max_tokens: int) -> SamplingConfig:
@@ -77,6 +78,7 @@ def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: st
     sampling = sampling.model_copy(update={"max_tokens": max_tokens}) if mode == SAMPLED_MODE else greedy(max_tokens)
     requests = [GenerationRequest(key=p["id"], prompt=_prompt(mode, p["question"]), question_id=p["id"])
                 for p in problems]
+    gold, choices = gold_answers(problems)  # multiple choice: the correct choice's index
     outputs = engine.generate(requests, sampling, lora_path=lora_path)
     samples = []
     forced = forced_strategy(mode)
@@ -87,9 +89,9 @@ def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: st
                 text = strategy_tag(forced) + text
             strategy = parse_student_output(text)[0] if mode != "label" else "label"
             samples.append({"question_id": problem["id"], "strategy": strategy or "none", "text": text,
-                            "finish_reason": completion.finish_reason, "gold": float(problem["answer"]),
+                            "finish_reason": completion.finish_reason, "gold": float(gold[problem["id"]]),
                             "sample_index": index})
-    verified = _verify(samples, mode, sandbox, limits, rel_tol)
+    verified = _verify(samples, mode, sandbox, limits, rel_tol, choices)
     decoding = json.dumps(sampling.model_dump(mode="json"), sort_keys=True)
     rows = []
     for sample, result in zip(samples, verified, strict=True):
@@ -106,20 +108,26 @@ def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: st
     return rows
 
 
-def _verify(samples: list[dict], mode: str, sandbox, limits, rel_tol: float) -> list[dict]:
+def _verify(samples: list[dict], mode: str, sandbox, limits, rel_tol: float,
+            choices: Mapping[str, list[str]]) -> list[dict]:
     if mode != "label":
-        return verify_samples(samples, sandbox=sandbox, limits=limits, rel_tol=rel_tol)
-    return [_verify_label(s, rel_tol) for s in samples]
+        return verify_samples(samples, sandbox=sandbox, limits=limits, rel_tol=rel_tol, choices=choices)
+    return [_verify_label(s, rel_tol, choices.get(s["question_id"])) for s in samples]
 
 
-def _verify_label(sample: Mapping[str, Any], rel_tol: float) -> dict[str, Any]:
-    """Label mode: the completion is the bare answer; its first number is the prediction."""
-    value = parse_label_output(sample["text"])
+def _verify_label(sample: Mapping[str, Any], rel_tol: float, listed: list[str] | None = None) -> dict[str, Any]:
+    """Label mode: the completion is the bare answer; its first number is the prediction (the
+    choice it names, for a multiple-choice question)."""
+    value = parse_label_output(sample["text"]) if listed is None else _as_float(extract_choice(sample["text"], listed))
     if value is None:
         verdict = "truncated" if sample["finish_reason"] == "length" else "no_answer"
     else:
         verdict = "correct" if answers_match(value, sample["gold"], rel_tol) else "wrong"
     return {"predicted": value, "verdict": verdict, "rule": "label" if value is not None else "none"}
+
+
+def _as_float(index: int | None) -> float | None:
+    return None if index is None else float(index)
 
 
 def summarize_predictions(rows: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from distill.answers import answers_match, format_number
@@ -85,6 +85,20 @@ def _judged(predicted: float, gold: float, rel_tol: float, how: str) -> tuple[st
     if answers_match(predicted, gold, rel_tol):
         return "correct", f"{how} {format_number(predicted)} equals gold {format_number(gold)}"
     return "wrong", f"{how} {format_number(predicted)} differs from gold {format_number(gold)}"
+
+
+def _choice_verdict(row: Mapping[str, Any], listed: Sequence[str], gold: float, truncated: bool
+                    ) -> tuple[float | None, str, str, str]:
+    """(predicted choice index, verdict, reason, rule) of a multiple-choice sample (`distill.choices`)."""
+    from distill.choices import LETTERS, extract_choice
+
+    index = extract_choice(str(row.get("text") or ""), listed)
+    if index is None:
+        return None, "truncated" if truncated else "no_answer", "names none of the listed choices", "none"
+    said, right = f"({LETTERS[index]})", f"({LETTERS[int(gold)]})"
+    if index == int(gold):
+        return float(index), "correct", f"choice {said} is the gold choice", "choice"
+    return float(index), "wrong", f"choice {said} differs from the gold choice {right}", "choice"
 
 
 def _verdict_text(strategy: str, parsed, gold: float, truncated: bool, rel_tol: float) -> tuple[str, str]:
@@ -141,13 +155,16 @@ def _run_programs(codes: list[str], sandbox, limits, workers: int) -> dict[str, 
 
 def verify_samples(samples: Iterable[Mapping[str, Any]], gold: Mapping[str, float] | None = None, *,
                    sandbox: Any | RunMany | None = None, limits: Any = None, workers: int = 2,
-                   rel_tol: float = 1e-6) -> list[dict[str, Any]]:
+                   rel_tol: float = 1e-6, choices: Mapping[str, Sequence[str]] | None = None
+                   ) -> list[dict[str, Any]]:
     """Verdict for every sample, in input order.
 
     `samples`: dicts, a DataFrame or a pyarrow Table with SAMPLES columns; `gold`: {question_id: gold} for rows
     without a `gold` column. PoT programs run through `sandbox`: a SandboxPool (anything with
     `run_many(codes)`), a `run_many` callable, or None to open a SandboxPool(`limits`, `workers`)
-    for this call. Returns the input records with the VERIFIED_FIELDS added.
+    for this call. `choices`: {question_id: listed choices} of multiple-choice questions, whose gold
+    is the correct choice's index and whose samples are read for the choice they name. Returns the
+    input records with the VERIFIED_FIELDS added.
     """
     rows = records(samples)
     plans = []
@@ -163,7 +180,10 @@ def verify_samples(samples: Iterable[Mapping[str, Any]], gold: Mapping[str, floa
         gold_value = _gold_of(row, gold)
         truncated = str(row.get("finish_reason") or "") == "length"
         predicted, rule, seconds = None, "none", None
-        if strategy is None:
+        listed = (choices or {}).get(str(row.get("question_id")))
+        if listed is not None:  # multiple choice: gold and prediction are choice indices
+            predicted, verdict, reason, rule = _choice_verdict(row, listed, gold_value, truncated)
+        elif strategy is None:
             verdict, reason = "bad_format", problem
         elif strategy == "pot":
             rule = "program"

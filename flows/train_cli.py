@@ -58,6 +58,9 @@ def _read_train_set(path: str) -> Any:
         return to_table(pq.read_table(handle), "train_examples").to_pandas()
 
 
+DSS_SETS = ("dss_svamp", "dss_cqa")  # the sets whose released PaLM rationales `siked train` reads
+
+
 def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """TRAIN_EXAMPLES rows from DSS's released PaLM rationales for `cfg.train_data`."""
     from distill.benchmarks import load_benchmark, load_rationales
@@ -65,9 +68,9 @@ def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     from storage.paths import data_dir
 
     ref = cfg.train_data
-    if ref.name != "dss_svamp":
-        raise ConfigError(f"train_data.name is {ref.name!r}: PaLM rationales are read for dss_svamp only "
-                          "(give train_set=PATH for other data)")
+    if ref.name not in DSS_SETS:
+        raise ConfigError(f"train_data.name is {ref.name!r}: PaLM rationales are read for dss_svamp and dss_cqa "
+                          "only (give train_set=PATH for other data)")
     folder = data_dir(cfg.data_dir)
     problems = load_benchmark(ref, folder).problems
     rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, folder))
@@ -90,7 +93,7 @@ def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: i
         if fs.exists(manifest_url(path)):
             return rows, path
         return rows, {"path": path, "content_hash": fs.sha256_file(path)}
-    if cfg.train_data.name == "dss_svamp":
+    if cfg.train_data.name in DSS_SETS:
         rows = dss_rows(cfg)
         url = layout.train_set(iteration)
         recorded = [{k: v for k, v in row.items() if k != "label_text"} for row in rows]  # not a set column
@@ -101,7 +104,7 @@ def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: i
     url = pipeline_steps(cfg, layout)["iter-00/distill_set"].output("distill_set")
     if not is_complete(url, kind="train_examples"):
         raise ConfigError(f"no training rows: give train_set=PATH, run `siked teacher` with this config "
-                          f"first (it writes {url}), or use train_data.name=dss_svamp")
+                          f"first (it writes {url}), or use train_data.name=dss_svamp or dss_cqa")
     return _read_train_set(url), url
 
 

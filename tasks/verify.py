@@ -14,11 +14,13 @@ def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: Veri
     """VERIFIED rows for the samples at `samples_url`, gold answers from `problems_url`."""
     if is_complete(output, kind="verified", config_hash=key):
         return artifact_ref(output)
+    from distill.choices import gold_answers
     from distill.verify import sandbox_limits, verify_samples
 
-    problems = read_artifact(problems_url, "problems", columns=["id", "answer"]).to_pydict()
-    gold = dict(zip(problems["id"], problems["answer"], strict=True))
+    problems = read_artifact(problems_url, "problems", columns=["id", "question", "answer", "answer_text"]).to_pylist()
+    gold, choices = gold_answers(problems)
     samples = read_artifact(samples_url, "samples").to_pylist()
-    rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol)
+    rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol,
+                          choices=choices)
     write_artifact(output, rows, "verified", config_hash=key, parents=[samples_url, problems_url])
     return artifact_ref(output)

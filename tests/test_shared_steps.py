@@ -73,6 +73,8 @@ def test_the_dss_format_reads_the_datasets_labels_and_trains_one_pass(tmp_path):
         load_config(QUICKSTART, ["train.format=dss", "train.select_on=label"])
     with pytest.raises(ConfigError, match="select_on=label"):
         load_config(QUICKSTART, ["train.format=dss", "siked.iterations=0"])
+    with pytest.raises(ConfigError, match="multiple choice"):
+        load_config(QUICKSTART, ["train_data.name=dss_cqa", "siked.iterations=0"])
 
 
 def test_a_biased_chain_biases_every_iterations_set(tmp_path):

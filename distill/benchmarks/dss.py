@@ -34,6 +34,7 @@ from distill.benchmarks.records import (
     relative_name,
     source_file,
 )
+from distill.choices import render_choices
 from distill.numbers import ExpressionError, evaluate_arithmetic
 
 SPLITS = ("train", "test")
@@ -75,11 +76,10 @@ def _cqa_problem(record: dict, split: str, source: str, where: str) -> Problem:
         raise BenchmarkError(f"{where}: 'choices' should be 5 strings, found {choices!r}")
     if answer not in choices:
         raise BenchmarkError(f"{where}: answer {answer!r} is not one of the choices")
-    listed = "\n".join(f"({letter}) {choice}" for letter, choice in zip("abcde", choices))
     explanation = record.get("abstractive_explanation")
     return Problem(
         id=f"dss_cqa/{split}/{native_id}", benchmark="dss_cqa", split=split, source=source,
-        question=f"{question.strip()}\nAnswer Choices:\n{listed}", answer=math.nan, answer_text=answer,
+        question=render_choices(question, choices), answer=math.nan, answer_text=answer,
         reference=explanation.strip() if isinstance(explanation, str) and explanation.strip() else None,
     )
 

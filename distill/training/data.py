@@ -162,11 +162,13 @@ def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], m
     `problems`: `distill.benchmarks.Problem` of a dss_* split; `rationales`: problem id ->
     `distill.benchmarks.Rationale`. The solution is the official parse of the PaLM completion (the
     text before `The answer is`) followed by `Final answer: <gold>`, the ending every CoT target has
-    here. As in DSS, a rationale is kept whether or not PaLM's own answer was right (the label task
-    learns the gold). Returns (rows, Counter): `no_rationale` (the completion lacks the marker;
+    here (for CommonsenseQA `Final answer: (c) <choice>`, the gold being the choice's index, and the
+    label text the choice). As in DSS, a rationale is kept whether or not PaLM's own answer was
+    right (the label task learns the gold). Returns (rows, Counter): `no_rationale` (the completion lacks the marker;
     dropped), `no_gold` (dropped), `palm_answer_differs` (kept; counted for the report).
     """
     from distill.answers import answers_match, format_number
+    from distill.choices import LETTERS, choice_index, gold_choice
     from distill.numbers import ExpressionError, evaluate_arithmetic
 
     rows: list[dict[str, Any]] = []
@@ -176,17 +178,24 @@ def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], m
         if found is None or not (found.rationale or "").strip():
             counts["no_rationale"] += 1
             continue
-        if not math.isfinite(problem.answer):
+        multiple = gold_choice(problem.question, problem.answer_text) if not math.isfinite(problem.answer) else None
+        if multiple is not None:  # CommonsenseQA: the gold is the correct choice's index
+            choices, gold = multiple
+            palm_right = choice_index(found.label or "", choices) == gold
+            answer = f"({LETTERS[gold]}) {choices[gold]}"
+        elif math.isfinite(problem.answer):
+            try:
+                palm = evaluate_arithmetic(found.label) if found.label else None
+            except ExpressionError:
+                palm = None
+            gold, palm_right, answer = problem.answer, answers_match(palm, problem.answer), format_number(problem.answer)
+        else:
             counts["no_gold"] += 1
             continue
-        try:
-            palm = evaluate_arithmetic(found.label) if found.label else None
-        except ExpressionError:
-            palm = None
-        if not answers_match(palm, problem.answer):
+        if not palm_right:
             counts["palm_answer_differs"] += 1
-        text = f"{found.rationale.strip()}\nFinal answer: {format_number(problem.answer)}"
-        rows.append({"question_id": problem.id, "question": problem.question, "gold": float(problem.answer),
+        text = f"{found.rationale.strip()}\nFinal answer: {answer}"
+        rows.append({"question_id": problem.id, "question": problem.question, "gold": float(gold),
                      "strategy": "cot", "text": text, "sample_index": 0, "source": "teacher",
                      "iteration": 0, "model": model, "label_text": problem.answer_text})
     return rows, counts

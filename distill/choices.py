@@ -1,0 +1,110 @@
+"""Multiple-choice answers: the choices listed in the question, an answer given by letter or by text.
+
+A multiple-choice problem keeps its choices inside its question, as the student and the teacher
+read them (Distilling Step-by-Step's CommonsenseQA layout):
+
+    A beaver is know for building prowess, their supplies come from where?
+    Answer Choices:
+    (a) british columbia
+    (b) body of water
+    ...
+
+Its numeric `answer` is NaN and its `answer_text` the correct choice's text. Verification compares
+choice indices: `gold_choice` gives the correct one, `extract_choice` reads the one a completion
+gives, by letter (`(c)`, `c)`, `C`) or by text (`wooded area`), in an answer statement (`So the
+answer is (c) wooded area.`, `Final answer: (c)`) or, for a bare label-mode answer, on its first
+line.
+
+    choices, gold = gold_choice(question, "wooded area")     # (["british columbia", ...], 2)
+    extract_choice("... So the answer is (c) wooded area.", choices)   # 2
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+LETTERS = "abcdefghij"
+HEADER = "Answer Choices:"
+_LISTED = re.compile(r"^\(([a-j])\)\s*(.*?)\s*$", re.IGNORECASE)
+_STATEMENT = re.compile(r"(?:the answer is|final answer\s*:)\s*(.+)", re.IGNORECASE)
+_LETTER = re.compile(r"^\(?([a-j])\)?(?:[.:]|\s|$)", re.IGNORECASE)
+
+
+def render_choices(question: str, choices: Sequence[str]) -> str:
+    """The question with its choices listed below it, as multiple-choice problems carry them."""
+    listed = "\n".join(f"({letter}) {choice}" for letter, choice in zip(LETTERS, choices, strict=False))
+    return f"{question.strip()}\n{HEADER}\n{listed}"
+
+
+def listed_choices(question: str) -> list[str]:
+    """The choices listed after `Answer Choices:` in `question`, in order ([] when it lists none)."""
+    _, found, tail = question.rpartition(HEADER)
+    if not found:
+        return []
+    choices = []
+    for line in tail.strip().splitlines():
+        match = _LISTED.match(line.strip())
+        if not match or match.group(1).lower() != LETTERS[len(choices)]:
+            return []
+        choices.append(match.group(2))
+    return choices
+
+
+def choice_index(answer: str, choices: Sequence[str]) -> int | None:
+    """The index of the choice `answer` names: by its text (case and a final period ignored), by its
+    letter (`(b)`, `b)`, `b.`, `B`), or as `(b) its text`; None otherwise. CommonsenseQA repeats a
+    choice's text now and then: a repeated text is always its first listing, so naming either
+    copy gives one answer."""
+    said = _normalise(answer)
+    texts = [_normalise(c) for c in choices]
+    if said in texts:
+        return texts.index(said)
+    letter = _LETTER.match(answer.strip())
+    if letter:
+        index = LETTERS.index(letter.group(1).lower())
+        rest = _normalise(answer.strip()[letter.end():])
+        if index < len(choices) and (not rest or rest == texts[index]):
+            return texts.index(texts[index])  # a repeated choice text counts as its first listing
+    return None
+
+
+def extract_choice(text: str, choices: Sequence[str]) -> int | None:
+    """The choice a completion gives: from its last answer statement, else from its first line."""
+    statements = _STATEMENT.findall(text or "")
+    for candidate in ([statements[-1]] if statements else []) + (text or "").strip().splitlines()[:1]:
+        index = choice_index(candidate.strip().splitlines()[0] if candidate.strip() else "", choices)
+        if index is not None:
+            return index
+    return None
+
+
+def gold_choice(question: str, answer_text: str | None) -> tuple[list[str], int] | None:
+    """(choices, index of the correct one) of a multiple-choice problem; None for any other."""
+    choices = listed_choices(question)
+    if not choices or not answer_text:
+        return None
+    index = choice_index(answer_text, choices)
+    return (choices, index) if index is not None else None
+
+
+def gold_answers(problems: Sequence[dict]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """PROBLEMS rows -> ({id: gold}, {id: choices}): the numeric answer, or for a multiple-choice
+    problem the index of its correct choice (and its choices in the second mapping)."""
+    gold, choices = {}, {}
+    for p in problems:
+        found = gold_choice(p["question"], p.get("answer_text")) if _nan(p["answer"]) else None
+        if found is not None:
+            choices[p["id"]], gold[p["id"]] = found[0], float(found[1])
+        else:
+            gold[p["id"]] = p["answer"]
+    return gold, choices
+
+
+def _nan(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.strip().rstrip(".").split()).lower()
