@@ -62,3 +62,12 @@ def tiny_model_path(builtin_model_path: Path, tmp_path_factory) -> Path:
     from tests.tiny_models import build_tiny_llama
 
     return build_tiny_llama(builtin_model_path, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_model_path(builtin_model_path: Path, tmp_path_factory) -> Path:
+    """A tiny Llama whose heads vLLM's CPU attention supports (head size 64: hidden 128, 2 heads)."""
+    from tests.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(builtin_model_path, tmp_path_factory.mktemp("tiny-vllm-llama"), hidden=128, heads=2,
+                            kv_heads=1)

@@ -188,9 +188,10 @@ def exported_student_answers_like_the_run(run: Path, target: Path, capsys) -> No
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_what_they_touch(tmp_path, tiny_model_path, capsys):
+def test_full_run_a_rerun_that_executes_nothing_and_changes_that_execute_only_what_they_touch(
+        tmp_path, tiny_vllm_model_path, capsys):
     config = str(REPO / "configs/quickstart.yaml")
-    overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path)
+    overrides = tiny_run_overrides(tmp_path / "runs", tiny_vllm_model_path)  # its export loads in vLLM
     assert main(["run", config, *overrides]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert (run / "report/report.md").is_file() and (run / "report/accuracy.png").is_file()
