@@ -29,7 +29,8 @@ LETTERS = "abcdefghij"
 HEADER = "Answer Choices:"
 _LISTED = re.compile(r"^\(([a-j])\)\s*(.*?)\s*$", re.IGNORECASE)
 _STATEMENT = re.compile(r"(?:the answer is|final answer\s*:)\s*(.+)", re.IGNORECASE)
-_LETTER = re.compile(r"^\(?([a-j])\)?(?:[.:]|\s|$)", re.IGNORECASE)
+# `(c)` followed by anything, or a bare `c)`, `c.`, `c:` or `c` (not `a forest`: a word, not a letter)
+_LETTER = re.compile(r"^(?:\(([a-j])\)|([a-j])(?:[).:]|$))", re.IGNORECASE)
 
 
 def render_choices(question: str, choices: Sequence[str]) -> str:
@@ -54,7 +55,8 @@ def listed_choices(question: str) -> list[str]:
 
 def choice_index(answer: str, choices: Sequence[str]) -> int | None:
     """The index of the choice `answer` names: by its text (case and a final period ignored), by its
-    letter (`(b)`, `b)`, `b.`, `B`), or as `(b) its text`; None otherwise. CommonsenseQA repeats a
+    letter (`(b)`, `b)`, `b.`, `B`), or as `(b) some text`, where a text that is one of the choices
+    wins over the letter (students pair letters and texts wrongly); None otherwise. CommonsenseQA repeats a
     choice's text now and then: a repeated text is always its first listing, so naming either
     copy gives one answer."""
     said = _normalise(answer)
@@ -63,9 +65,11 @@ def choice_index(answer: str, choices: Sequence[str]) -> int | None:
         return texts.index(said)
     letter = _LETTER.match(answer.strip())
     if letter:
-        index = LETTERS.index(letter.group(1).lower())
+        index = LETTERS.index((letter.group(1) or letter.group(2)).lower())
         rest = _normalise(answer.strip()[letter.end():])
-        if index < len(choices) and (not rest or rest == texts[index]):
+        if rest in texts:  # `(c) laundry` where laundry is (a): the text is the answer, as DSS compares texts
+            return texts.index(rest)
+        if index < len(choices):
             return texts.index(texts[index])  # a repeated choice text counts as its first listing
     return None
 

@@ -31,7 +31,7 @@ def test_choices_listed_in_the_question_are_read_back_in_order():
 
 @pytest.mark.parametrize(("answer", "index"), [
     ("wooded area", 2), ("Wooded Area.", 2), ("(c)", 2), ("c)", 2), ("C", 2), ("(c) wooded area", 2),
-    ("(c) zoo", None), ("(f)", None), ("forest", None), ("", None),
+    ("(c) zoo", 4), ("(c) laundry.", 2), ("c.", 2), ("(f)", None), ("forest", None), ("a zoo", None), ("", None),
 ])
 def test_a_choice_is_named_by_its_letter_or_its_text(answer, index):
     assert choice_index(answer, CHOICES) == index
@@ -48,6 +48,8 @@ def test_the_choice_of_a_completion_comes_from_its_last_answer_statement_or_its_
     assert extract_choice("[cot]: beavers chew trees.\nFinal answer: (e)", CHOICES) == 4
     assert extract_choice("body of water\n", CHOICES) == 1  # a label-mode answer
     assert extract_choice("Beavers live near a zoo sometimes.", CHOICES) is None
+    # a label-mode answer in PaLM's words (a student's, evaluating DSS's CQA): it once counted as none
+    assert extract_choice("The answer is (c) laundry.", CHOICES) == 2
 
 
 def test_gold_answers_give_choice_indices_for_multiple_choice_and_numbers_otherwise():
