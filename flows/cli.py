@@ -264,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse, except that `key=value` overrides may also follow an option (`siked eval MODEL
+    --config C k=v`): argparse alone stops collecting a positional list at the first option."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in item and not item.startswith("-") for item in extra):
+        args.overrides.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from distill.config import ConfigError
 
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     if argv is None:  # the `siked` program itself, not a caller inside another Python program
         _exit_cleanly_on_sigterm()
     try:

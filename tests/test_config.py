@@ -138,3 +138,13 @@ def test_replicas_of_a_remote_or_file_engine_are_refused_up_front(tmp_path):
     with pytest.raises(ConfigError, match=r"teacher\.engine\.replicas"):
         preflight(cfg)
     preflight(read_config(config, ["teacher.engine.replicas=2"]))  # vllm replicas are fine
+
+
+def test_overrides_may_follow_an_option():
+    """`siked eval MODEL --config C k=v` once failed with `unrecognized arguments: k=v`."""
+    from flows.cli import build_parser, parse_arguments
+
+    args = parse_arguments(build_parser(), ["eval", "model-dir", "--config", "c.yaml", "eval.max_tokens=8", "seed=3"])
+    assert (args.model, args.config, args.overrides) == ("model-dir", "c.yaml", ["eval.max_tokens=8", "seed=3"])
+    with pytest.raises(SystemExit):
+        parse_arguments(build_parser(), ["eval", "model-dir", "--config", "c.yaml", "--bogus"])
