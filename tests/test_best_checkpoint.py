@@ -39,11 +39,24 @@ def test_rationale_mode_reads_each_answer_by_its_own_tag_as_evaluation_does():
 
     from distill.training.validation import _judge
 
-    questions = [SimpleNamespace(question_id=f"q{i}", gold=7.0) for i in range(4)]
+    questions = [SimpleNamespace(question_id=f"q{i}", gold=7.0, question="3 + 4?") for i in range(4)]
     completions = ["[cot]: 3 + 4 = 7.\nFinal answer: 7", "[pot]: answer = 3 + 4", "[l2m]: Final answer: 8", "7"]
     assert _judge("rationale", questions, completions, ["stop"] * 4) == [True, True, False, False]
     # label mode reads the first number whatever the text: only the bare "7" counts
     assert _judge("label", questions, completions, ["stop"] * 4) == [False, False, False, True]
+
+
+def test_multiple_choice_validation_judges_the_named_choice():
+    from types import SimpleNamespace
+
+    from distill.choices import render_choices
+    from distill.training.validation import _judge
+
+    question = render_choices("Where do beavers get wood?", ["zoo", "wooded area", "sea"])
+    questions = [SimpleNamespace(question_id=f"q{i}", gold=1.0, question=question) for i in range(3)]
+    completions = ["wooded area", "(c)", "So the answer is (b) wooded area."]
+    assert _judge("label", questions, completions, ["stop"] * 3) == [True, False, True]
+    assert _judge("rationale", questions, completions, ["stop"] * 3) == [True, False, True]
 
 
 def test_sft_cannot_select_on_the_untrained_label_task():
