@@ -260,3 +260,21 @@ def test_dss_svamp_config_gives_training_rows(data_dir):
     assert cfg.train_data.name == "dss_svamp" and cfg.train.loss.kind == "dss_mi"
     rows = dss_rows(cfg)
     assert len(rows) == 789 and rows[0]["question_id"].startswith("dss_svamp/train/")
+
+
+def test_a_dss_format_training_on_svamp_trains_rationales_without_the_answer(data_dir, tiny_model_path, tmp_path):
+    """DSS's format on its SVAMP rows: no rationale target holds the (equation) label, the label task
+    learns the equation, and the checkpoint is chosen on label accuracy."""
+    from distill.benchmarks import load_benchmark, load_rationales
+    from distill.config import BenchmarkRef
+    from distill.training.data import dss_rationale_rows
+
+    problems = load_benchmark(BenchmarkRef(name="dss_svamp", split="train"), data_dir).problems[:24]
+    rows, _ = dss_rationale_rows(problems, load_rationales("dss_svamp", "train", data_dir))
+    cfg = tiny_cfg(format="dss", select_on="label", loss={"kind": "dss_mi"}, max_steps=2, max_length=512,
+                   val_fraction=0.2)
+    result = train_student(cfg, rows, str(tiny_model_path), tmp_path / "o", tmp_path / "c", quiet())
+    report = result.data_report
+    assert report["format"] == "dss" and report["rationale_contains_label"] == 0.0
+    assert report["rationale_states_answer"] < 1.0
+    assert result.best_val["metric"] == "label accuracy"
