@@ -154,6 +154,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except (ExportError, ArtifactError) as exc:
         print(f"siked: {exc}", file=sys.stderr)
         return 1
+    if args.push_to_hub:
+        from flows.export import push_to_hub
+
+        try:
+            print(f"pushed to {push_to_hub(path, args.push_to_hub, args.private)}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 -- the Hub's errors (auth, network, names) are many
+            print(f"siked: {path} is exported, but pushing it to the Hub as {args.push_to_hub} failed: "
+                  f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
+            return 1
     print(path)
     return 0
 
@@ -256,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="the run folder (path or URL)")
     export.add_argument("--iteration", type=int, default=None, help="which iteration's student (default: the last)")
     export.add_argument("--to", required=True, help="the new model folder")
+    export.add_argument("--push-to-hub", metavar="REPO", default=None,
+                        help="also upload it to the Hugging Face Hub as this model repository (user/name)")
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     export.set_defaults(func=_cmd_export)
 
     report = sub.add_parser("report", help="write a run's Markdown report and plots into <run>/report/")

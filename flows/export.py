@@ -8,7 +8,9 @@ iteration), its evaluation results with their protocol and 95% intervals, and th
 expects. transformers and vLLM load the folder as it is.
 
 The folder appears whole or not at all: it is written under a temporary name beside `DIR` and
-renamed at the end; an existing non-empty `DIR` is refused.
+renamed at the end; an existing non-empty `DIR` is refused. `--push-to-hub REPO` then uploads it
+as a model repository (created when missing; a Hub token is needed), in one commit; the local
+folder stays either way.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def export_student(run_dir: str, to: str | Path, iteration: int | None = None) -
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to the Hugging Face Hub as the model repository `repo_id`, created
+    when missing, in one commit; returns the repository's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                      commit_message="siked export: student, tokenizer and model card")
+    return str(url)
 
 
 def _train_step(steps: dict[str, dict], iteration: int | None, run_dir: str) -> dict:

@@ -46,3 +46,40 @@ def test_a_non_empty_target_is_refused_and_left_alone(tmp_path, capsys):
     assert main(["export", str(run), "--to", str(target)]) == 1
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["mine.txt"]
+
+
+class LocalHub:
+    """Stands in for `huggingface_hub.HfApi`, keeping repositories as folders under `root`."""
+
+    root = None
+
+    def create_repo(self, repo_id, repo_type, private, exist_ok):
+        assert repo_type == "model" and exist_ok
+        (LocalHub.root / repo_id).mkdir(parents=True, exist_ok=True)
+        return f"local-hub/{repo_id}"
+
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+        import shutil
+
+        shutil.copytree(folder_path, LocalHub.root / repo_id, dirs_exist_ok=True)
+
+
+def test_push_to_hub_uploads_the_exported_folder(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    run = fake_run(tmp_path, finished=True)
+    monkeypatch.setattr("flows.export.model_card", lambda steps, train, config: "card\n")
+    LocalHub.root = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub, "HfApi", LocalHub)
+    assert main(["export", str(run), "--to", str(tmp_path / "out"), "--push-to-hub", "me/student"]) == 0
+    assert "pushed to local-hub/me/student" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "hub/me/student").iterdir()) == ["README.md", "config.json"]
+
+    class Refusing(LocalHub):
+        def create_repo(self, *args, **kwargs):
+            raise PermissionError("no token")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Refusing)
+    assert main(["export", str(run), "--to", str(tmp_path / "out2"), "--push-to-hub", "me/student"]) == 1
+    assert "out2 is exported, but pushing it" in capsys.readouterr().err
+    assert (tmp_path / "out2" / "config.json").is_file()
