@@ -130,7 +130,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from flows.experiment import experiment_cli
 
-    return experiment_cli(args.file, args.overrides)
+    return experiment_cli(args.file, args.overrides, collect=args.collect)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="run every arm and seed of an experiment file, then compare them")
     experiment.add_argument("file", help="an experiment YAML (experiments/*.yaml)")
     experiment.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every arm")
+    experiment.add_argument("--collect", action="store_true",
+                            help="run nothing: write results and report from the runs finished so far")
     experiment.set_defaults(func=_cmd_experiment)
 
     check = sub.add_parser("verify", help="re-hash every output a run uses against its manifest")

@@ -166,10 +166,19 @@ def experiment_flow(spec: ExperimentSpec, source: str, configs: list[RunConfig])
     return {"dir": layout.dir, "comparisons": len(document["comparisons"])}
 
 
-def experiment_cli(path: str, overrides: list[str]) -> int:
+def experiment_cli(path: str, overrides: list[str], collect: bool = False) -> int:
+    """`siked experiment FILE`; with `collect`, no run starts: outcomes, results and report are
+    written from the evaluations finished so far (results.json lists what is missing), for a look
+    at an experiment that is still running or was interrupted."""
     from flows.preflight import preflight
 
     experiment = read_experiment(path, overrides)
+    if collect:
+        layout = experiment_layout(experiment)
+        document = write_results(experiment, layout)
+        print(f"{len(document['missing'])} evaluation outputs missing; report: {layout.report}", file=sys.stderr)
+        print(layout.dir)
+        return 0
     for r in experiment.runs:
         preflight(r.cfg)
     layout = experiment_layout(experiment)

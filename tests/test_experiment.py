@@ -219,6 +219,20 @@ def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny
     states = _task_states_of_last_experiment()
     assert set(states["train_student_step"]) == {"Cached"} and set(states["evaluate_model"]) == {"Cached"}
     assert json.loads((folder / "results.json").read_text())["comparisons"] == results["comparisons"]
+    # --collect runs nothing and writes the same results from the finished runs
+    assert main(["experiment", str(path), "--collect"]) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == folder
+    assert json.loads((folder / "results.json").read_text())["comparisons"] == results["comparisons"]
+
+
+def test_collect_before_any_run_lists_every_evaluation_as_missing(tmp_path, tiny_model_path, capsys):
+    overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{"siked.iterations": "0"})
+    path = write_experiment(tmp_path, {"short": [], "long": ["eval.max_tokens=12"]}, overrides)
+    assert main(["experiment", str(path), "--collect"]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((folder / "results.json").read_text())
+    assert results["comparisons"] == [] and len(results["missing"]) == 8  # 2 arms x 2 stages x 2 modes
+    assert (folder / "report.md").is_file()
 
 
 def test_report_draws_intervals_of_a_zero_accuracy(tmp_path):
