@@ -84,6 +84,13 @@ def extract_choice(text: str, choices: Sequence[str]) -> int | None:
     return None
 
 
+def choice_answer(text: str, choices: Sequence[str]) -> float | None:
+    """`extract_choice` as an answer value (the choice's index as a float), for the code that
+    compares answers as numbers."""
+    index = extract_choice(text, choices)
+    return None if index is None else float(index)
+
+
 def gold_choice(question: str, answer_text: str | None) -> tuple[list[str], int] | None:
     """(choices, index of the correct one) of a multiple-choice problem; None for any other."""
     choices = listed_choices(question)

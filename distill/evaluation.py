@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distill.answers import answers_match
-from distill.choices import extract_choice, gold_answers
+from distill.choices import choice_answer, gold_answers
 from distill.config import SamplingConfig
 from distill.engines.base import GenerationRequest
 from distill.student_format import (
@@ -118,16 +118,12 @@ def _verify(samples: list[dict], mode: str, sandbox, limits, rel_tol: float,
 def _verify_label(sample: Mapping[str, Any], rel_tol: float, listed: list[str] | None = None) -> dict[str, Any]:
     """Label mode: the completion is the bare answer; its first number is the prediction (the
     choice it names, for a multiple-choice question)."""
-    value = parse_label_output(sample["text"]) if listed is None else _as_float(extract_choice(sample["text"], listed))
+    value = parse_label_output(sample["text"]) if listed is None else choice_answer(sample["text"], listed)
     if value is None:
         verdict = "truncated" if sample["finish_reason"] == "length" else "no_answer"
     else:
         verdict = "correct" if answers_match(value, sample["gold"], rel_tol) else "wrong"
     return {"predicted": value, "verdict": verdict, "rule": "label" if value is not None else "none"}
-
-
-def _as_float(index: int | None) -> float | None:
-    return None if index is None else float(index)
 
 
 def summarize_predictions(rows: list[Mapping[str, Any]]) -> dict[str, Any]:

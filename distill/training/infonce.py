@@ -69,14 +69,6 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor, examples: tuple[torch.
     return summed / counts[:, None].clamp(min=1)
 
 
-def _has_positions(mask: torch.Tensor, examples: tuple[torch.Tensor, int] | None) -> torch.Tensor:
-    if examples is None:
-        return mask.any(dim=1)
-    ids, count = examples
-    return torch.zeros(count, dtype=torch.long, device=mask.device).index_add(
-        0, ids[mask & (ids >= 0)], torch.ones_like(ids[mask & (ids >= 0)])) > 0
-
-
 def embed_pairs(head: InfoNCEHead, label_hidden: torch.Tensor, label_mask: torch.Tensor,
                 rationale_hidden: torch.Tensor, rationale_mask: torch.Tensor,
                 examples: tuple[Any, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +77,9 @@ def embed_pairs(head: InfoNCEHead, label_hidden: torch.Tensor, label_mask: torch
     `examples`: (label, rationale) `losses.batch_examples` of a packed batch, or None.
     """
     label_ex, rationale_ex = examples if examples is not None else (None, None)
-    keep = _has_positions(label_mask, label_ex) & _has_positions(rationale_mask, rationale_ex)
+    from distill.training.losses import examples_with_positions
+
+    keep = examples_with_positions(label_mask, label_ex) & examples_with_positions(rationale_mask, rationale_ex)
     return head(masked_mean(label_hidden, label_mask, label_ex)[keep],
                 masked_mean(rationale_hidden, rationale_mask, rationale_ex)[keep])
 

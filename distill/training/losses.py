@@ -160,14 +160,19 @@ def _row_examples(labels: torch.Tensor) -> torch.Tensor:
     return torch.arange(labels.size(0), device=labels.device)[:, None].expand_as(labels)
 
 
-def _has_targets(labels: torch.Tensor, examples: Examples | None) -> torch.Tensor:
-    """[E] bool: the examples with at least one target position."""
-    mask = target_mask(labels)
+def examples_with_positions(mask: torch.Tensor, examples: Examples | None) -> torch.Tensor:
+    """[E] bool: the examples with at least one True position in `mask` [B, T] (rows of a padded
+    batch; the examples of a packed one)."""
     if examples is None:
         return mask.any(dim=1)
     ids, count = examples
-    hits = torch.zeros(count, dtype=torch.long, device=labels.device)
-    return hits.index_add_(0, ids[mask], torch.ones_like(ids[mask])) > 0
+    picked = ids[mask & (ids >= 0)]
+    return torch.zeros(count, dtype=torch.long, device=mask.device).index_add_(0, picked, torch.ones_like(picked)) > 0
+
+
+def _has_targets(labels: torch.Tensor, examples: Examples | None) -> torch.Tensor:
+    """[E] bool: the examples with at least one target position."""
+    return examples_with_positions(target_mask(labels), examples)
 
 
 def mi_loss(label_logits: torch.Tensor, label_labels: torch.Tensor, rationale_logits: torch.Tensor,

@@ -80,7 +80,7 @@ def _judge(mode: str, questions: list[Any], completions: list[str], finished: li
     """Whether each completion answers its question: the label's first number, or the rationale read
     by its own strategy tag as evaluation reads it (PoT programs run in the sandbox)."""
     from distill.answers import answers_match
-    from distill.choices import extract_choice, listed_choices
+    from distill.choices import choice_answer, listed_choices
     from distill.student_format import parse_label_output, parse_student_output
     from distill.verify import verify_samples
 
@@ -88,15 +88,11 @@ def _judge(mode: str, questions: list[Any], completions: list[str], finished: li
     choices = {q.question_id: listed for q in questions if (listed := listed_choices(q.question))}
     if mode == "label":
         return [answers_match(parse_label_output(c) if q.question_id not in choices else
-                              _index(extract_choice(c, choices[q.question_id])), q.gold)
+                              choice_answer(c, choices[q.question_id]), q.gold)
                 for q, c in zip(questions, completions, strict=True)]
     samples = [{"question_id": q.question_id, "strategy": parse_student_output(c)[0] or "none", "text": c,
                 "finish_reason": f, "gold": q.gold} for q, c, f in zip(questions, completions, finished, strict=True)]
     return [row["verdict"] == "correct" for row in verify_samples(samples, workers=1, choices=choices)]
-
-
-def _index(choice: int | None) -> float | None:
-    return None if choice is None else float(choice)
 
 
 def _accuracy(model: Any, texts: list[Any], tokenizer: Any, options: Any, dist_: Any, autocast: Any,
