@@ -20,7 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Strategy = Literal["cot", "l2m", "pot"]
 ALL_STRATEGIES: tuple[str, ...] = ("cot", "l2m", "pot")
-BenchmarkName = Literal["gsm8k", "svamp", "asdiv", "multiarith", "dss_svamp", "dss_cqa", "arith"]
+BenchmarkName = Literal["gsm8k", "svamp", "asdiv", "multiarith", "dss_svamp", "dss_cqa", "arith", "file"]
+BUILTIN_BENCHMARKS: tuple[str, ...] = ("gsm8k", "svamp", "asdiv", "multiarith", "dss_svamp", "dss_cqa", "arith")
+# The keys only `name: file` uses; left out of a built-in benchmark's step key, so adding them kept those keys.
+FILE_BENCHMARK_KEYS: tuple[str, ...] = ("path", "repo", "config", "question", "answer", "id", "choices",
+                                        "rationale", "alias")
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
 
 
@@ -35,14 +39,19 @@ class Section(BaseModel):
 
 
 class BenchmarkRef(Section):
+    """A set of problems: a built-in benchmark by name, or `name: file`, problems from any file or Hub
+    dataset with the record fields to read (docs/datasets.md, "Your own problems")."""
+
     name: BenchmarkName = "arith"
-    """Benchmark to load (see `siked data list`)."""
+    """Benchmark to load (see `siked data list`), or `file`."""
     split: str = "test"
-    """Split: `train` or `test` (GSM8K, arith, dss_*); SVAMP/ASDiv/MultiArith have `test` only."""
+    """Split: `train` or `test` (GSM8K, arith, dss_*); SVAMP/ASDiv/MultiArith have `test` only. For
+    `file`, the Hub split (source hub) or just a name that goes into the problem ids (local)."""
     limit: int | None = Field(default=None, ge=1)
     """Keep the first `limit` problems after a seeded shuffle (a stable subset); None keeps all."""
     source: Literal["local", "hub"] = "local"
-    """`local` reads the original files in the data folder; `hub` loads through `datasets`."""
+    """`local` reads the original files in the data folder (`file`: the file at `path`); `hub` loads
+    through `datasets` (`file`: the dataset `repo`)."""
     difficulty: int = Field(default=1, ge=1, le=4)
     """arith only: number of operations per problem (1 to 4)."""
     size: int = Field(default=200, ge=1)
@@ -50,7 +59,77 @@ class BenchmarkRef(Section):
     seed: int = 0
     """Seed of the arith generator and of the subset shuffle."""
     skip_if_missing: bool = False
-    """Skip this benchmark (with a warning) when the data folder is not available."""
+    """Skip this benchmark (with a warning) when the data folder (`file`: the file) is not available."""
+    path: str | None = None
+    """file, source local: the file, a local path (relative to the directory siked runs in) or an
+    fsspec URL. Format by extension: `.jsonl`, `.json` (a list of records, or JSON Lines), `.csv`,
+    `.parquet`, optionally compressed (`.jsonl.gz`)."""
+    repo: str | None = None
+    """file, source hub: the Hub dataset (`owner/name`), read with `datasets.load_dataset`."""
+    config: str | None = None
+    """file, source hub: the dataset's configuration name, if it has several."""
+    question: str | None = None
+    """file: the record field holding the question, a dotted path (`meta.question`, `turns.0`)."""
+    answer: str | None = None
+    """file: the field holding the gold answer: a number, a numeric string (`1,080`, `$5`, `#### 72`,
+    `( 84.0 / 2.0 )`), or with `choices` the correct choice's letter or text."""
+    id: str | None = None
+    """file: the field holding a record's id; default its 0-based position in the file."""
+    choices: str | list[str] | None = None
+    """file: the field holding the choices of a multiple-choice problem (a list of texts, of
+    `A) text` strings, `{label: [...], text: [...]}`, or a JSON list in a CSV cell), or a list of
+    fields holding one choice each (`[A, B, C, D]`)."""
+    rationale: str | None = None
+    """file: the field holding a worked solution; kept as the problem's reference, and the rationale
+    `siked train` trains on (as DSS's released rationales)."""
+    alias: str | None = None
+    """file: the name the set goes by in problem ids, reports and step names; default the file's stem
+    (or the Hub dataset's name)."""
+
+    @model_validator(mode="after")
+    def _file_keys_belong_to_file(self) -> BenchmarkRef:
+        given = [key for key in FILE_BENCHMARK_KEYS if getattr(self, key) is not None]
+        if self.name != "file":
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for `name: file` (this is {self.name})")
+            return self
+        missing = [key for key in ("question", "answer") if getattr(self, key) is None]
+        where = "path" if self.source == "local" else "repo"
+        if getattr(self, where) is None:
+            missing.insert(0, where)
+        if missing:
+            raise ValueError(f"name: file (source {self.source}) needs {', '.join(missing)}")
+        unused = "repo" if self.source == "local" else "path"
+        if getattr(self, unused) is not None or (self.source == "local" and self.config is not None):
+            raise ValueError(f"name: file with source {self.source} reads `{where}`; "
+                             f"remove {'repo/config' if self.source == 'local' else 'path'}")
+        name = self.benchmark_name
+        if not name or any(c in name for c in "/\\: ") or name.startswith(".") or name in BUILTIN_BENCHMARKS:
+            raise ValueError(f"alias {name!r}: a file benchmark needs a plain name (no '/', ':', spaces) "
+                             "that is not a built-in benchmark's; set `alias`")
+        return self
+
+    @property
+    def benchmark_name(self) -> str:
+        """What the set is called in problem ids, reports and step names."""
+        if self.name != "file":
+            return self.name
+        if self.alias:
+            return self.alias
+        where = self.path if self.source == "local" else self.repo
+        stem = (where or "").rstrip("/").rsplit("/", 1)[-1]
+        for suffix in (".gz", ".bz2", ".xz", ".zst", ".jsonl", ".json", ".csv", ".parquet"):
+            stem = stem.removesuffix(suffix)
+        return stem
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        return self.name == "dss_cqa" or (self.name == "file" and self.choices is not None)
+
+    @property
+    def reads_data_folder(self) -> bool:
+        """Whether loading needs the data folder of original files (SIKED_DATA_DIR)."""
+        return self.source == "local" and self.name not in ("arith", "file")
 
 
 class SamplingConfig(Section):
@@ -317,8 +396,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _multiple_choice_trains_in_dss_format(self) -> RunConfig:
-        if self.train_data.name == "dss_cqa" and self.train.format != "dss":
-            raise ValueError("train_data dss_cqa is multiple choice: its label is the choice's text, which "
+        if self.train_data.is_multiple_choice and self.train.format != "dss":
+            raise ValueError(f"train_data {self.train_data.benchmark_name} is multiple choice: its label is the choice's text, which "
                              "the dss format trains (train.format=dss, train.select_on=label)")
         return self
 

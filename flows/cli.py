@@ -38,9 +38,14 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from flows.data_listing import list_benchmarks
+    from flows.data_listing import list_benchmarks, list_config_benchmarks
 
-    report = list_benchmarks(data_dir=args.data_dir, source=args.source)
+    if args.config:
+        from flows.config_files import read_config
+
+        report = list_config_benchmarks(read_config(args.config, args.overrides))
+    else:
+        report = list_benchmarks(data_dir=args.data_dir, source=args.source)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -48,6 +53,8 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
             reasons = ", ".join(f"{k}: {v}" for k, v in row["excluded_reasons"].items())
             print(f"{row['benchmark']:<12} {row['split']:<6} loaded {row['loaded']:>6}  "
                   f"excluded {row['excluded']:>4}  {reasons}")
+            for detail in row.get("excluded_records", []):
+                print(f"    excluded: {detail}")
         for err in report.get("errors", []):
             print(f"error: {err}", file=sys.stderr)
     return 1 if report.get("errors") else 0
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="benchmarks").add_subparsers(dest="action", required=True)
     listing = data.add_parser("list", help="problems loaded and excluded per benchmark and split")
+    listing.add_argument("config", nargs="?", default=None,
+                         help="list the sets this config names (its own files too) instead of the built-ins")
+    listing.add_argument("overrides", nargs="*", metavar="key=value")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--data-dir", default=None, help="default: $SIKED_DATA_DIR")
     listing.add_argument("--source", choices=["local", "hub"], default="local")

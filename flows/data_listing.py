@@ -2,6 +2,10 @@
 
     siked data list --json                 # local files under $SIKED_DATA_DIR
     siked data list --source hub --json    # the Hugging Face Hub (or $SIKED_HUB_MIRROR, a local copy)
+    siked data list configs/my_data.yaml   # the sets a config names: its own files too
+
+With a config, the sets listed are its `train_data` and `eval.benchmarks`, whatever their kind; a
+file benchmark's excluded records are listed with file, line or record, and reason.
 
 `arith` is listed with its default settings (difficulty, size and seed of `BenchmarkRef`). A split
 that fails to load is reported under "errors" and the others are still listed; once the Hub proves
@@ -13,9 +17,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from distill.benchmarks import BENCHMARK_SPLITS, BenchmarkError, load_benchmark
+from distill.benchmarks import BENCHMARK_SPLITS, BenchmarkError, LoadedBenchmark, load_benchmark
 from distill.benchmarks.hub import HUB, HubUnreachable
-from distill.config import BenchmarkRef
+from distill.config import BenchmarkRef, RunConfig
 from storage.paths import DataDirMissing
 from storage.paths import data_dir as resolve_data_dir
 
@@ -52,10 +56,35 @@ def list_benchmarks(data_dir: str | None, source: str) -> dict[str, Any]:
             except (BenchmarkError, OSError) as exc:
                 errors.append(f"{name} {split}: {exc}")
                 continue
-            rows.append({
-                "benchmark": name, "split": split, "loaded": len(loaded.problems),
-                "excluded": len(loaded.exclusions), "excluded_reasons": loaded.excluded_reasons(),
-                "source": loaded.source,
-            })
+            rows.append(_row(name, split, loaded))
     return {"data_dir": str(folder) if folder else data_dir, "source": source, "benchmarks": rows,
             "errors": errors}
+
+
+SHOWN_EXCLUSIONS = 20  # a file's excluded records listed one by one; the counts hold them all
+
+
+def _row(name: str, split: str, loaded: LoadedBenchmark) -> dict[str, Any]:
+    row = {"benchmark": name, "split": split, "loaded": len(loaded.problems),
+           "excluded": len(loaded.exclusions), "excluded_reasons": loaded.excluded_reasons(),
+           "source": loaded.source}
+    details = [e.detail for e in loaded.exclusions if e.detail]
+    if details:
+        row["excluded_records"] = details[:SHOWN_EXCLUSIONS]
+    return row
+
+
+def list_config_benchmarks(cfg: RunConfig) -> dict[str, Any]:
+    """The same listing for the sets a config names (`train_data`, then `eval.benchmarks`)."""
+    from tasks.jobs.benchmarks import load_problems
+
+    rows, errors = [], []
+    for role, ref in [("train_data", cfg.train_data), *(("eval", r) for r in cfg.eval.benchmarks)]:
+        try:
+            loaded = load_problems(ref, cfg.data_dir)
+        except (BenchmarkError, OSError) as exc:
+            errors.append(f"{role} {ref.benchmark_name} {ref.split}: {exc}")
+            continue
+        rows.append({"role": role, **_row(ref.benchmark_name, ref.split, loaded)})
+    return {"data_dir": cfg.data_dir or os.environ.get("SIKED_DATA_DIR"), "source": "config",
+            "benchmarks": rows, "errors": errors}

@@ -16,7 +16,7 @@ from flows.config_files import read_config
 from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
 from storage.fs import ArtifactError
-from tasks.jobs.pipeline import Decision, Step, decide, pipeline_steps
+from tasks.jobs.pipeline import Decision, Step, decide, eval_set_label, pipeline_steps
 
 
 def problem_count(step: Step, ref: BenchmarkRef, cfg: RunConfig) -> int | None:
@@ -26,19 +26,17 @@ def problem_count(step: Step, ref: BenchmarkRef, cfg: RunConfig) -> int | None:
     except ArtifactError:
         pass
     try:
-        from distill.benchmarks import load_benchmark
         from distill.strategies.exemplars import is_exemplar
-        from storage.paths import data_dir
+        from tasks.jobs.benchmarks import load_problems
 
-        folder = data_dir(cfg.data_dir) if ref.name != "arith" and ref.source == "local" else None
-        return sum(not is_exemplar(p.id, p.question) for p in load_benchmark(ref, folder).problems)
+        return sum(not is_exemplar(p.id, p.question) for p in load_problems(ref, cfg.data_dir).problems)
     except Exception:  # noqa: BLE001 -- a Hub dataset offline, a missing file: the plan says "unknown"
         return None
 
 
 def _refs(cfg: RunConfig) -> dict[str, BenchmarkRef]:
     refs = {"problems/train": cfg.train_data}
-    refs.update({f"problems/eval-{r.name}-{r.split}": r for r in cfg.eval.benchmarks})
+    refs.update({f"problems/eval-{eval_set_label(r)}": r for r in cfg.eval.benchmarks})
     return refs
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 
 from distill.config import ConfigError, EngineConfig, RunConfig, TrainConfig
+from storage import fs
 from storage.paths import DataDirMissing, data_dir
 
 
@@ -53,13 +54,17 @@ def preflight(cfg: RunConfig) -> None:
     """Raise ConfigError for problems detectable before any work."""
     _check_engine(cfg.teacher.engine, "teacher.engine")
     check_train(cfg.train)
-    needs_data = [r for r in [cfg.train_data, *cfg.eval.benchmarks]
-                  if r.name != "arith" and r.source == "local" and not r.skip_if_missing]
+    refs = [r for r in [cfg.train_data, *cfg.eval.benchmarks] if not r.skip_if_missing]
+    needs_data = [r for r in refs if r.reads_data_folder]
     if needs_data:
         try:
             data_dir(cfg.data_dir)
         except DataDirMissing as exc:
             names = ", ".join(sorted({r.name for r in needs_data}))
             raise ConfigError(f"{exc} (needed by: {names})") from None
+    for ref in refs:
+        if ref.name == "file" and ref.source == "local" and not fs.exists(ref.path):
+            raise ConfigError(f"{ref.path}: file not found (benchmark {ref.benchmark_name}; a relative path "
+                              "is read from the directory siked runs in)")
     if cfg.siked.iterations and cfg.siked.engine.kind in ("openai", "file"):
         raise ConfigError("siked.engine.kind: students generate with a local engine (vllm or transformers)")

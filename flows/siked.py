@@ -30,6 +30,7 @@ from tasks.gpu import engine_devices, on_gpus, train_devices
 from tasks.jobs.pipeline import (
     CONTAMINATION,
     eval_only_steps,
+    eval_set_label,
     eval_targets,
     pipeline_steps,
     skipped_eval_sets,
@@ -43,9 +44,10 @@ from tasks.verify import verify
 def freeze_eval_sets(run: Run) -> None:
     """Every evaluation set the config names, frozen once and shared by every stage's evaluation."""
     for ref in skipped_eval_sets(run.cfg):
-        get_run_logger().warning("skipping %s: no data folder (SIKED_DATA_DIR) and skip_if_missing is set", ref.name)
-    for i, ref in enumerate(run.cfg.eval.benchmarks):
-        name = f"problems/eval-{ref.name}-{ref.split}"
+        get_run_logger().warning("skipping %s: %s missing and skip_if_missing is set", ref.benchmark_name,
+                                 ref.path if ref.name == "file" else "no data folder (SIKED_DATA_DIR)")
+    for ref in run.cfg.eval.benchmarks:
+        name = f"problems/eval-{eval_set_label(ref)}"
         if name in run.steps:
             step = run.steps[name]
             run.submit(freeze_problems, name, ref=ref, name=name.removeprefix("problems/"),

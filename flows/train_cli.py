@@ -8,7 +8,8 @@
 Besides config overrides it takes three keys of its own: `train_set=PATH` (the training rows),
 `iteration=N` (which iteration folder of the run to write, default 0) and `resume=false` (start over
 instead of continuing from the newest checkpoint). Without `train_set`, the rows are the DSS
-rationales when `train_data.name` is `dss_svamp`, else the run's iteration-0 distillation set.
+rationales when `train_data.name` is `dss_svamp` or `dss_cqa`, a file benchmark's `rationale` field when
+it names one, else the run's iteration-0 distillation set.
 
 Writes, in the run folder: `iter-NN/student/` (the merged student, its folder manifest written last;
 its path or URL is printed on stdout), `iter-NN/checkpoints/` (step checkpoints, metrics.jsonl,
@@ -61,22 +62,39 @@ def _read_train_set(path: str) -> Any:
 DSS_SETS = ("dss_svamp", "dss_cqa")  # the sets whose released PaLM rationales `siked train` reads
 
 
+def has_given_rationales(cfg: RunConfig) -> bool:
+    """Whether `train_data` brings rationales of its own: DSS's released ones, or a file's `rationale` field."""
+    ref = cfg.train_data
+    return ref.name in DSS_SETS or (ref.name == "file" and ref.rationale is not None)
+
+
 def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
-    """TRAIN_EXAMPLES rows from DSS's released PaLM rationales for `cfg.train_data`."""
-    from distill.benchmarks import load_benchmark, load_rationales
+    """TRAIN_EXAMPLES rows from the rationales `cfg.train_data` brings: DSS's released PaLM rationales,
+    or the `rationale` field of a file benchmark (the text before a final `####` line)."""
+    from distill.benchmarks import Rationale, load_rationales
     from distill.training.data import dss_rationale_rows
-    from storage.paths import data_dir
+    from tasks.jobs.benchmarks import load_problems
 
     ref = cfg.train_data
-    if ref.name not in DSS_SETS:
-        raise ConfigError(f"train_data.name is {ref.name!r}: PaLM rationales are read for dss_svamp and dss_cqa "
-                          "only (give train_set=PATH for other data)")
-    folder = data_dir(cfg.data_dir)
-    problems = load_benchmark(ref, folder).problems
-    rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, folder))
-    print(f"[siked train] {ref.name}/{ref.split}: {len(problems)} problems -> {len(rows)} rows "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none dropped'}; "
-          "no_rationale rows are dropped, palm_answer_differs rows are kept as in DSS)", file=sys.stderr)
+    if not has_given_rationales(cfg):
+        raise ConfigError(f"train_data is {ref.benchmark_name!r}: rationales are read for dss_svamp, dss_cqa "
+                          "and file benchmarks with a `rationale` field (give train_set=PATH for other data)")
+    problems = load_problems(ref, cfg.data_dir).problems
+    if ref.name == "file":
+        rationales = {p.id: Rationale(p.id, p.reference, p.reference.rpartition("####")[0].strip()
+                                      if "####" in p.reference else p.reference, None, p.source)
+                      for p in problems if p.reference}
+        rows, counts = dss_rationale_rows(problems, rationales, model=f"file:{ref.rationale}")
+        counts.pop("palm_answer_differs", None)  # a file's rationales state no separate answer to compare
+        note = f"rationales from field {ref.rationale!r}; records without one are dropped"
+    else:
+        from storage.paths import data_dir
+
+        rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, data_dir(cfg.data_dir)))
+        note = "no_rationale rows are dropped, palm_answer_differs rows are kept as in DSS"
+    print(f"[siked train] {ref.benchmark_name}/{ref.split}: {len(problems)} problems -> {len(rows)} rows "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none dropped'}; {note})",
+          file=sys.stderr)
     return rows
 
 
@@ -93,7 +111,7 @@ def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: i
         if fs.exists(manifest_url(path)):
             return rows, path
         return rows, {"path": path, "content_hash": fs.sha256_file(path)}
-    if cfg.train_data.name in DSS_SETS:
+    if has_given_rationales(cfg):
         rows = dss_rows(cfg)
         url = layout.train_set(iteration)
         recorded = [{k: v for k, v in row.items() if k != "label_text"} for row in rows]  # not a set column

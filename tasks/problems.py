@@ -6,13 +6,12 @@ text, from evaluation sets by text (other benchmarks have other ids), with the c
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 
-from distill.benchmarks import load_benchmark
 from distill.config import BenchmarkRef
 from distill.strategies.exemplars import is_exemplar
 from storage.artifacts import artifact_ref, is_complete, write_artifact
-from storage.paths import data_dir
+from tasks.jobs.benchmarks import load_problems
 
 
 @task(name="problems", task_run_name="problems-{name}", retries=0)
@@ -20,11 +19,15 @@ def freeze_problems(ref: BenchmarkRef, name: str, output: str, key: str, data_fo
     """Load `ref`, drop exemplar problems, write PROBLEMS rows to `output`. Returns the artifact ref."""
     if is_complete(output, kind="problems", config_hash=key):
         return artifact_ref(output)
-    folder = data_dir(data_folder) if ref.name != "arith" and ref.source == "local" else None
-    loaded = load_benchmark(ref, folder)
+    loaded = load_problems(ref, data_folder)
+    if loaded.exclusions and ref.name == "file":
+        shown = "\n".join(f"  {e.detail}" for e in loaded.exclusions[:10])
+        more = f"\n  ... and {len(loaded.exclusions) - 10} more" if len(loaded.exclusions) > 10 else ""
+        get_run_logger().warning("%s: %d records excluded (%s):\n%s%s", ref.path or ref.repo,
+                                 len(loaded.exclusions), loaded.excluded_reasons(), shown, more)
     kept = [p for p in loaded.problems if not is_exemplar(p.id, p.question)]
     if not kept:
-        raise ValueError(f"benchmark {ref.name}/{ref.split} gave no problems after removing exemplars")
+        raise ValueError(f"benchmark {ref.benchmark_name}/{ref.split} gave no problems after removing exemplars")
     write_artifact(output, [p.to_row() for p in kept], "problems", config_hash=key)
     ref_out = artifact_ref(output)
     ref_out["excluded_exemplars"] = len(loaded.problems) - len(kept)

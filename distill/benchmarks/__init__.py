@@ -12,9 +12,11 @@ benchmark has a module of its own here; `hub` loads the same benchmarks through 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from distill.benchmarks import arith, asdiv, dss, gsm8k, hub, multiarith, svamp
+from distill.benchmarks import arith, asdiv, dss, file, gsm8k, hub, multiarith, svamp
 from distill.benchmarks.dss import Rationale, load_rationales
 from distill.benchmarks.records import BenchmarkError, Exclusion, LoadedBenchmark, Problem
 from distill.config import BenchmarkRef
@@ -50,15 +52,26 @@ def select_subset(problems: list[Problem], limit: int | None, seed: int) -> list
     return ordered[:limit]
 
 
+RecordReader = Callable[[str], Iterable[tuple[str, Any]]]
+"""A data file's `(where, record)` pairs (`storage.record_files.read_records`)."""
+
+
 def load_benchmark(ref: BenchmarkRef, data_dir: Path | str | None,
-                   hub_mirror: Path | str | None = None) -> LoadedBenchmark:
+                   hub_mirror: Path | str | None = None, read_records: RecordReader | None = None) -> LoadedBenchmark:
     """Problems and exclusions of `ref.name`/`ref.split`, subset by `ref.limit` (exclusions in full).
 
     `ref.source`: `local` reads the original files under `data_dir`; `hub` loads through `datasets`
     (from `hub_mirror` when given, see `distill.benchmarks.hub`). `arith` is generated from
     `ref.difficulty`, `ref.size` and `ref.seed` and needs neither. Raises BenchmarkError naming the
     file and line or record of any problem.
+
+    `name: file` reads `ref.path` through `read_records` (files are storage's business; callers
+    pass `storage.record_files.read_records`, as `tasks.jobs.benchmarks.load_problems` does), or the
+    Hub dataset `ref.repo`.
     """
+    if ref.name == "file":
+        loaded = _load_file(ref, hub_mirror, read_records)
+        return loaded._replace(problems=select_subset(loaded.problems, ref.limit, ref.seed))
     splits = BENCHMARK_SPLITS.get(ref.name)
     if splits is None:
         raise BenchmarkError(f"unknown benchmark {ref.name!r}; known: {', '.join(BENCHMARK_SPLITS)}")
@@ -75,3 +88,19 @@ def load_benchmark(ref: BenchmarkRef, data_dir: Path | str | None,
     else:
         loaded = _LOCAL[ref.name](Path(data_dir), ref.split)
     return loaded._replace(problems=select_subset(loaded.problems, ref.limit, ref.seed))
+
+
+def _load_file(ref: BenchmarkRef, hub_mirror: Path | str | None, read_records: RecordReader | None) -> LoadedBenchmark:
+    if ref.source == "hub":
+        rows = hub.dataset_rows(ref.repo, ref.config, ref.split, Path(hub_mirror) if hub_mirror else None)
+        source = f"hf:{ref.repo}" + (f"/{ref.config}" if ref.config else "") + f":{ref.split}"
+        return file.parse_records(((f"{source}: row {i}", row) for i, row in enumerate(rows)), ref, source)
+    if read_records is None:
+        raise BenchmarkError(f"{ref.path}: a file benchmark is read through a record reader "
+                             "(storage.record_files.read_records); none was given")
+    try:
+        return file.parse_records(read_records(ref.path), ref, ref.path)
+    except (OSError, ValueError) as exc:  # storage's RecordFileError, an unreachable URL
+        if isinstance(exc, BenchmarkError):
+            raise
+        raise BenchmarkError(str(exc) if ref.path in str(exc) else f"{ref.path}: {exc}") from exc

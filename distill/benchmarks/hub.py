@@ -12,6 +12,9 @@ keeps what they are made of: GSM8K rows are in file order (`gsm8k/train/0` is ro
 `ID`. ASDiv and MultiArith rows have no id of their own, so theirs name the Hub split and row:
 `asdiv/test/validation-0`, `multiarith/test/train-17`. The dss_* sets are not on the Hub.
 
+`name: file` benchmarks with `source: hub` read any dataset through `dataset_rows`, with the field
+mapping of `distill.benchmarks.file`.
+
 `mirror`: a folder holding local copies of the Hub repositories at `<mirror>/<owner>/<name>` (as
 `huggingface-cli download --repo-type dataset openai/gsm8k --local-dir <mirror>/openai/gsm8k` leaves
 them), for machines that cannot reach the Hub; `datasets.load_dataset` reads them the same way.
@@ -47,18 +50,19 @@ HUB = {
 }
 
 
-def _rows(spec: HubDataset, hub_split: str, mirror: Path | None) -> Any:
+def dataset_rows(repo: str, config: str | None, hub_split: str, mirror: Path | None) -> Any:
+    """The rows of one split of a Hub dataset (or of its copy under `mirror`), as `datasets` loads them."""
     try:
         import datasets
     except ImportError:
         raise BenchmarkError("source=hub needs the `datasets` package (pip install '.[hub]')") from None
-    path = spec.repo if mirror is None else str(Path(mirror) / spec.repo)
+    path = repo if mirror is None else str(Path(mirror) / repo)
     where = "the Hugging Face Hub" if mirror is None else path
     try:
-        return datasets.load_dataset(path, spec.config, split=hub_split)
+        return datasets.load_dataset(path, config, split=hub_split)
     except Exception as exc:  # datasets raises many kinds (connection, offline mode, missing files)
         kind = HubUnreachable if isinstance(exc, ConnectionError) and mirror is None else BenchmarkError
-        raise kind(f"could not load {spec.repo} (split {hub_split}) from {where}: "
+        raise kind(f"could not load {repo} (split {hub_split}) from {where}: "
                    f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -88,7 +92,7 @@ def load(benchmark: str, split: str, mirror: Path | None = None) -> LoadedBenchm
     for hub_split in spec.splits[split]:
         source = f"hf:{spec.repo}" + (f"/{spec.config}" if spec.config else "") + f":{hub_split}"
         sources.append(source)
-        rows = _rows(spec, hub_split, mirror)
+        rows = dataset_rows(spec.repo, spec.config, hub_split, mirror)
         items += [_parse(benchmark, split, hub_split, i, row, source) for i, row in enumerate(rows)]
     loaded = collect(items, " + ".join(sources))
     ids = [p.id for p in loaded.problems] + [e.id for e in loaded.exclusions]

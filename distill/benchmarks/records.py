@@ -46,12 +46,15 @@ class Problem:
 
 @dataclass(frozen=True)
 class Exclusion:
-    """A problem left out on purpose (its gold answer is not a single number), with the reason."""
+    """A problem left out on purpose (its gold answer is not a single number, a record of a user's
+    file that cannot be used), with the reason."""
 
     id: str
     reason: str
-    """A short key: `multiple_values`, `ratio`, `time_of_day`, `not_a_number`, ..."""
+    """A short key: `multiple_values`, `ratio`, `time_of_day`, `not_a_number`, `missing_field`, ..."""
     answer_text: str
+    detail: str = ""
+    """Where and what, for records of a user's file: `data.jsonl: line 7: no answer field 'gold'`."""
 
 
 class LoadedBenchmark(NamedTuple):

@@ -25,13 +25,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from distill.config import BenchmarkRef, RunConfig
+from distill.config import FILE_BENCHMARK_KEYS, BenchmarkRef, RunConfig
 from distill.mixing import alpha_for_iteration
 from distill.student_format import LABEL_PARSER_VERSION
 from storage import fs
 from storage.artifacts import incomplete_reason, read_manifest
-from storage.paths import DataDirMissing, RunLayout, data_dir, join
+from storage.paths import RunLayout, join
 from storage.step_store import read_step_info, step_dir
+from tasks.jobs.benchmarks import content_key, data_available
 
 KINDS = ("problems", "contamination", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report")
 # Bump when a change to the code must invalidate finished steps (the package version is part of the
@@ -137,17 +138,7 @@ class _Builder:
 
 
 def eval_set_label(ref: BenchmarkRef) -> str:
-    return f"{ref.name}-{ref.split}"
-
-
-def data_available(ref: BenchmarkRef, configured: str | None) -> bool:
-    if ref.name == "arith" or ref.source == "hub":
-        return True
-    try:
-        data_dir(configured)
-    except DataDirMissing:
-        return False
-    return True
+    return f"{ref.benchmark_name}-{ref.split}"
 
 
 def skipped_eval_sets(cfg: RunConfig) -> list[BenchmarkRef]:
@@ -157,8 +148,11 @@ def skipped_eval_sets(cfg: RunConfig) -> list[BenchmarkRef]:
 
 def _benchmark(ref: BenchmarkRef) -> dict[str, Any]:
     """What a problems step reads of a benchmark reference: not its place in a list, nor whether a
-    missing data folder would skip it, so the same set frozen anywhere is one step."""
-    return {"benchmark": ref.model_dump(mode="json", exclude={"skip_if_missing"})}
+    missing data folder would skip it, so the same set frozen anywhere is one step. A file
+    benchmark's key holds its file's content hash; the keys only file benchmarks use are left out
+    of the others' (which then kept their keys when those keys were added)."""
+    unused = {key for key in FILE_BENCHMARK_KEYS if getattr(ref, key) is None}
+    return {"benchmark": ref.model_dump(mode="json", exclude={"skip_if_missing"} | unused), **content_key(ref)}
 
 
 def _problems(b: _Builder, cfg: RunConfig) -> list[str]:
