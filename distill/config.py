@@ -163,6 +163,11 @@ class EngineConfig(Section):
     enforce_eager: bool | None = None
     """vLLM: None runs eagerly on CPU builds (compiling there costs minutes at every start and its
     cache does not reload) and compiled on GPUs."""
+    in_process: bool | None = None
+    """vLLM: run the engine core in the step's own process rather than in a process of its own.
+    None: in-process on CPU builds (a process of its own costs about 23 s more to start and 4 s more
+    to stop on 2 cores, for the same tokens/s: BENCHMARKS.md, "Start-up"), its own process on GPUs
+    (where it schedules while the GPU computes). `deterministic` always runs in-process."""
     vllm_args: dict[str, Any] = Field(default_factory=dict)
     """Extra `vllm.LLM` keyword arguments, passed through untouched."""
     base_url: str | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from distill import timings
 from flows.report import write_report
 from storage.fs import write_bytes, write_json
 from storage.paths import ExperimentLayout, RunLayout, join
@@ -80,7 +81,8 @@ def publish_run_report(layout: RunLayout, step: Step) -> str:
     key_file = join(step.folder, REPORT_KEY_FILE)
     if incomplete(step) is None:
         return layout.report()
-    path, markdown = write_report(layout)
+    with timings.span("report"):
+        path, markdown = write_report(layout)
     write_bytes(key_file, step.key.encode())
     create_markdown_artifact(markdown, key=_key(layout.run_id, "report"), description=f"SIKeD run {layout.run_id}")
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from distill import timings
 from distill.config import VerifyConfig
 from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
 
@@ -20,7 +21,8 @@ def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: Veri
     problems = read_artifact(problems_url, "problems", columns=["id", "question", "answer", "answer_text"]).to_pylist()
     gold, choices = gold_answers(problems)
     samples = read_artifact(samples_url, "samples").to_pylist()
-    rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol,
-                          choices=choices)
+    with timings.span("verify", iteration=iteration):
+        rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol,
+                              choices=choices)
     write_artifact(output, rows, "verified", config_hash=key, parents=[samples_url, problems_url])
     return artifact_ref(output)

@@ -23,6 +23,9 @@ def pytest_configure(config):
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # No spare child processes between tests (their environments differ, so spares would be started
+    # and thrown away); tests/test_engines_child.py turns warm start on where it tests it.
+    os.environ.setdefault("SIKED_WARM_START", "0")
     # Quieter Prefect; also keeps its shutdown message off the closed capture stream at exit.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     session_home = Path(base) / "siked-home"

@@ -64,6 +64,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
 def _parent_running_a_child(tmp_path, **popen) -> tuple[subprocess.Popen, int, int]:
     """A parent process whose `run_in_child` child started a worker of its own: (parent, child pid,
     worker pid), once the child has reported both."""
@@ -94,8 +112,14 @@ def _wait_until_gone(pids: tuple[int, ...], seconds: float = 30) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
-def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
-    parent, child, worker = _parent_running_a_child(tmp_path, stderr=subprocess.PIPE)
+@pytest.mark.parametrize("warm", ["0", "1"])
+def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path, warm):
+    """With warm start, the spare started beside the child goes too (multiprocessing's exit hook
+    joins every child: a spare left waiting for a job once hung the parent here)."""
+    parent, child, worker = _parent_running_a_child(tmp_path, stderr=subprocess.PIPE,
+                                                    env={**os.environ, "SIKED_WARM_START": warm})
+    everything = tuple(_descendants(parent.pid))
+    assert len(everything) >= (3 if warm == "1" else 2)  # child, worker, [spare,] resource tracker
     try:
         parent.send_signal(signal.SIGINT)
         parent.wait(timeout=180)  # a loaded machine is slow to unwind; the grace period is 10 s
@@ -105,16 +129,18 @@ def test_interrupting_the_parent_ends_the_child_and_its_processes(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         raise
     assert b"KeyboardInterrupt" in parent.stderr.read()
-    assert not _wait_until_gone((child, worker))
+    assert not _wait_until_gone((child, worker, *everything))
 
 
-def test_killing_the_parent_outright_ends_the_child_and_its_processes(tmp_path):
-    """SIGKILL leaves the parent no chance to clean up: the child learns of it by its parent-death
-    signal and must take its own processes (vLLM's engine and workers) down with it."""
-    parent, child, worker = _parent_running_a_child(tmp_path)
+@pytest.mark.parametrize("warm", ["0", "1"])
+def test_killing_the_parent_outright_ends_the_child_and_its_processes(tmp_path, warm):
+    """SIGKILL leaves the parent no chance to clean up: the child (and the spare) learn of it by
+    their parent-death signal and must take their own processes (vLLM's engine and workers) down."""
+    parent, child, worker = _parent_running_a_child(tmp_path, env={**os.environ, "SIKED_WARM_START": warm})
+    everything = tuple(_descendants(parent.pid))
     parent.kill()
     parent.wait()
-    survivors = _wait_until_gone((child, worker))
+    survivors = _wait_until_gone((child, worker, *everything))
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors
@@ -127,3 +153,45 @@ def sleep_with_a_worker(pids_file: str) -> None:
     Path(tmp).write_text(f"{os.getpid()} {worker.pid}")
     os.replace(tmp, pids_file)
     time.sleep(600)
+
+
+def _spans(path: Path, name: str) -> list[dict]:
+    import json
+
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["span"] == name]
+
+
+def test_with_warm_start_the_next_step_runs_in_a_process_started_beforehand(tmp_path, monkeypatch):
+    from distill.engines import child as child_module
+
+    monkeypatch.setenv("SIKED_WARM_START", "1")
+    monkeypatch.setenv("SIKED_TIMINGS", str(tmp_path / "timings.jsonl"))
+    monkeypatch.setattr(child_module, "PRELOAD", ("json",))  # the mechanism, without torch's import time
+    try:
+        first = run_in_child(add, 1, 2)
+        spare = child_module._spare.process.pid
+        second = run_in_child(add, 3, 4)
+        third_spare = child_module._spare.process.pid
+    finally:
+        child_module.discard_spare()
+    assert (first["sum"], second["sum"]) == (3, 7)
+    assert second["pid"] == spare != first["pid"]  # one job per process, the second one already there
+    assert [s["warm"] for s in _spans(tmp_path / "timings.jsonl", "child_start_wait")] == [False, True]
+    assert len(_spans(tmp_path / "timings.jsonl", "child_preload")) >= 1
+    assert not _wait_until_gone((spare, third_spare))  # a finished job's process exits; discard ends the spare
+
+
+def test_a_spare_started_under_another_environment_is_not_used(tmp_path, monkeypatch):
+    from distill.engines import child as child_module
+
+    monkeypatch.setenv("SIKED_WARM_START", "1")
+    monkeypatch.setattr(child_module, "PRELOAD", ("json",))
+    try:
+        run_in_child(add, 1, 2)
+        spare = child_module._spare.process.pid
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # as a step placed on another device sets it
+        result = run_in_child(add, 3, 4)
+    finally:
+        child_module.discard_spare()
+    assert result["pid"] != spare
+    assert not _wait_until_gone((spare,))

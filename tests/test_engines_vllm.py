@@ -74,7 +74,19 @@ def vllm_session(model_path: str, adapter: str, prompts: list[str]) -> dict:
             "greedy": engine.generate(requests, GREEDY),
             "greedy_again": engine.generate(requests, GREEDY),
             "greedy_lora": engine.generate(requests, GREEDY, lora_path=adapter),
+            "engine_core": type(engine._llm.llm_engine.engine_core).__name__,
         }
+    finally:
+        engine.close()
+
+
+def greedy_with_the_engine_core_in_its_own_process(model_path: str, prompts: list[str]) -> dict:
+    engine = make_engine(EngineConfig(kind="vllm", dtype="bfloat16", max_model_len=1024, in_process=False),
+                         model_path)
+    try:
+        requests = [GenerationRequest(key=f"q{i}|cot", prompt=p) for i, p in enumerate(prompts)]
+        return {"greedy": engine.generate(requests, GREEDY),
+                "engine_core": type(engine._llm.llm_engine.engine_core).__name__}
     finally:
         engine.close()
 
@@ -107,6 +119,12 @@ def test_vllm_engine_batches_streams_and_serves_lora(builtin_model_path, tmp_pat
     greedy = {name: [a[0].text for a in result[name]] for name in ("greedy", "greedy_again", "greedy_lora")}
     assert greedy["greedy"] == greedy["greedy_again"]
     assert greedy["greedy_lora"] != greedy["greedy"]
+    # On a CPU build the engine core runs in the step's process (engine.in_process); in a process of
+    # its own, as vLLM's default, it answers the same.
+    assert result["engine_core"] == "InprocClient"
+    separate = run_in_child(greedy_with_the_engine_core_in_its_own_process, str(builtin_model_path), prompts)
+    assert separate["engine_core"] == "SyncMPClient"
+    assert [a[0].text for a in separate["greedy"]] == greedy["greedy"]
 
 
 # --------------------------------------------------------------------------- openai engine

@@ -11,18 +11,34 @@ pickled), chained to the child's traceback. If the parent is interrupted (Ctrl-C
 into an exception, an error), the whole group, vLLM's engine and workers included, is terminated,
 then killed; on Linux the group also ends if the parent is killed outright (the child gets a
 parent-death SIGTERM and passes it to its group).
+
+Warm start (`SIKED_WARM_START`, on by default): when a step takes its child, the next one is
+spawned at once and imports the heavy libraries (`PRELOAD`: torch, transformers, peft, vLLM) while
+this step works, then waits for its job; the next step finds a process ready instead of paying
+process start and imports on its own time. Each child still runs exactly one job and exits, so its
+memory is returned, a killed child costs only the step it ran, and a step never sees another's
+state. A spare started under another environment than the step's (CUDA_VISIBLE_DEVICES, ...) is
+discarded, not used. `SIKED_WARM_START=0` starts every child cold, as before; BENCHMARKS.md,
+"Start-up", measures both.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib
+import importlib.util
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from distill import timings
 
 _GRACE_S = 10.0
 
@@ -44,27 +60,107 @@ class RemoteTraceback(Exception):
 
 def run_in_child(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` in a spawned child; its result, or its exception raised here."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    # Not a daemon: vLLM starts processes of its own, which daemons may not.
-    child = context.Process(target=_child_main, args=(sender, fn, args, kwargs),
-                            name=f"siked-child:{getattr(fn, '__name__', 'fn')}")
-    child.start()
-    sender.close()
+    child = _take_spare() or _Child.start(preload=())
+    dispatched = time.time()
+    child.jobs.send((fn, args, kwargs, dispatched))
+    child.jobs.close()
+    if warm_start_enabled():
+        _refill()  # the next step's process starts now: its imports overlap this step's work
     try:
-        answer = _wait_for_answer(receiver, child)
-        child.join()
+        answer = _wait_for_answer(child.answers, child.process)
+        child.process.join()
     except BaseException:
-        _end_group(child)
+        _end_group(child.process)
         raise
     finally:
-        receiver.close()
+        child.answers.close()
+        timings.record("child", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"), warm=child.warm)
     kind, payload, text = answer
     if kind == "ok":
         return payload
     if payload is not None:
         raise payload from RemoteTraceback(text)
     raise ChildProcessDied(f"the child raised an error that could not be sent back:{RemoteTraceback(text)}")
+
+
+# --------------------------------------------------------------------------- warm start
+
+WARM_START_ENV = "SIKED_WARM_START"
+# What a spare imports while it waits: the libraries every generation, evaluation and training
+# step imports first (about 15 s on a 2-core machine, vLLM's LLM class most of it).
+PRELOAD = ("torch", "transformers", "peft", "vllm.entrypoints.llm")
+
+
+def warm_start_enabled() -> bool:
+    """Whether a spare child is kept ready (`SIKED_WARM_START`, on unless `0`, `false` or `no`)."""
+    return os.environ.get(WARM_START_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class _Child:
+    """A spawned process waiting for one job on `jobs`, answering on `answers`."""
+
+    def __init__(self, process, jobs, answers, environment: dict[str, str], warm: bool):
+        self.process, self.jobs, self.answers = process, jobs, answers
+        self.environment, self.warm = environment, warm
+
+    @classmethod
+    def start(cls, preload: tuple[str, ...]) -> _Child:
+        context = multiprocessing.get_context("spawn")
+        job_reader, job_writer = context.Pipe(duplex=False)
+        answer_reader, answer_writer = context.Pipe(duplex=False)
+        # Not a daemon: vLLM starts processes of its own, which daemons may not.
+        process = context.Process(target=_child_main, args=(job_reader, answer_writer, preload, time.time()),
+                                  name="siked-child" + (":spare" if preload else ""))
+        process.start()
+        job_reader.close()
+        answer_writer.close()
+        return cls(process, job_writer, answer_reader, dict(os.environ), warm=bool(preload))
+
+    def discard(self) -> None:
+        self.jobs.close()  # the child sees the end of its job pipe and exits
+        self.answers.close()
+        _end_group(self.process)
+
+
+_spare: _Child | None = None
+_spare_lock = threading.Lock()
+_exit_hook = False
+
+
+def _take_spare() -> _Child | None:
+    """The waiting spare, if it is alive and was started with this very environment (steps set
+    CUDA_VISIBLE_DEVICES and the like, which libraries read when they load); else None."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is None:
+        return None
+    if spare.process.is_alive() and spare.environment == dict(os.environ):
+        return spare
+    spare.discard()
+    return None
+
+
+def _refill() -> None:
+    global _spare, _exit_hook
+    with _spare_lock:
+        if _spare is None:
+            _spare = _Child.start(PRELOAD)
+        if not _exit_hook:
+            # Registered after multiprocessing's own exit hook (imported with the first process it
+            # started), so that it runs first: that hook joins every child, and a spare waits forever.
+            atexit.register(discard_spare)
+            _exit_hook = True
+
+
+def discard_spare() -> None:
+    """End the waiting spare (at exit, or when no step will follow)."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None:
+        spare.discard()
+
 
 
 def _wait_for_answer(receiver, child) -> tuple[str, Any, str]:
@@ -80,9 +176,29 @@ def _wait_for_answer(receiver, child) -> tuple[str, Any, str]:
                                "while sending its answer") from None
 
 
-def _child_main(sender, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _child_main(jobs, sender, preload: tuple[str, ...], spawned: float) -> None:
     os.setpgid(0, 0)  # a group of our own: the parent ends vLLM's processes with us
     _die_with_parent()
+    # From the parent's start() to here: process start, interpreter, the parent's main module.
+    timings.record("child_boot", spawned, time.time())
+    if preload:
+        with timings.span("child_preload"):
+            for module in preload:
+                if importlib.util.find_spec(module.split(".")[0]) is not None:
+                    importlib.import_module(module)
+    try:
+        fn, args, kwargs, dispatched = jobs.recv()
+    except EOFError:  # discarded: the parent closed the job pipe
+        return
+    except BaseException as exc:  # noqa: BLE001 - the job could not be unpickled (its module failed to import)
+        sender.send(("error", None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        sender.close()
+        return
+    finally:
+        jobs.close()
+    # The step's wait for its process: none for a spare that was ready, all of its start for a cold one.
+    timings.record("child_start_wait", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"),
+                   warm=bool(preload))
     try:
         answer: tuple[str, Any, str] = ("ok", fn(*args, **kwargs), "")
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent

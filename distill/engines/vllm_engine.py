@@ -7,8 +7,12 @@ also returns all of vLLM's memory when the step ends.
 Seeding: the engine is seeded once (`LLM(seed=cfg.seed)`); requests carry no seed of their own,
 because vLLM on CPU dies on a per-request seed ("CPU Generator does not use offset"). The random
 numbers a request gets then depend on the batches it was sampled in: with vLLM's engine core in a
-process of its own (the default), requests reach it while it is already stepping, so under load
-the batches, and the samples, can differ between two runs with the same seed. An engine built from
+process of its own (the default on GPUs; `engine.in_process`), requests reach it while it is already
+stepping, so under load the batches, and the samples, can differ between two runs with the same seed.
+
+Where the engine core runs (`engine.in_process`): on CPU builds, in the step's process by default,
+which starts and stops the engine about 27 s sooner on 2 cores (no second process importing vLLM
+and torch again) for the same tokens/s (BENCHMARKS.md, "Start-up"); on GPUs in vLLM's own process. An engine built from
 `reseedable(cfg)` offers `reseed(seed)`, which reseeds the sampler in vLLM's worker between
 batches (replicated generation reseeds it before each shard), and runs the engine core in-process
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, unless set): every request of a call is queued before the
@@ -28,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distill import timings
 from distill.config import EngineConfig, SamplingConfig
 from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
 
@@ -103,6 +108,16 @@ def bind_all_cpus(cfg: EngineConfig) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[0]) if cfg.deterministic else ",".join(str(c) for c in cpus)
 
 
+def engine_in_process(cfg: EngineConfig) -> bool:
+    """`cfg.in_process`, with None resolved: in-process on CPU builds, a process of its own on GPUs
+    (where None leaves it to vLLM, a VLLM_ENABLE_V1_MULTIPROCESSING in the environment winning)."""
+    if cfg.in_process is not None:
+        return cfg.in_process
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def batch_invariant_on_gpus(cfg: EngineConfig) -> None:
     """`deterministic` on CUDA: vLLM's batch-invariant kernels, so a request's logits do not depend
     on what else is in its batch (set before the engine starts; one already set wins)."""
@@ -117,7 +132,8 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig, model_path: str):
-        import vllm
+        with timings.span("engine_import", engine="vllm"):
+            import vllm
 
         kwargs = llm_kwargs(cfg, model_path)
         bind_all_cpus(cfg)
@@ -125,12 +141,17 @@ class VllmEngine:
         if kwargs.get("worker_extension_cls") == RESEED_EXTENSION:
             # Reseeding only repeats samples if the batches repeat (module docstring).
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        elif cfg.in_process is not None:  # said in the config: it wins over the environment
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
+        elif engine_in_process(cfg):
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.version = vllm.__version__
         self.model = model_path
         self.seed = cfg.seed
         self._lora_enabled = cfg.enable_lora
         self._lora_ids: dict[tuple[str, tuple], int] = {}
-        self._llm = vllm.LLM(**kwargs)
+        with timings.span("engine_start", engine="vllm", model=model_path):
+            self._llm = vllm.LLM(**kwargs)
 
     # ------------------------------------------------------------------ generation
 
@@ -216,11 +237,12 @@ class VllmEngine:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is None:
             return
-        core = getattr(llm.llm_engine, "engine_core", None)
-        if core is not None:
-            core.shutdown()
-        del llm
-        gc.collect()
+        with timings.span("engine_close", engine="vllm"):
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None:
+                core.shutdown()
+            del llm
+            gc.collect()
 
 
 def _completions(output) -> list[Completion]:

@@ -1,14 +1,15 @@
 """Run the training loop in child processes: one spawned child, or `torchrun` with N processes.
 
     result = launch_training(cfg.train, rows, model_path, output_dir, checkpoint_dir)
-    python -m distill.training.launch JOB_FOLDER      # what each child runs
+    python -m distill.training.launch JOB_FOLDER      # what each torchrun process runs
 
 The parent writes a job folder (`<checkpoint_dir>/job/`: `job.json` with the train config, the
 model and the folders, and `rows.jsonl` with the training rows), starts the children and waits:
 
-- `train.nproc == 1`: one child, `python -m distill.training.launch JOB_FOLDER`: a fresh interpreter
-  (as multiprocessing's `spawn` gives, without re-importing the caller's `__main__`), so the
-  parent's CUDA or thread state never leaks in and the model's memory is returned when it exits;
+- `train.nproc == 1`: one spawned child (`distill.engines.child.run_in_child`, as generation runs),
+  so the parent's CUDA or thread state never leaks in and the model's memory is returned when it
+  exits; with warm start it is a process that imported torch and transformers while the previous
+  step worked;
 - `train.nproc == N > 1`: `python -m torch.distributed.run --standalone --nproc_per_node N -m
   distill.training.launch JOB_FOLDER`, DDP or FSDP by `train.distributed`, NCCL on GPUs and gloo on
   CPUs (how the two-process test runs).
@@ -20,16 +21,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill import timings
 from distill.training.loop import LoopOptions, TrainResult
 
 if TYPE_CHECKING:
     from distill.config import TrainConfig
+
+
+_STARTED = "SIKED_TRAIN_STARTED_AT"  # when the parent started the training process (time.time())
 
 
 class TrainingFailed(RuntimeError):
@@ -76,13 +83,13 @@ def run_job(job: str | Path) -> TrainResult:
     from distill.training.loop import train_student
 
     job = Path(job)
+    if os.environ.get(_STARTED):  # from the parent's start of this process to here
+        timings.record("train_boot", float(os.environ[_STARTED]), time.time())
     spec = json.loads((job / "job.json").read_text(encoding="utf-8"))
     lines = (job / "rows.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines if line]
     result = train_student(TrainConfig.model_validate(spec["train"]), rows, spec["model_path"],
                            spec["output_dir"], spec["checkpoint_dir"], LoopOptions(**spec["options"]))
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         summary = asdict(result)
         summary.pop("metrics")
@@ -100,11 +107,18 @@ def launch_training(train: TrainConfig, rows: Any, model_path: str, output_dir: 
     if train.nproc > 1 and train.distributed == "none":
         raise ValueError(f"train.nproc is {train.nproc} but train.distributed is 'none': choose ddp or fsdp")
     job = write_job(train, rows, model_path, output_dir, checkpoint_dir, options)
-    command = [sys.executable, "-m", "distill.training.launch", str(job)]
-    if train.nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                   "--nproc_per_node", str(train.nproc), "-m", "distill.training.launch", str(job)]
-    code = subprocess.run(command, check=False).returncode
+    if train.nproc == 1:
+        from distill.engines.child import ChildProcessDied, run_in_child
+
+        try:
+            run_in_child(run_job, str(job))
+        except ChildProcessDied as exc:
+            raise TrainingFailed(f"the training process died ({exc}); job folder {job}") from exc
+        return read_result(job, Path(checkpoint_dir))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+               "--nproc_per_node", str(train.nproc), "-m", "distill.training.launch", str(job)]
+    with timings.span("train_child", nproc=train.nproc):
+        code = subprocess.run(command, check=False, env={**os.environ, _STARTED: repr(time.time())}).returncode
     if code != 0:
         raise TrainingFailed(f"training exited with code {code} (see the messages above); "
                              f"job folder {job}")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill import timings
 from distill.answers import answers_match, numbers
 from distill.training import checkpoint as ckpt
 from distill.training.data import (
@@ -258,6 +259,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     eval_every = cfg.eval_every or plan.steps_per_epoch
     wrapped.train()
     done = start_step
+    loop_started = time.time()
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         # total, label, rationale, mi, tokens, and (dss_mi) the lowest value the MI term could reach
@@ -329,6 +331,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
             metrics.close()
             return TrainResult(None, None, best, done, metrics.rows, report)
 
+    timings.record("train_loop", loop_started, time.time(), steps=done - start_step, rank=dist_.rank)
     metrics.close()
     source = checkpoint_dir / "best" if best is not None else ckpt.latest_checkpoint(checkpoint_dir)
     if best is not None and ckpt.load_state(source)["step"] != best["step"]:

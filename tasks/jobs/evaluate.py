@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from distill import timings
 from distill.config import EngineConfig, SamplingConfig, SelfConsistencyConfig, VerifyConfig
 from storage.artifacts import is_complete
 from storage.fs import exists, write_json
@@ -66,7 +67,7 @@ def evaluate_into(job: EvalJob) -> None:
         overlaps = read_artifact(job.exclude_url, "overlaps", columns=["benchmark", "question_id"]).to_pylist()
         excluded = {(o["benchmark"], o["question_id"]) for o in overlaps}
     try:
-        with SandboxPool(limits, job.verify.workers) as pool:
+        with SandboxPool(limits, job.verify.workers) as pool, timings.span("evaluate", stage=job.label):
             for benchmark, problems_url, mode, output in pending:
                 problems = [p for p in read_artifact(problems_url, "problems").to_pylist()
                             if (benchmark, p["id"]) not in excluded]

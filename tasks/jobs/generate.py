@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from distill import timings
 from distill.config import EngineConfig, SamplingConfig
 from storage.artifacts import read_manifest
 from storage.shards import ShardedArtifact
@@ -110,11 +111,12 @@ def generate_into(job: GenerationJob) -> dict:
         prepared = prepare_job(job, engine)
         shards = prepared.shards
         done = out.completed_shards()
-        if repeatable:
-            stats = generate_shard_by_shard(engine, prepared, out, set(done), job.lora_path)
-        else:
-            stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard,
-                                   skip=done, lora_path=job.lora_path, tag_of=prepared.tag_of)
+        with timings.span("generate", source=job.source, iteration=job.iteration):
+            if repeatable:
+                stats = generate_shard_by_shard(engine, prepared, out, set(done), job.lora_path)
+            else:
+                stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard,
+                                       skip=done, lora_path=job.lora_path, tag_of=prepared.tag_of)
     finally:
         engine.close()
     out.finalize(len(shards))

@@ -48,7 +48,7 @@ STEP_CODE_VERSIONS["evaluate"] = "2"  # answer parser 2; forced, sampled and str
 # timeout or a KV-cache share never recomputes finished work.
 EXECUTION_ONLY = {
     "engine": ("gpu_memory_utilization", "concurrency", "max_retries", "request_timeout_s", "api_key_env",
-               "ray_address"),
+               "ray_address", "in_process"),
     "train": ("tensorboard", "checkpoint_every"),
 }
 VERIFY_FIELDS = ("verify.timeout_s", "verify.cpu_seconds", "verify.memory_mb", "verify.max_output_kb",
