@@ -184,8 +184,11 @@ def _child_main(jobs, sender, preload: tuple[str, ...], spawned: float) -> None:
     if preload:
         with timings.span("child_preload"):
             for module in preload:
-                if importlib.util.find_spec(module.split(".")[0]) is not None:
-                    importlib.import_module(module)
+                try:
+                    if importlib.util.find_spec(module.split(".")[0]) is not None:
+                        importlib.import_module(module)
+                except Exception:  # noqa: BLE001 - the step imports it again and reports what is wrong
+                    break
     try:
         fn, args, kwargs, dispatched = jobs.recv()
     except EOFError:  # discarded: the parent closed the job pipe
