@@ -50,11 +50,14 @@ ORDER = ("process start & imports", "engine start & stop", "generation", "evalua
 
 
 def breakdown(spans: list[dict], wall: float) -> dict[str, float]:
-    """Seconds per category (see the module docstring) from one run's spans."""
+    """Seconds per category (see the module docstring) from one run's spans. Child processes that
+    trained (fn `run_job`) are training, not a generation or evaluation step's set-up."""
     total: dict[str, float] = defaultdict(float)
+    training: dict[str, float] = defaultdict(float)
     for s in spans:
         total[s["span"]] += s["seconds"]
-    job_children = total["child"] - total["train_in_child"]  # generation and evaluation processes
+        if s.get("fn") == "run_job":
+            training[s["span"]] += s["seconds"]
     parts = {
         "process start & imports": total["child_start_wait"] + total["engine_import"],
         "engine start & stop": total["engine_start"] + total["engine_close"],
@@ -62,26 +65,14 @@ def breakdown(spans: list[dict], wall: float) -> dict[str, float]:
         "evaluation": total["evaluate"],
         "training compute": total["train_loop"],
         "verification": total["verify"],
+        "training setup & save": training["child"] - training["child_start_wait"] - total["train_loop"],
     }
-    parts["training setup & save"] = total["train_in_child"] - total["train_start_wait"] - total["train_loop"]
-    parts["step set-up in children"] = (job_children - (total["child_start_wait"] - total["train_start_wait"])
+    parts["step set-up in children"] = (total["child"] - training["child"]
+                                        - (total["child_start_wait"] - training["child_start_wait"])
                                         - total["engine_import"] - parts["engine start & stop"]
                                         - total["generate"] - total["evaluate"])
     parts["orchestration & the rest"] = wall - total["child"] - total["verify"]
     return {k: round(parts[k], 1) for k in ORDER}
-
-
-def label_training(spans: list[dict]) -> list[dict]:
-    """Mark the child processes that trained (fn `run_job`): their time is training, not a step's set-up."""
-    out = []
-    for s in spans:
-        out.append(s)
-        if s.get("fn") == "run_job":
-            if s["span"] == "child":
-                out.append({**s, "span": "train_in_child"})
-            elif s["span"] == "child_start_wait":
-                out.append({**s, "span": "train_start_wait"})
-    return out
 
 
 def accuracies(run_dir: Path) -> dict[str, float]:
@@ -114,7 +105,7 @@ def run_variant(name: str, config: str, overrides: list[str], folder: Path) -> d
     if done.returncode != 0:
         raise SystemExit(f"[bench] {name}: siked run exited with {done.returncode}")
     run_dir = Path(done.stdout.strip().splitlines()[-1])
-    spans = label_training([json.loads(line) for line in timings.read_text().splitlines() if line])
+    spans = [json.loads(line) for line in timings.read_text().splitlines() if line]
     parts = breakdown(spans, wall)
     startup = wall - sum(parts[k] for k in WORK)
     warm_starts = sum(1 for s in spans if s["span"] == "child_start_wait" and s.get("warm"))

@@ -23,10 +23,6 @@ from typing import Any
 ENV = "SIKED_TIMINGS"
 
 
-def enabled() -> bool:
-    return bool(os.environ.get(ENV))
-
-
 def record(name: str, start: float, end: float, **labels: Any) -> None:
     """Append one span to the timings file (nothing when SIKED_TIMINGS is unset)."""
     path = os.environ.get(ENV)

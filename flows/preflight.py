@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib.util
 
 from distill.config import ConfigError, EngineConfig, RunConfig, TrainConfig
-from storage import fs
 from storage.paths import DataDirMissing, data_dir
+from tasks.jobs.benchmarks import data_available
 
 
 def _check_model(spec: str, where: str) -> None:
@@ -63,7 +63,7 @@ def preflight(cfg: RunConfig) -> None:
             names = ", ".join(sorted({r.name for r in needs_data}))
             raise ConfigError(f"{exc} (needed by: {names})") from None
     for ref in refs:
-        if ref.name == "file" and ref.source == "local" and not fs.exists(ref.path):
+        if ref.name == "file" and not data_available(ref, cfg.data_dir):
             raise ConfigError(f"{ref.path}: file not found (benchmark {ref.benchmark_name}; a relative path "
                               "is read from the directory siked runs in)")
     if cfg.siked.iterations and cfg.siked.engine.kind in ("openai", "file"):

@@ -71,7 +71,8 @@ def has_given_rationales(cfg: RunConfig) -> bool:
 def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """TRAIN_EXAMPLES rows from the rationales `cfg.train_data` brings: DSS's released PaLM rationales,
     or the `rationale` field of a file benchmark (the text before a final `####` line)."""
-    from distill.benchmarks import Rationale, load_rationales
+    from distill.benchmarks import load_rationales
+    from distill.benchmarks.file import given_rationales
     from distill.training.data import dss_rationale_rows
     from tasks.jobs.benchmarks import load_problems
 
@@ -81,10 +82,7 @@ def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
                           "and file benchmarks with a `rationale` field (give train_set=PATH for other data)")
     problems = load_problems(ref, cfg.data_dir).problems
     if ref.name == "file":
-        rationales = {p.id: Rationale(p.id, p.reference, p.reference.rpartition("####")[0].strip()
-                                      if "####" in p.reference else p.reference, None, p.source)
-                      for p in problems if p.reference}
-        rows, counts = dss_rationale_rows(problems, rationales, model=f"file:{ref.rationale}")
+        rows, counts = dss_rationale_rows(problems, given_rationales(problems), model=f"file:{ref.rationale}")
         counts.pop("palm_answer_differs", None)  # a file's rationales state no separate answer to compare
         note = f"rationales from field {ref.rationale!r}; records without one are dropped"
     else:

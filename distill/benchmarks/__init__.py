@@ -100,7 +100,7 @@ def _load_file(ref: BenchmarkRef, hub_mirror: Path | str | None, read_records: R
                              "(storage.record_files.read_records); none was given")
     try:
         return file.parse_records(read_records(ref.path), ref, ref.path)
+    except BenchmarkError:
+        raise
     except (OSError, ValueError) as exc:  # storage's RecordFileError, an unreachable URL
-        if isinstance(exc, BenchmarkError):
-            raise
         raise BenchmarkError(str(exc) if ref.path in str(exc) else f"{ref.path}: {exc}") from exc

@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from distill.benchmarks.dss import Rationale
 from distill.benchmarks.records import Exclusion, LoadedBenchmark, Problem
 from distill.choices import LETTERS, choice_index, render_choices
 from distill.config import BenchmarkRef
@@ -149,6 +150,14 @@ def parse_record(record: Any, ref: BenchmarkRef, position: int, source: str) -> 
                         "by letter or text", answer_text)
     return Problem(question=render_choices(question, choices), answer=math.nan, answer_text=choices[index],
                    **problem)
+
+
+def given_rationales(problems: Iterable[Problem]) -> dict[str, Rationale]:
+    """The worked solutions a file's `rationale` field gave (kept as each problem's reference), as
+    the rationales `siked train` trains on: the text before a final `####` line (GSM8K's layout)."""
+    return {p.id: Rationale(p.id, p.reference, p.reference.rpartition("####")[0].strip() if "####" in p.reference
+                            else p.reference, None, p.source)
+            for p in problems if p.reference}
 
 
 def parse_records(records: Iterable[tuple[str, Any]], ref: BenchmarkRef, source: str) -> LoadedBenchmark:

@@ -162,7 +162,6 @@ def discard_spare() -> None:
         spare.discard()
 
 
-
 def _wait_for_answer(receiver, child) -> tuple[str, Any, str]:
     while not receiver.poll(0.5):
         if not child.is_alive() and not receiver.poll(0):

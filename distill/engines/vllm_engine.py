@@ -108,14 +108,10 @@ def bind_all_cpus(cfg: EngineConfig) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[0]) if cfg.deterministic else ",".join(str(c) for c in cpus)
 
 
-def engine_in_process(cfg: EngineConfig) -> bool:
-    """`cfg.in_process`, with None resolved: in-process on CPU builds, a process of its own on GPUs
-    (where None leaves it to vLLM, a VLLM_ENABLE_V1_MULTIPROCESSING in the environment winning)."""
-    if cfg.in_process is not None:
-        return cfg.in_process
+def _on_gpus() -> bool:
     import torch
 
-    return not torch.cuda.is_available()
+    return torch.cuda.is_available()
 
 
 def batch_invariant_on_gpus(cfg: EngineConfig) -> None:
@@ -143,7 +139,7 @@ class VllmEngine:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         elif cfg.in_process is not None:  # said in the config: it wins over the environment
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
-        elif engine_in_process(cfg):
+        elif not _on_gpus():  # CPU builds: in-process unless the environment says otherwise
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.version = vllm.__version__
         self.model = model_path

@@ -24,19 +24,14 @@ import math
 import os
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill import timings
 from distill.training.loop import LoopOptions, TrainResult
 
 if TYPE_CHECKING:
     from distill.config import TrainConfig
-
-
-_STARTED = "SIKED_TRAIN_STARTED_AT"  # when the parent started the training process (time.time())
 
 
 class TrainingFailed(RuntimeError):
@@ -83,8 +78,6 @@ def run_job(job: str | Path) -> TrainResult:
     from distill.training.loop import train_student
 
     job = Path(job)
-    if os.environ.get(_STARTED):  # from the parent's start of this process to here
-        timings.record("train_boot", float(os.environ[_STARTED]), time.time())
     spec = json.loads((job / "job.json").read_text(encoding="utf-8"))
     lines = (job / "rows.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines if line]
@@ -117,8 +110,7 @@ def launch_training(train: TrainConfig, rows: Any, model_path: str, output_dir: 
         return read_result(job, Path(checkpoint_dir))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                "--nproc_per_node", str(train.nproc), "-m", "distill.training.launch", str(job)]
-    with timings.span("train_child", nproc=train.nproc):
-        code = subprocess.run(command, check=False, env={**os.environ, _STARTED: repr(time.time())}).returncode
+    code = subprocess.run(command, check=False).returncode
     if code != 0:
         raise TrainingFailed(f"training exited with code {code} (see the messages above); "
                              f"job folder {job}")

@@ -48,11 +48,12 @@ def data_available(ref: BenchmarkRef, configured_data_dir: str | None) -> bool:
 
 def content_key(ref: BenchmarkRef) -> dict[str, Any]:
     """What of a file benchmark's file enters the key of the step that freezes it: the sha256 of its
-    bytes, so an edited file is read again and a moved one is not. Empty for every other reference
-    (their files are the published datasets, fixed by name)."""
+    bytes (beside its path, which the key holds too), so an edited file is read again. Empty for
+    every other reference (their files are the published datasets, fixed by name)."""
     if ref.name != "file" or ref.source != "local" or not fs.exists(ref.path):
         return {}
-    info = fs.resolve(ref.path)[0].info(fs.resolve(ref.path)[1])
+    filesystem, inner = fs.resolve(ref.path)
+    info = filesystem.info(inner)
     return {"file_sha256": _sha256(ref.path, info.get("size"), str(info.get("mtime") or info.get("LastModified")))}
 
 
