@@ -419,6 +419,7 @@ def test_progress_artifacts_of_two_flow_runs_do_not_share_a_key():
 
     from prefect import flow, task
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from tasks.progress import with_progress
 
@@ -433,9 +434,11 @@ def test_progress_artifacts_of_two_flow_runs_do_not_share_a_key():
     runs = [str(a_run(return_state=True).state_details.flow_run_id) for _ in range(2)]
 
     async def keys() -> set[str]:
+        # Filtered by the server: an unfiltered read returns one page (200) of the whole suite's artifacts.
         async with get_client() as client:
-            return {a.key for a in await client.read_artifacts()
-                    if a.key and a.key.endswith("generate-teacher-00") and a.key.startswith(tuple(runs))}
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=runs)))
+            return {a.key for a in found if a.key and a.key.endswith("generate-teacher-00")}
 
     assert len(asyncio.run(keys())) == 2
 
