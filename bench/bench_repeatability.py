@@ -8,7 +8,8 @@ Each side runs the generation step's own child-process body (`tasks/jobs/generat
 quickstart teacher's temperature, into fresh folders (nothing is reused). The figure per side is the
 share of samples (question, strategy, sample index) whose text is identical in every repeat, and the
 share of questions whose set of correct strategies is identical (what the distillation set keeps);
-the ratio of wall times, deterministic over default, is the price. The default side runs first.
+the ratio of wall times, deterministic over default, is the price. The sides alternate (default,
+deterministic, default, ...), each generation in a fresh child process, engine start included.
 """
 
 from __future__ import annotations
@@ -60,17 +61,18 @@ def solved_sets(url: str, problems_url: str) -> dict[str, frozenset]:
     return {q: frozenset(s) for q, s in solved.items()}
 
 
-def side(problems_url: str, folder: Path, args, deterministic: bool) -> dict:
+def run_once(problems_url: str, folder: Path, args, deterministic: bool, repeat: int) -> tuple[str, float]:
     from distill.engines import run_in_child
     from tasks.jobs.generate import generate_into
 
-    outputs, walls = [], []
-    for repeat in range(args.repeats):
-        url = str(folder / f"{'det' if deterministic else 'default'}-{repeat}")
-        started = time.perf_counter()
-        run_in_child(generate_into, make_job(problems_url, url, args, deterministic))
-        walls.append(time.perf_counter() - started)
-        outputs.append(url)
+    url = str(folder / f"{'det' if deterministic else 'default'}-{repeat}")
+    started = time.perf_counter()
+    run_in_child(generate_into, make_job(problems_url, url, args, deterministic))
+    return url, time.perf_counter() - started
+
+
+def summary(problems_url: str, runs: list[tuple[str, float]]) -> dict:
+    outputs, walls = [u for u, _ in runs], [w for _, w in runs]
     texts = [samples_of(u) for u in outputs]
     solved = [solved_sets(u, problems_url) for u in outputs]
     keys = set(texts[0])
@@ -98,9 +100,13 @@ def main() -> None:
         folder = Path(tmp)
         problems = write_problems(folder, args.questions, difficulty=1)
         report = {"questions": args.questions, "strategies": 3, "n": args.n, "repeats": args.repeats,
-                  "cores": len(os.sched_getaffinity(0)), "load_avg_before": round(os.getloadavg()[0], 1),
-                  "default": side(problems, folder, args, deterministic=False),
-                  "deterministic": side(problems, folder, args, deterministic=True)}
+                  "cores": len(os.sched_getaffinity(0)), "load_avg_before": round(os.getloadavg()[0], 1)}
+        runs: dict[bool, list[tuple[str, float]]] = {False: [], True: []}
+        for repeat in range(args.repeats):  # the sides alternate, so a drift in load falls on both
+            for deterministic in (False, True):
+                runs[deterministic].append(run_once(problems, folder, args, deterministic, repeat))
+        report["default"] = summary(problems, runs[False])
+        report["deterministic"] = summary(problems, runs[True])
     report["time_ratio"] = round(report["deterministic"]["mean_wall_s"] / report["default"]["mean_wall_s"], 2)
     if args.json:
         print(json.dumps(report, indent=2), file=out)
