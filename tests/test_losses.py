@@ -4,6 +4,8 @@ label side of the MI term, InfoNCE, and `compute_loss` on a tiny Llama built fro
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -450,14 +452,50 @@ def test_compute_loss_infonce_needs_a_head(tiny_model):
         compute_loss(tiny_model, model_batch(), LossConfig(kind="dss_infonce"))
 
 
-def test_mi_floor_is_a_lower_bound_the_loss_reaches_only_at_the_label_distribution(batch):
-    """L_MI = -sum p log r >= -sum p log(p / sum p): no rationale side can go below the floor, and a
-    rationale distribution equal to p / sum p reaches it."""
+def test_mi_floor_is_the_lowest_loss_a_pooled_rationale_vector_can_reach(batch):
+    """q is a pooled probability vector, so q lies in [0, 1]^V: the floor is the minimum of L_MI over
+    that box (found here by L-BFGS-B), above the entropy bound -sum p log(p / sum p), which needs a
+    softmax(q) equal to p / sum p that no such q gives."""
+    from scipy.optimize import minimize
+
     from distill.training.losses import mi_floor
 
     label_logits, ll, rationale_logits, rl = batch
     floor = mi_floor(to_log_probs(label_logits.detach()), ll, rl)
-    assert float(mi_loss(label_logits, ll, rationale_logits, rl).detach()) >= floor > 0
-    p = ref_pooled(label_logits.detach(), ll)
-    best = -(p * torch.log_softmax(torch.log(p), dim=-1)).sum(dim=-1).mean()  # r = p / sum p
-    assert floor == pytest.approx(float(best), rel=1e-9)
+    assert float(mi_loss(label_logits, ll, rationale_logits, rl).detach()) >= floor
+
+    p = ref_pooled(label_logits.detach(), ll).double()
+    keep = [b for b in range(p.size(0)) if targets_of(ll, b) and targets_of(rl, b)]
+    lowest = []
+    for b in keep:
+        pb = p[b].numpy()
+
+        def loss_and_grad(q, pb=pb):
+            qt = torch.tensor(q, requires_grad=True)
+            value = -(torch.tensor(pb) * torch.log_softmax(qt, dim=-1)).sum()
+            value.backward()
+            return float(value.detach()), qt.grad.numpy()
+
+        found = minimize(loss_and_grad, x0=pb, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * pb.size,
+                         options={"ftol": 1e-15, "gtol": 1e-12})
+        lowest.append(found.fun)
+    assert floor == pytest.approx(sum(lowest) / len(lowest), rel=1e-9, abs=1e-9)
+    entropy_bound = -(p * torch.log(p / p.sum(-1, keepdim=True))).sum(-1)[keep].mean()
+    assert float(entropy_bound) < floor
+
+
+def test_mi_floor_on_a_large_vocabulary_leaves_at_most_the_label_mass_to_remove():
+    """With V = 49,152 (SmolLM2) and a confident label task, L_MI is about S * log V whatever q is:
+    the reachable room, L_MI(q = 0) - floor, is at most S = sum(p)."""
+    from distill.training.losses import box_floor
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 49152, dtype=torch.float64) * 2
+    logits[:, torch.arange(6), torch.arange(6) * 7] += 12  # six confident label positions
+    p = torch.softmax(logits, dim=-1).max(dim=1).values
+    floor = box_floor(p)
+    at_zero = p.sum(-1) * math.log(49152)
+    assert torch.all(floor <= at_zero) and torch.all(at_zero - floor <= p.sum(-1))
+    assert torch.all(floor > 0.85 * at_zero)
+
+
