@@ -66,6 +66,7 @@ def measure(model_path: str, texts: list) -> dict[str, float]:
         batch = collate_padded(examples[start:start + 8], pad_id)
         with torch.no_grad():
             terms = compute_loss(model, batch, LossConfig(kind="dss_mi", alpha=0.5, beta=0.1))
+            # the terms as training computes them, then the label side's pooled mass, which they do not carry
             logits = model(input_ids=batch["label_input_ids"], attention_mask=batch["label_attention_mask"]).logits
             p = pooled_max_from_log_probs(to_log_probs(logits), batch["label_labels"])
         sums["mi"] += float(terms.mi)
@@ -85,24 +86,21 @@ def main() -> None:
     parser.add_argument("--base", action="store_true", help="also measure the model the first run started from")
     args = parser.parse_args()
 
-    import torch
-
     from distill.models import resolve_model
     from storage.paths import models_dir
 
-    torch.manual_seed(0)
     measured = []
     for index, run_dir in enumerate(args.run):
         rows, problems, student, base = training_inputs(run_dir)
         texts = texts_of(rows, problems, args.examples)
         if index == 0 and args.base:
             base_path = resolve_model(base, models_dir())
-            measured.append(("base", base_path, measure(base_path, texts)))
-        measured.append((run_dir.name, student, measure(student, texts)))
+            measured.append(("base", measure(base_path, texts)))
+        measured.append((run_dir.name, measure(student, texts)))
     print(f"{args.examples} training examples in batches of 8; L_MI, floor and room in nats, per example")
     print("| model | L_MI | reachable floor | room | label mass S | S log V | label CE |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, _, m in measured:
+    for name, m in measured:
         print(f"| {name} | {m['mi']:.2f} | {m['floor']:.2f} | {m['room']:.2f} | {m['mass']:.2f} | "
               f"{m['mass_log_v']:.2f} | {m['label_ce']:.3f} |")
 

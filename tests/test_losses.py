@@ -497,5 +497,3 @@ def test_mi_floor_on_a_large_vocabulary_leaves_at_most_the_label_mass_to_remove(
     at_zero = p.sum(-1) * math.log(49152)
     assert torch.all(floor <= at_zero) and torch.all(at_zero - floor <= p.sum(-1))
     assert torch.all(floor > 0.85 * at_zero)
-
-

@@ -37,13 +37,17 @@ from distill.config import EngineConfig, SamplingConfig
 from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
 
 
+def _on_gpus() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _eager(cfg: EngineConfig) -> bool:
     """Eager on CPU builds unless the config says otherwise (see EngineConfig.enforce_eager)."""
     if cfg.enforce_eager is not None:
         return cfg.enforce_eager
-    import torch
-
-    return not torch.cuda.is_available()
+    return not _on_gpus()
 
 
 def llm_kwargs(cfg: EngineConfig, model_path: str) -> dict[str, Any]:
@@ -97,31 +101,18 @@ def bind_all_cpus(cfg: EngineConfig) -> None:
     not); with one thread they repeat. Set VLLM_CPU_OMP_THREADS_BIND to a single core where
     bit-reproducible sampling matters more than speed.
     """
-    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or cfg.tensor_parallel_size != 1:
-        return
-    import torch
-
-    if torch.cuda.is_available():
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or cfg.tensor_parallel_size != 1 or _on_gpus():
         return
     cpus = sorted(os.sched_getaffinity(0))
     # `deterministic`: one compute thread, the setting under which sampled tokens repeat
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[0]) if cfg.deterministic else ",".join(str(c) for c in cpus)
 
 
-def _on_gpus() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def batch_invariant_on_gpus(cfg: EngineConfig) -> None:
     """`deterministic` on CUDA: vLLM's batch-invariant kernels, so a request's logits do not depend
     on what else is in its batch (set before the engine starts; one already set wins)."""
-    if cfg.deterministic:
-        import torch
-
-        if torch.cuda.is_available():
-            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
+    if cfg.deterministic and _on_gpus():
+        os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
 
 
 class VllmEngine:

@@ -239,12 +239,11 @@ def box_floor(p: torch.Tensor, steps: int = 200) -> torch.Tensor:
     mass = p.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(p.dtype).tiny)
     z = torch.full_like(mass, float(p.size(-1)))
     for _ in range(steps):  # monotone from below, and a contraction: converges in a handful of steps
-        scaled = (p * z / mass).clamp(1.0, math.e)
-        z_next = scaled.sum(dim=-1, keepdim=True)
-        if torch.allclose(z_next, z, rtol=1e-13, atol=0.0):
-            z = z_next
-            break
+        z_next = (p * z / mass).clamp(1.0, math.e).sum(dim=-1, keepdim=True)
+        converged = torch.allclose(z_next, z, rtol=1e-13, atol=0.0)
         z = z_next
+        if converged:
+            break
     q = torch.log((p * z / mass).clamp(1.0, math.e))
     return -(p * F.log_softmax(q, dim=-1)).sum(dim=-1)
 
