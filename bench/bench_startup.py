@@ -1,6 +1,7 @@
-"""Where the quickstart's wall time goes, before and after warm start and in-process vLLM engines.
+"""Where the quickstart's wall time goes, before and after warm start, in-process vLLM engines and
+the engine worker.
 
-    python bench/bench_startup.py                          # configs/quickstart.yaml, before then after
+    python bench/bench_startup.py                          # configs/quickstart.yaml, before, warm, after
     python bench/bench_startup.py --variants after --json  # one side only
     python bench/bench_startup.py CONFIG key=value ...     # another config
 
@@ -11,15 +12,18 @@ spans (distill/timings.py):
   (each step starts its process and imports torch, transformers and vLLM on its own time) and
   `engine.in_process=false` for the teacher and the students (vLLM's engine core in a process of
   its own, which imports vLLM and torch again);
-- `after`: the defaults: a spare process imports the libraries while the step before works, and on
-  CPU builds the engine core runs in the step's process.
-`before` runs first, then `after`, one after the other on the same machine. `in_process` is left
+- `warm`: a spare process imports the libraries while the step before works, and on CPU builds the
+  engine core runs in the step's process, but every step starts its own engine
+  (`SIKED_KEEP_ENGINE=0`);
+- `after`: the defaults: as `warm`, and generation and evaluation steps run in the engine worker,
+  which keeps its vLLM engine from step to step and loads each new student's weights into it.
+The variants run one after the other on the same machine. `in_process` is left
 out of step keys (it changes how a step runs, not what it writes), so both compute the same steps.
 
 The wall time of each run is split into:
 - process start & imports: the steps' waits for their process (spawn, interpreter, imports) and
   the engine's own `import vllm`;
-- engine start & stop: `vllm.LLM(...)` and its shutdown;
+- engine start & stop: `vllm.LLM(...)`, its shutdown, and a kept engine's swap of weights;
 - generation, evaluation, training compute (the training loop), verification: the work;
 - training setup & save: the rest of a training process (loading the model, merging and writing it);
 - step set-up in children: the rest of a generation or evaluation process (reading problems,
@@ -60,7 +64,7 @@ def breakdown(spans: list[dict], wall: float) -> dict[str, float]:
             training[s["span"]] += s["seconds"]
     parts = {
         "process start & imports": total["child_start_wait"] + total["engine_import"],
-        "engine start & stop": total["engine_start"] + total["engine_close"],
+        "engine start & stop": total["engine_start"] + total["engine_close"] + total["engine_swap"],
         "generation": total["generate"],
         "evaluation": total["evaluate"],
         "training compute": total["train_loop"],
@@ -87,8 +91,10 @@ def accuracies(run_dir: Path) -> dict[str, float]:
 
 
 VARIANTS = {
-    "before": ({"SIKED_WARM_START": "0"}, ["teacher.engine.in_process=false", "siked.engine.in_process=false"]),
-    "after": ({"SIKED_WARM_START": "1"}, []),
+    "before": ({"SIKED_WARM_START": "0", "SIKED_KEEP_ENGINE": "0"},
+               ["teacher.engine.in_process=false", "siked.engine.in_process=false"]),
+    "warm": ({"SIKED_WARM_START": "1", "SIKED_KEEP_ENGINE": "0"}, []),
+    "after": ({"SIKED_WARM_START": "1", "SIKED_KEEP_ENGINE": "1"}, []),
 }
 
 
@@ -108,10 +114,13 @@ def run_variant(name: str, config: str, overrides: list[str], folder: Path) -> d
     spans = [json.loads(line) for line in timings.read_text().splitlines() if line]
     parts = breakdown(spans, wall)
     startup = wall - sum(parts[k] for k in WORK)
-    warm_starts = sum(1 for s in spans if s["span"] == "child_start_wait" and s.get("warm"))
-    cold_starts = sum(1 for s in spans if s["span"] == "child_start_wait" and not s.get("warm"))
+    waits = [s for s in spans if s["span"] == "child_start_wait"]
+    warm_starts = sum(1 for s in waits if s.get("warm"))
+    cold_starts = len(waits) - warm_starts
+    engines = {k: sum(1 for s in spans if s["span"] == k) for k in ("engine_start", "engine_swap")}
     return {"variant": name, "wall_s": round(wall, 1), "parts_s": parts, "startup_s": round(startup, 1),
             "startup_share": round(startup / wall, 4), "children_warm": warm_starts, "children_cold": cold_starts,
+            "engines_started": engines["engine_start"], "engines_reused": engines["engine_swap"],
             "accuracy": accuracies(run_dir)}
 
 
@@ -119,7 +128,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--variants", default="before,after", help="before, after or both (in that order)")
+    parser.add_argument("--variants", default="before,warm,after",
+                        help="comma-separated, run in that order: before, warm, after")
     parser.add_argument("--keep", default=None, help="folder for the runs and timings (default: a temporary one)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -139,11 +149,11 @@ def main() -> int:
     print("| start-up (all but the work) | " + " | ".join(
         f"{r['startup_s']:.1f} ({100 * r['startup_share']:.1f}%)" for r in results) + " |")
     for r in results:
-        print(f"{r['variant']}: children started warm {r['children_warm']}, cold {r['children_cold']}; "
-              f"accuracy {r['accuracy']}")
-    if len(results) == 2:
-        print(f"{names[1]} / {names[0]} wall: {results[1]['wall_s'] / results[0]['wall_s']:.3f}; "
-              f"start-up: {results[1]['startup_s'] / results[0]['startup_s']:.3f}")
+        print(f"{r['variant']}: steps in a waiting process {r['children_warm']}, started cold {r['children_cold']}; "
+              f"engines started {r['engines_started']}, reused {r['engines_reused']}; accuracy {r['accuracy']}")
+    for r in results[1:]:
+        print(f"{r['variant']} / {names[0]} wall: {r['wall_s'] / results[0]['wall_s']:.3f}; "
+              f"start-up: {r['startup_s'] / results[0]['startup_s']:.3f}")
     print(f"Start-up share of the quickstart: {100 * results[-1]['startup_share']:.0f}%")
     return 0
 

@@ -13,7 +13,7 @@ from tasks.jobs.evaluate import EvalJob, evaluate_into, pending_targets, summary
 def evaluate_model(job: EvalJob) -> list[dict]:
     """Summaries of every (benchmark, mode) pair of `job`, evaluating those not yet on disk."""
     if pending_targets(job):
-        from distill.engines.child import run_in_child
+        from distill.engines.child import run_in_engine_worker
 
-        run_in_child(evaluate_into, job)
+        run_in_engine_worker(evaluate_into, job)
     return [read_json(summary_url(t[3])) for t in job.targets]

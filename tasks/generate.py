@@ -22,16 +22,18 @@ def generate_samples(job: GenerationJob) -> dict:
     out = ShardedArtifact(job.output_url, "samples", config_hash=job.key)
     stats: dict = {"reused_shards": "all"}
     if not out.is_complete(verify_hash=False):
-        from distill.engines.child import run_in_child
+        from distill.engines.child import run_in_child, run_in_engine_worker
 
         total = shard_count(job)
-        body = generate_into
+        body, runner = generate_into, run_in_engine_worker  # the engine of the step before, when it fits
         if job.engine.replicas > 1:  # shards spread over engine replicas on Ray
             from tasks.jobs.ray_executor import ray_generate_into as body
+
+            runner = run_in_child
         stats = with_progress(f"generate-{job.source}-{job.iteration:02d}",
                               f"Iteration {job.iteration}: {job.source} samples, shards written",
                               lambda: len(out.completed_shards(verify_hash=False)) / total,
-                              run_in_child, body, job)
+                              runner, body, job)
     ref = artifact_ref(job.output_url)
     ref["stats"] = stats
     return ref

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill import timings
 from storage.step_store import claim_step, write_step_info
 from tasks.jobs.pipeline import Step, incomplete
 
@@ -39,7 +40,7 @@ def submit_step(task, step: Step, run_id: str, /, **params: Any):
     """Run `task(**params)` for `step` unless its outputs are complete; returns the task's result."""
     if incomplete(step) is None:
         return _cached(task, step, refresh=False)(**params)
-    with claim_step(step.folder, f"{run_id} {step.name}", on_wait=_log_wait(step)):
+    with timings.span("step", step=step.name, kind=step.kind), claim_step(step.folder, f"{run_id} {step.name}", on_wait=_log_wait(step)):
         done = incomplete(step) is None  # another run may have finished it while this one waited
         result = _cached(task, step, refresh=not done)(**params)
         if not done:

@@ -35,9 +35,11 @@ def make_engine(cfg: EngineConfig, model_path: str, data_dir: Path | str | None 
     words). `data_dir` resolves relative `cfg.files` (file engine only).
     """
     if cfg.kind == "vllm":
+        from distill.engines import kept_engine
         from distill.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(cfg, model_path)
+        # In a worker that keeps engines, the last step's engine when it can serve this one.
+        return kept_engine.take(cfg, model_path) or VllmEngine(cfg, model_path)
     if cfg.kind == "openai":
         from distill.engines.openai_engine import OpenAIEngine
 

@@ -15,11 +15,18 @@ parent-death SIGTERM and passes it to its group).
 Warm start (`SIKED_WARM_START`, on by default): when a step takes its child, the next one is
 spawned at once and imports the heavy libraries (`PRELOAD`: torch, transformers, peft, vLLM) while
 this step works, then waits for its job; the next step finds a process ready instead of paying
-process start and imports on its own time. Each child still runs exactly one job and exits, so its
-memory is returned, a killed child costs only the step it ran, and a step never sees another's
-state. A spare started under another environment than the step's (CUDA_VISIBLE_DEVICES, ...) is
-discarded, not used. `SIKED_WARM_START=0` starts every child cold, as before; BENCHMARKS.md,
-"Start-up", measures both.
+process start and imports on its own time. A spare started under another environment than the
+step's (CUDA_VISIBLE_DEVICES, ...) is discarded, not used. `SIKED_WARM_START=0` starts every child
+cold, as before.
+
+The engine worker (`SIKED_KEEP_ENGINE`, on by default): generation and evaluation steps go through
+`run_in_engine_worker`. Their child stays after a step that went well if it holds a vLLM engine
+(distill.engines.kept_engine: CPU builds, engine core in-process), and the next such step runs in
+it: the same engine serves it, a new student's weights loaded in place, with what it samples
+unchanged. A step that fails, or a worker that dies, costs that step only: the worker ends with it
+and the next step starts in a fresh process. Every other child runs exactly one job and exits, so
+its memory is returned and a step never sees another's state. `SIKED_KEEP_ENGINE=0` gives every
+step a process of its own; BENCHMARKS.md, "Start-up", measures each setting.
 """
 
 from __future__ import annotations
@@ -60,22 +67,40 @@ class RemoteTraceback(Exception):
 
 def run_in_child(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` in a spawned child; its result, or its exception raised here."""
-    child = _take_spare() or _Child.start(preload=())
+    return _run(fn, args, kwargs, stay=False)
+
+
+def run_in_engine_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """As `run_in_child`, in the engine worker when one is waiting (`SIKED_KEEP_ENGINE`, module
+    docstring): a child that stays after `fn` returns if it holds an engine the next step may use."""
+    return _run(fn, args, kwargs, stay=keep_engine_enabled())
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, stay: bool) -> Any:
+    child = (_take_worker() if stay else None) or _take_spare() or _Child.start(preload=())
     dispatched = time.time()
-    child.jobs.send((fn, args, kwargs, dispatched))
-    child.jobs.close()
-    if warm_start_enabled():
+    child.jobs.send((fn, args, kwargs, dispatched, stay))
+    if not stay:
+        child.jobs.close()
+    if warm_start_enabled() and not child.served:
         _refill()  # the next step's process starts now: its imports overlap this step's work
+    child.served += 1
+    staying = False
     try:
-        answer = _wait_for_answer(child.answers, child.process)
-        child.process.join()
+        kind, payload, text, staying = _wait_for_answer(child.answers, child.process)
+        if staying:
+            _keep_worker(child)
+        else:
+            child.jobs.close()
+            child.process.join()
     except BaseException:
         _end_group(child.process)
         raise
     finally:
-        child.answers.close()
-        timings.record("child", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"), warm=child.warm)
-    kind, payload, text = answer
+        if not staying:
+            child.answers.close()
+        timings.record("child", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"), warm=child.warm,
+                       reused=child.served > 1)
     if kind == "ok":
         return payload
     if payload is not None:
@@ -91,6 +116,15 @@ WARM_START_ENV = "SIKED_WARM_START"
 PRELOAD = ("torch", "transformers", "peft", "vllm.entrypoints.llm")
 
 
+KEEP_ENGINE_ENV = "SIKED_KEEP_ENGINE"
+
+
+def keep_engine_enabled() -> bool:
+    """Whether generation and evaluation steps run in an engine worker that keeps its vLLM engine
+    (`SIKED_KEEP_ENGINE`, on unless `0`, `false` or `no`)."""
+    return os.environ.get(KEEP_ENGINE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def warm_start_enabled() -> bool:
     """Whether a spare child is kept ready (`SIKED_WARM_START`, on unless `0`, `false` or `no`)."""
     return os.environ.get(WARM_START_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
@@ -102,6 +136,7 @@ class _Child:
     def __init__(self, process, jobs, answers, environment: dict[str, str], warm: bool):
         self.process, self.jobs, self.answers = process, jobs, answers
         self.environment, self.warm = environment, warm
+        self.served = 0  # jobs sent to it (more than one only for the engine worker)
 
     @classmethod
     def start(cls, preload: tuple[str, ...]) -> _Child:
@@ -123,43 +158,80 @@ class _Child:
 
 
 _spare: _Child | None = None
+_worker: _Child | None = None
 _spare_lock = threading.Lock()
 _exit_hook = False
 
 
-def _take_spare() -> _Child | None:
-    """The waiting spare, if it is alive and was started with this very environment (steps set
-    CUDA_VISIBLE_DEVICES and the like, which libraries read when they load); else None."""
-    global _spare
-    with _spare_lock:
-        spare, _spare = _spare, None
-    if spare is None:
+def _usable(child: _Child | None) -> _Child | None:
+    """`child` if it is alive and was started with this very environment (steps set
+    CUDA_VISIBLE_DEVICES and the like, which libraries read when they load); else None (and it ends)."""
+    if child is None:
         return None
-    if spare.process.is_alive() and spare.environment == dict(os.environ):
-        return spare
-    spare.discard()
+    if child.process.is_alive() and child.environment == dict(os.environ):
+        return child
+    child.discard()
     return None
 
 
+def _take_spare() -> _Child | None:
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    return _usable(spare)
+
+
+def _take_worker() -> _Child | None:
+    global _worker
+    with _spare_lock:
+        worker, _worker = _worker, None
+    return _usable(worker)
+
+
+def _keep_worker(child: _Child) -> None:
+    """`child` waits for the next engine step (one worker at a time: another one ends)."""
+    global _worker
+    with _spare_lock:
+        child, _worker = (child, None) if _worker is not None else (None, child)
+        _register_exit_hook()
+    if child is not None:
+        child.discard()
+
+
 def _refill() -> None:
-    global _spare, _exit_hook
+    global _spare
     with _spare_lock:
         if _spare is None:
             _spare = _Child.start(PRELOAD)
-        if not _exit_hook:
-            # Registered after multiprocessing's own exit hook (imported with the first process it
-            # started), so that it runs first: that hook joins every child, and a spare waits forever.
-            atexit.register(discard_spare)
-            _exit_hook = True
+        _register_exit_hook()
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook
+    if not _exit_hook:
+        # Registered after multiprocessing's own exit hook (imported with the first process it
+        # started), so that it runs first: that hook joins every child, and a waiting one waits forever.
+        atexit.register(discard_waiting)
+        _exit_hook = True
 
 
 def discard_spare() -> None:
-    """End the waiting spare (at exit, or when no step will follow)."""
+    """End the waiting spare."""
     global _spare
     with _spare_lock:
         spare, _spare = _spare, None
     if spare is not None:
         spare.discard()
+
+
+def discard_waiting() -> None:
+    """End the waiting spare and the engine worker (at exit, or when no step will follow)."""
+    global _worker
+    discard_spare()
+    with _spare_lock:
+        worker, _worker = _worker, None
+    if worker is not None:
+        worker.discard()
 
 
 def _wait_for_answer(receiver, child) -> tuple[str, Any, str]:
@@ -188,19 +260,34 @@ def _child_main(jobs, sender, preload: tuple[str, ...], spawned: float) -> None:
                         importlib.import_module(module)
                 except Exception:  # noqa: BLE001 - the step imports it again and reports what is wrong
                     break
+    served = 0
     try:
-        fn, args, kwargs, dispatched = jobs.recv()
-    except EOFError:  # discarded: the parent closed the job pipe
-        return
-    except BaseException as exc:  # noqa: BLE001 - the job could not be unpickled (its module failed to import)
-        sender.send(("error", None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-        sender.close()
-        return
+        while _serve_one(jobs, sender, warm=bool(preload) or served > 0):
+            served += 1
     finally:
         jobs.close()
+        sender.close()
+        if "distill.engines.kept_engine" in sys.modules:
+            sys.modules["distill.engines.kept_engine"].release()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _serve_one(jobs, sender, warm: bool) -> bool:
+    """Run one job and answer it; whether to wait for another (an engine worker holding an engine)."""
+    try:
+        fn, args, kwargs, dispatched, stay = jobs.recv()
+    except EOFError:  # discarded: the parent closed the job pipe
+        return False
+    except BaseException as exc:  # noqa: BLE001 - the job could not be unpickled (its module failed to import)
+        sender.send(("error", None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", False))
+        return False
     # The step's wait for its process: none for a spare that was ready, all of its start for a cold one.
-    timings.record("child_start_wait", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"),
-                   warm=bool(preload))
+    timings.record("child_start_wait", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"), warm=warm)
+    if stay:
+        from distill.engines import kept_engine
+
+        kept_engine.keep_engines(True)
     try:
         answer: tuple[str, Any, str] = ("ok", fn(*args, **kwargs), "")
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
@@ -210,15 +297,16 @@ def _child_main(jobs, sender, preload: tuple[str, ...], spawned: float) -> None:
         except (pickle.PicklingError, TypeError, AttributeError):
             exc = None
         answer = ("error", exc, text)
+    # A worker stays only for a step that went well and left an engine to reuse: nothing else of a
+    # step is worth a process that waits (and, on GPUs, no engine is kept: memory goes back).
+    staying = stay and answer[0] == "ok" and sys.modules["distill.engines.kept_engine"].holding()
     try:
-        sender.send(answer)
+        sender.send((*answer, staying))
     except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an unpicklable result
         sender.send(("error", TypeError(f"the result of {fn!r} cannot be sent back: {exc}"),
-                     traceback.format_exc()))
-    finally:
-        sender.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
+                     traceback.format_exc(), False))
+        return False
+    return staying
 
 
 def _die_with_parent() -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from distill import timings
 from distill.config import EngineConfig, SamplingConfig
+from distill.engines import kept_engine
 from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
 
 
@@ -135,10 +136,15 @@ class VllmEngine:
         self.version = vllm.__version__
         self.model = model_path
         self.seed = cfg.seed
+        self._cfg = cfg
         self._lora_enabled = cfg.enable_lora
         self._lora_ids: dict[tuple[str, tuple], int] = {}
         with timings.span("engine_start", engine="vllm", model=model_path):
             self._llm = vllm.LLM(**kwargs)
+        # The random state a new engine samples from (seeded by vLLM at start); a kept engine gets it
+        # back before each step (distill.engines.kept_engine). Only here when the engine core, and
+        # with it the sampler, runs in this process.
+        self._started_random_state = _random_state() if kept_engine.in_process_on_cpu() else None
 
     # ------------------------------------------------------------------ generation
 
@@ -221,6 +227,26 @@ class VllmEngine:
         return self._llm.get_tokenizer()
 
     def close(self) -> None:
+        """Shut the engine down, or, in a worker that keeps engines, park it for the next step."""
+        if getattr(self, "_llm", None) is not None and kept_engine.park(self, self._cfg):
+            return
+        self.shutdown()
+
+    def can_be_kept(self) -> bool:
+        return self._llm is not None and self._started_random_state is not None and kept_engine.in_process_on_cpu()
+
+    def serve_weights_of(self, model_path: str) -> None:
+        """Make this engine what a new one started on `model_path` would be: that model's weights
+        loaded in place (same architecture and tokenizer: distill.engines.kept_engine checks), no
+        prefix cache computed with other weights, and the random state of a fresh start."""
+        if model_path != self.model:
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
+            self._llm.apply_model(repack_tied_layers)
+            self.model = model_path
+        self._llm.reset_prefix_cache()
+        _restore_random_state(self._started_random_state)
+
+    def shutdown(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is None:
             return
@@ -230,6 +256,48 @@ class VllmEngine:
                 core.shutdown()
             del llm
             gc.collect()
+
+
+def repack_tied_layers(model) -> int:
+    """Process again every layer whose weight is tied to another layer's; how many were.
+
+    vLLM-CPU packs a layer's weight for its GEMM kernel once loaded (`process_weights_after_loading`).
+    `reload_weights` repacks the layers it loads, but not the LM head of a model with tied word
+    embeddings (SmolLM2's): the head's weight is the new embedding through the tie, and its packed
+    copy, which the head computes with, stayed the old one. Processing is idempotent on the layers
+    it reaches (it packs from the weight, which it keeps for tied layers).
+    """
+    sharing: dict[int, list] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            sharing.setdefault(id(parameter), []).append(module)
+    tied = [m for modules in sharing.values() if len(modules) > 1 for m in modules]
+    for module in tied:
+        method = getattr(module, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(module)
+    return len(tied)
+
+
+def _random_state() -> tuple:
+    import random
+
+    import numpy as np
+    import torch
+
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def _restore_random_state(state: tuple) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    python_state, numpy_state, torch_state = state
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
 
 
 def _completions(output) -> list[Completion]:
