@@ -130,6 +130,15 @@ def test_engine_settings_other_than_the_model_folder_decide_reuse(tmp_path):
         assert kept_engine.engine_key(cfg.model_copy(update=changed), model) != kept_engine.engine_key(cfg, model)
 
 
+def test_an_engine_is_kept_only_with_a_kv_cache_of_a_set_size(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    sized = EngineConfig(kind="vllm", vllm_args={"kv_cache_memory_bytes": 2**29})
+    assert kept_engine.kv_cache_sized(sized)
+    assert not kept_engine.kv_cache_sized(EngineConfig(kind="vllm", gpu_memory_utilization=0.1))
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert kept_engine.kv_cache_sized(EngineConfig(kind="vllm"))
+
+
 # --------------------------------------------------------------------------- with vLLM-CPU
 
 SAMPLING = SamplingConfig(n=2, temperature=1.0, top_p=0.95, max_tokens=12, stop=[])
@@ -187,3 +196,4 @@ def test_a_kept_engine_with_a_new_students_weights_samples_what_a_new_engine_wou
     starts = [s for s in spans if s["span"] == "engine_start"]
     swaps = [s for s in spans if s["span"] == "engine_swap"]
     assert len(starts) == 3 and len(swaps) == 2  # the worker started one engine for three steps
+

@@ -18,8 +18,9 @@ had just after it started is restored, so the step samples what a new engine wou
 starts a new one. This costs about 0.4 s where a new engine costs about 5 s to start and 1.4 s to
 stop with the embedded model on 2 cores (BENCHMARKS.md, "Start-up").
 
-Only on CPU builds with the engine core in the step's process (the default there): the random state
-then lives in this process, and a parked engine holds host memory, not a GPU that training needs.
+Only on CPU builds with the engine core in the step's process (the default there), and a KV cache
+of a set size (`kv_cache_sized`): the random state then lives in this process, a parked engine holds
+host memory, not a GPU that training needs, and the engine's KV cache is the size a new one's would be.
 On GPUs every step still starts its own engine (docs/pipeline.md, "On GPUs", for the design there).
 """
 
@@ -72,8 +73,9 @@ def model_family(model_path: str) -> str:
     if not folder.is_dir():
         return "name:" + model_path
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and _engine_reads(p.name)):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+    # The files at the top of the folder: what vLLM and the tokenizer read (subfolders hold other things).
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and _engine_reads(p.name)):
+        digest.update(path.name.encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return "files:" + digest.hexdigest()
 
@@ -112,6 +114,19 @@ def release() -> None:
     parked, _parked = _parked, None
     if parked is not None:
         parked[1].shutdown()
+
+
+def kv_cache_sized(cfg: EngineConfig) -> bool:
+    """Whether the KV cache has a set size (`engine.vllm_args.kv_cache_memory_bytes`, or
+    VLLM_CPU_KVCACHE_SPACE on CPU builds).
+
+    Without one, vLLM-CPU gives the KV cache `gpu_memory_utilization` of the machine's RAM minus what
+    the process already holds, so its size, and with it which requests share a batch and what is
+    sampled, depends on what the process did before: an engine started after another one in the
+    same process got 65 blocks where a new process got 77 to 101, and sampled other tokens. Such an
+    engine is not kept.
+    """
+    return "kv_cache_memory_bytes" in cfg.vllm_args or bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE"))
 
 
 def in_process_on_cpu() -> bool:

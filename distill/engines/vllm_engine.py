@@ -18,6 +18,11 @@ batches (replicated generation reseeds it before each shard), and runs the engin
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, unless set): every request of a call is queued before the
 first step, so a reseeded call repeats its samples.
 
+Kept engines: in the engine worker (distill.engines.child), `close()` parks the engine instead of
+shutting it down, and the next step's `make_engine` may get it back with another model's weights
+loaded in place (`serve_weights_of`; distill.engines.kept_engine says when). `shutdown()` always
+ends it.
+
 LoRA: start with `enable_lora: true` (and `vllm_args: {max_lora_rank: R}` when the adapter's rank
 exceeds vLLM's default of 16); `lora_path` then names a PEFT adapter folder. An adapter rewritten
 in place (same folder, new weights) gets a new adapter id, so vLLM never serves a stale cache.
@@ -233,7 +238,8 @@ class VllmEngine:
         self.shutdown()
 
     def can_be_kept(self) -> bool:
-        return self._llm is not None and self._started_random_state is not None and kept_engine.in_process_on_cpu()
+        return (self._llm is not None and self._started_random_state is not None
+                and kept_engine.in_process_on_cpu() and kept_engine.kv_cache_sized(self._cfg))
 
     def serve_weights_of(self, model_path: str) -> None:
         """Make this engine what a new one started on `model_path` would be: that model's weights
