@@ -1,8 +1,9 @@
-"""Run one function in a fresh child process: how generation runs, so vLLM's memory (and its worker
-processes) are gone when the step ends.
+"""Run one function in a child process: how generation, evaluation and training run, so a crash in
+native code costs only the step, and vLLM's memory (and its worker processes) go when the child ends.
 
-    from distill.engines.child import run_in_child
+    from distill.engines.child import run_in_child, run_in_engine_worker
     stats = run_in_child(generate_teacher_samples, cfg, out_dir)   # fn must be importable by name
+    stats = run_in_engine_worker(generate_into, job)              # may reuse the last step's engine
 
 The child is started with the spawn method (vLLM needs it; nothing of the parent's state is
 inherited but the environment), leads a process group of its own, and returns `fn`'s result by
