@@ -40,7 +40,8 @@ def submit_step(task, step: Step, run_id: str, /, **params: Any):
     """Run `task(**params)` for `step` unless its outputs are complete; returns the task's result."""
     if incomplete(step) is None:
         return _cached(task, step, refresh=False)(**params)
-    with timings.span("step", step=step.name, kind=step.kind), claim_step(step.folder, f"{run_id} {step.name}", on_wait=_log_wait(step)):
+    claim = claim_step(step.folder, f"{run_id} {step.name}", on_wait=_log_wait(step))
+    with timings.span("step", step=step.name, kind=step.kind), claim:
         done = incomplete(step) is None  # another run may have finished it while this one waited
         result = _cached(task, step, refresh=not done)(**params)
         if not done:

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distill import timings
+from distill.engines import kept_engine
 
 _GRACE_S = 10.0
 
@@ -268,8 +269,7 @@ def _child_main(jobs, sender, preload: tuple[str, ...], spawned: float) -> None:
     finally:
         jobs.close()
         sender.close()
-        if "distill.engines.kept_engine" in sys.modules:
-            sys.modules["distill.engines.kept_engine"].release()
+        kept_engine.release()
         sys.stdout.flush()
         sys.stderr.flush()
 
@@ -286,8 +286,6 @@ def _serve_one(jobs, sender, warm: bool) -> bool:
     # The step's wait for its process: none for a spare that was ready, all of its start for a cold one.
     timings.record("child_start_wait", dispatched, time.time(), fn=getattr(fn, "__name__", "fn"), warm=warm)
     if stay:
-        from distill.engines import kept_engine
-
         kept_engine.keep_engines(True)
     try:
         answer: tuple[str, Any, str] = ("ok", fn(*args, **kwargs), "")
@@ -300,7 +298,7 @@ def _serve_one(jobs, sender, warm: bool) -> bool:
         answer = ("error", exc, text)
     # A worker stays only for a step that went well and left an engine to reuse: nothing else of a
     # step is worth a process that waits (and, on GPUs, no engine is kept: memory goes back).
-    staying = stay and answer[0] == "ok" and sys.modules["distill.engines.kept_engine"].holding()
+    staying = stay and answer[0] == "ok" and kept_engine.holding()
     try:
         sender.send((*answer, staying))
     except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an unpicklable result

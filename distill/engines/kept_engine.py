@@ -15,7 +15,7 @@ Then the new model's weights are loaded into the live engine (vLLM's `reload_wei
 cache is emptied (its blocks were computed with the old weights) and the random state the engine
 had just after it started is restored, so the step samples what a new engine would
 (tests/test_kept_engine.py checks it token for token). Anything else closes the parked engine and
-starts a new one. This costs about 0.4 s where a new engine costs about 5 s to start and 1.4 s to
+starts a new one. This costs about 0.5 s where a new engine costs about 5 s to start and 1.4 s to
 stop with the embedded model on 2 cores (BENCHMARKS.md, "Start-up").
 
 Only on CPU builds with the engine core in the step's process (the default there), and a KV cache
@@ -128,9 +128,3 @@ def kv_cache_sized(cfg: EngineConfig) -> bool:
     """
     return "kv_cache_memory_bytes" in cfg.vllm_args or bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE"))
 
-
-def in_process_on_cpu() -> bool:
-    """Whether vLLM's engine core runs in this process on a CPU build (set by VllmEngine before it starts)."""
-    from distill.engines.vllm_engine import _on_gpus
-
-    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and not _on_gpus()

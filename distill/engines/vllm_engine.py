@@ -49,6 +49,11 @@ def _on_gpus() -> bool:
     return torch.cuda.is_available()
 
 
+def _in_process_on_cpu() -> bool:
+    """Whether vLLM's engine core runs in this process on a CPU build (VllmEngine sets it before it starts)."""
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and not _on_gpus()
+
+
 def _eager(cfg: EngineConfig) -> bool:
     """Eager on CPU builds unless the config says otherwise (see EngineConfig.enforce_eager)."""
     if cfg.enforce_eager is not None:
@@ -149,7 +154,7 @@ class VllmEngine:
         # The random state a new engine samples from (seeded by vLLM at start); a kept engine gets it
         # back before each step (distill.engines.kept_engine). Only here when the engine core, and
         # with it the sampler, runs in this process.
-        self._started_random_state = _random_state() if kept_engine.in_process_on_cpu() else None
+        self._started_random_state = _random_state() if _in_process_on_cpu() else None
 
     # ------------------------------------------------------------------ generation
 
@@ -238,8 +243,9 @@ class VllmEngine:
         self.shutdown()
 
     def can_be_kept(self) -> bool:
+        # A random state to restore means an in-process engine on a CPU build (see __init__).
         return (self._llm is not None and self._started_random_state is not None
-                and kept_engine.in_process_on_cpu() and kept_engine.kv_cache_sized(self._cfg))
+                and kept_engine.kv_cache_sized(self._cfg))
 
     def serve_weights_of(self, model_path: str) -> None:
         """Make this engine what a new one started on `model_path` would be: that model's weights
