@@ -32,10 +32,24 @@ class ConfigError(ValueError):
     """A configuration problem, with the dotted path of the offending key."""
 
 
+EXECUTION_ONLY = {"execution_only": True}
+
+
+def execution_only(default: Any = None, **kwargs: Any) -> Any:
+    """A field that changes how a step runs, never what it writes (a timeout, a thread count, where
+    the engine core runs): steps may read it, and it stays out of every step key
+    (tasks.jobs.pipeline.keyed), so changing it never recomputes finished work."""
+    return Field(default, json_schema_extra=EXECUTION_ONLY, **kwargs)
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    def unkeyed_fields(self) -> set[str]:
+        """This section's fields that no step key holds: those declared `execution_only`."""
+        return {name for name, info in type(self).model_fields.items() if info.json_schema_extra == EXECUTION_ONLY}
 
 
 class BenchmarkRef(Section):
@@ -136,7 +150,9 @@ class SamplingConfig(Section):
     n: int = Field(default=10, ge=1)
     """Samples per (question, strategy) prompt."""
     temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature (0: greedy)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling: the smallest set of tokens holding this much probability."""
     max_tokens: int = Field(default=512, ge=1)
     """Maximum new tokens per sample."""
     stop: list[str] = Field(default_factory=lambda: ["### Instruction", "### Input", "### Response"])
@@ -156,14 +172,19 @@ class EngineConfig(Section):
     dtype: str = "auto"
     """Weights' dtype. On CPUs without AVX-512 (these machines) float32 is about 4x faster than bfloat16."""
     tensor_parallel_size: int = Field(default=1, ge=1)
-    gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
-    """On GPUs the share of device memory; on vLLM-CPU the share of host RAM for the KV cache."""
+    """vLLM: GPUs one engine shards its weights over."""
+    gpu_memory_utilization: float = execution_only(0.3, gt=0.0, le=1.0)
+    """On GPUs the share of device memory; on vLLM-CPU the share of host RAM for the KV cache.
+    Execution-only, except with `deterministic` (whether a shard's sequences fit the KV cache
+    together decides whether its samples repeat)."""
     max_model_len: int | None = 4096
+    """Longest prompt plus completion the engine accepts, in tokens."""
     enable_lora: bool = False
+    """vLLM: serve LoRA adapters on top of the base weights."""
     enforce_eager: bool | None = None
     """vLLM: None runs eagerly on CPU builds (compiling there costs minutes at every start and its
     cache does not reload) and compiled on GPUs."""
-    in_process: bool | None = None
+    in_process: bool | None = execution_only(None)
     """vLLM: run the engine core in the step's own process rather than in a process of its own.
     None: in-process on CPU builds (a process of its own costs about 23 s more to start and 4 s more
     to stop on 2 cores, for the same tokens/s: BENCHMARKS.md, "Start-up"), its own process on GPUs
@@ -172,11 +193,14 @@ class EngineConfig(Section):
     """Extra `vllm.LLM` keyword arguments, passed through untouched."""
     base_url: str | None = None
     """openai: endpoint such as http://127.0.0.1:8000/v1."""
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = execution_only("OPENAI_API_KEY")
     """openai: name of the environment variable holding the API key (never the key itself)."""
-    concurrency: int = Field(default=16, ge=1)
-    max_retries: int = Field(default=5, ge=0)
-    request_timeout_s: float = Field(default=600.0, gt=0)
+    concurrency: int = execution_only(16, ge=1)
+    """openai: requests in flight at once."""
+    max_retries: int = execution_only(5, ge=0)
+    """openai: retries of a failed request."""
+    request_timeout_s: float = execution_only(600.0, gt=0)
+    """openai: seconds before a request is abandoned (and retried)."""
     files: list[str] = Field(default_factory=list)
     """file: rationale files (relative paths resolve against the data folder)."""
     deterministic: bool = False
@@ -187,13 +211,20 @@ class EngineConfig(Section):
     shards no longer share batches (BENCHMARKS.md, "Repeatable seeds")."""
     replicas: int = Field(default=1, ge=1)
     """Engine replicas (Ray) for sharded generation; 1 runs in one child process."""
-    ray_address: str | None = None
+    ray_address: str | None = execution_only(None)
+    """Ray cluster to run `replicas` on (None: a local one)."""
+
+    def unkeyed_fields(self) -> set[str]:
+        # With `deterministic`, the KV cache share decides whether a shard's samples repeat.
+        unkeyed = super().unkeyed_fields()
+        return unkeyed - {"gpu_memory_utilization"} if self.deterministic else unkeyed
 
 
 class TeacherConfig(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     strategies: list[Strategy] = Field(default_factory=lambda: list(ALL_STRATEGIES))
+    """Strategies the teacher solves every problem with (chain of thought, least-to-most, program of thought)."""
     shard_size: int = Field(default=64, ge=1)
     """Questions per Parquet shard: a crash loses at most one shard."""
     shots: int = Field(default=8, ge=0, le=8)
@@ -207,20 +238,30 @@ class VerifyConfig(Section):
     timeout_s: float = Field(default=5.0, gt=0)
     """Wall-clock limit per PoT program."""
     cpu_seconds: int = Field(default=5, ge=1)
+    """CPU-time limit per PoT program (RLIMIT_CPU)."""
     memory_mb: int = Field(default=1024, ge=64)
+    """Address-space limit per PoT program."""
     max_output_kb: int = Field(default=64, ge=1)
-    workers: int = Field(default=2, ge=1)
+    """Output a PoT program may print before it is stopped."""
+    workers: int = execution_only(2, ge=1)
+    """Sandbox processes running programs at once."""
     rel_tol: float = 1e-6
+    """Relative tolerance when comparing a numeric answer with the gold one."""
 
 
 class LoraConfig(Section):
     enabled: bool = True
+    """Train LoRA adapters (merged into the student when training ends); False trains every weight."""
     r: int = Field(default=16, ge=1)
+    """LoRA rank."""
     alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch's input."""
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    """Module names that get adapters (attention and MLP projections by default)."""
     last_layers: int | None = Field(default=None, ge=1)
     """Adapt only the last N decoder layers (None: all). The backward pass then stops at the
     lowest adapted layer, so a step costs less: the CPU quickstart's setting."""
@@ -231,11 +272,15 @@ class LossConfig(Section):
     """`sft`: rationale task only; `dss`: alpha*label + (1-alpha)*rationale; `dss_mi`: + beta * MI
     (parameter-free, as the MI reference code); `dss_infonce`: + beta * learned InfoNCE bound."""
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Weight of the label task; the rationale task gets 1 - alpha (DSS's lambda split)."""
     beta: float = Field(default=0.1, ge=0.0)
+    """Weight of the MI (or InfoNCE) term tying the two tasks' representations together."""
     chunk_size: int = Field(default=64, ge=1)
     """Sequence positions per chunk when pooling softmax maxima (bounds MI memory)."""
     infonce_dim: int = Field(default=128, ge=1)
+    """`dss_infonce`: width of the learned projection both tasks' pooled states are mapped to."""
     infonce_temperature: float = Field(default=0.1, gt=0)
+    """`dss_infonce`: temperature of the InfoNCE logits."""
     label_weighting: Literal["per_question", "per_row"] = "per_question"
     """How the label task counts a question with k kept solutions (k rows, k identical label
     targets): `per_question` weighs each of its label rows 1/k, so every question counts once in
@@ -248,19 +293,31 @@ class TrainConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     lr: float = Field(default=2e-4, gt=0)
+    """Peak learning rate (AdamW)."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after warm-up."""
     warmup_steps: int = Field(default=5, ge=0)
+    """Optimizer steps of linear warm-up from 0 to `lr`."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     batch_size: int = Field(default=8, ge=1)
+    """Examples per micro-batch (per process)."""
     grad_accum: int = Field(default=1, ge=1)
+    """Micro-batches per optimizer step."""
     epochs: float = Field(default=3.0, gt=0)
+    """Passes over the training set (fractions allowed), unless `max_steps` is set."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps (overrides epochs when set)."""
     max_length: int = Field(default=1024, ge=16)
+    """Longest training sequence in tokens (prompt plus target); longer ones are cut."""
     packing: bool = False
+    """Pack several short examples into one sequence of `max_length`."""
     grad_clip: float | None = 1.0
+    """Clip the gradient's global norm to this (None: no clipping)."""
     gradient_checkpointing: bool = False
-    checkpoint_every: int = Field(default=50, ge=1)
+    """Recompute activations in the backward pass: less memory, more time."""
+    checkpoint_every: int = execution_only(50, ge=1)
+    """Optimizer steps between resumable checkpoints (a killed training resumes from the newest)."""
     eval_every: int | None = None
     """Validate every N steps (None: at the end of each epoch)."""
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -281,9 +338,13 @@ class TrainConfig(Section):
     """New tokens per validation answer in rationale mode: the training's own budget, so that
     changing `eval.*` never retrains."""
     seed: int = 42
+    """Seed of the training order, dropout and validation split (follows the run's `seed` unless set)."""
     distributed: Literal["none", "ddp", "fsdp"] = "none"
+    """Multi-process training: `ddp` (replicated weights) or `fsdp` (sharded), over `nproc` processes."""
     nproc: int = Field(default=1, ge=1)
-    tensorboard: bool = False
+    """Training processes (GPUs) for `distributed`."""
+    tensorboard: bool = execution_only(False)
+    """Also write TensorBoard event files beside the training metrics."""
     continue_from_previous: bool = True
     """Iterations >= 1 start from the previous student (LoRA merged); False restarts from `model`."""
 
@@ -330,11 +391,14 @@ class SelfConsistencyConfig(Section):
     k: int = Field(default=8, ge=1)
     """Samples per question in the `sampled` evaluation mode (maj@k, pass@k)."""
     temperature: float = Field(default=0.7, gt=0.0)
+    """Sampling temperature (0: greedy)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling: sample from the smallest set of tokens holding this much probability."""
 
 
 class EvalConfig(Section):
     benchmarks: list[BenchmarkRef] = Field(default_factory=list)
+    """The evaluation sets: each student (and the base model) is evaluated on every one, in every mode."""
     modes: list[Literal["rationale", "label", "forced_cot", "forced_l2m", "forced_pot", "sampled"]] = Field(
         default_factory=lambda: ["rationale", "label"])
     """`rationale`: the student picks a strategy and solves (SIKeD); `label`: the bare answer (DSS);

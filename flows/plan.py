@@ -16,7 +16,8 @@ from flows.config_files import read_config
 from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
 from storage.fs import ArtifactError
-from tasks.jobs.pipeline import Decision, Step, decide, eval_set_label, pipeline_steps
+from tasks.gate import Decision, decide
+from tasks.jobs.pipeline import Step, eval_set_label, pipeline_steps
 
 
 def problem_count(step: Step, ref: BenchmarkRef, cfg: RunConfig) -> int | None:

@@ -3,14 +3,15 @@ index of the steps it uses (storage.step_store)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 from distill.config import RunConfig, section_hash, to_yaml
 from storage.fs import exists, write_bytes
 from storage.paths import RunLayout, default_runs_root
 from storage.step_store import write_index
 from tasks.jobs.pipeline import Step
-from tasks.steps import submit_step
+from tasks.steps import ran_in, submit_step
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -39,15 +40,28 @@ def record_run(layout: RunLayout, cfg: RunConfig, steps: dict[str, Step]) -> Non
 
 @dataclass(frozen=True)
 class Run:
-    """One flow run's steps (tasks.jobs.pipeline) and where its own files go."""
+    """One flow run's steps (tasks.jobs.pipeline) and where its own files go. `attempt` names one
+    execution of the flow (its subflows pass it on): a step whose input this attempt computed
+    runs again (tasks.steps)."""
 
     cfg: RunConfig
     layout: RunLayout
     steps: dict[str, Step]
+    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def submit(self, task, name: str, /, **params):
-        return submit_step(task, self.steps[name], self.layout.run_id, **params)
+        return submit_step(task, self.steps, name, (self.layout.run_id, self.attempt), **params)
+
+    def input_ran(self, name: str) -> bool:
+        """True when an input of the step `name` was computed by this attempt."""
+        return any(ran_in(self.steps[n], self.attempt) for n in self.steps[name].inputs.values())
 
     def output(self, name: str, role: str) -> str:
         return self.steps[name].output(role)
+
+    def input(self, name: str, role: str) -> str:
+        """Where the step `name` reads its input `role`: the one output of the step that makes it."""
+        source = self.steps[self.steps[name].inputs[role]]
+        [output] = ["student"] if source.kind == "train" else source.outputs  # a train step's model
+        return source.output(output)
 

@@ -16,7 +16,8 @@ from storage.fs import list_files
 from storage.mirror import mirror_dir
 from storage.paths import RunLayout
 from storage.step_store import claim_held
-from tasks.jobs.pipeline import Step, incomplete, pipeline_steps
+from tasks.gate import incomplete
+from tasks.jobs.pipeline import Step, pipeline_steps
 
 
 @dataclass

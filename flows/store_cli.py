@@ -1,6 +1,7 @@
 """`siked verify RUN` and `siked gc [--dry-run]`: the step store's integrity and its clean-up.
 
-    siked verify RUN          # re-hash every output the run uses; name each altered or missing file
+    siked verify RUN          # re-hash every output the run uses; name each altered or missing file,
+                              # and each output whose recorded input has changed since it was made
     siked gc --dry-run        # step outputs no run refers to (under $SIKED_HOME/runs or --runs-root)
     siked gc                  # ... and delete them
 
@@ -34,17 +35,37 @@ def verify_cli(run: str) -> int:
         print(f"siked: {exc}", file=sys.stderr)
         return 2
     problems, checked = [], 0
+    producers = {url: step["name"] for step in steps for url in step["outputs"].values()}
     for step in steps:
         if step["kind"] == "report":
             continue
         for url in step["outputs"].values():
             checked += 1
-            problems += [f"{step['name']}: {p}" for p in artifact_problems(url)]
+            damaged = artifact_problems(url)
+            problems += [f"{step['name']}: {p}" for p in damaged]
+            if not damaged:
+                problems += [f"{step['name']}: {p}" for p in lineage_problems(url, producers)]
     for line in problems:
         print(line)
     print(f"{checked} outputs of {len(steps)} steps checked: "
           + (f"{len(problems)} problems" if problems else "all match their manifests"), file=sys.stderr)
     return 1 if problems else 0
+
+
+def lineage_problems(url: str, producers: dict[str, str]) -> list[str]:
+    """Each recorded parent of the output at `url` whose content changed since, with the step
+    that produced it (`producers`: output URL -> step name)."""
+    from tasks.gate import changed_parents
+
+    found = []
+    for sentence in changed_parents(url):
+        named = sentence
+        for parent, step in producers.items():
+            if parent in sentence:
+                named = f"{sentence} (the output of {step})"
+                break
+        found.append(named)
+    return found
 
 
 def unreferenced_steps(runs_root: str) -> list[str]:

@@ -16,7 +16,8 @@ from distill import timings
 from flows.report import write_report
 from storage.fs import write_bytes, write_json
 from storage.paths import ExperimentLayout, RunLayout, join
-from tasks.jobs.pipeline import REPORT_KEY_FILE, Step, incomplete
+from tasks.gate import incomplete
+from tasks.jobs.pipeline import REPORT_KEY_FILE, Step
 
 
 def _key(*parts: Any) -> str:
@@ -75,11 +76,12 @@ def publish_base(layout: RunLayout, scores: list[dict]) -> None:
     write_json(layout.summary("base"), {"stage": "base", "eval": scores})
 
 
-def publish_run_report(layout: RunLayout, step: Step) -> str:
+def publish_run_report(layout: RunLayout, step: Step, *, forced: bool = False) -> str:
     """Write the run report (Markdown + plots) from the run folder and attach it to the flow run.
-    Skipped when the report on disk was written from the same step outputs (`step.key`)."""
+    Skipped when the report on disk was written from the same step outputs (`step.key`) and none
+    of them was computed again (`forced`), as tasks.gate.decide plans it."""
     key_file = join(step.folder, REPORT_KEY_FILE)
-    if incomplete(step) is None:
+    if not forced and incomplete(step) is None:
         return layout.report()
     with timings.span("report"):
         path, markdown = write_report(layout)

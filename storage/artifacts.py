@@ -43,6 +43,7 @@ __all__ = [
     "read_artifact",
     "read_manifest",
     "to_table",
+    "with_manifests",
     "write_artifact",
 ]
 
@@ -76,7 +77,7 @@ def incomplete_reason(url: str, *, kind: str | None = None, config_hash: str | N
 
     Complete means: a manifest exists; its kind and schema version are `kind`'s current ones
     (when `kind` is given); it was written under `config_hash` (when given); and the bytes match
-    (size, plus sha256 when `verify_hash`). Marked folders are checked by size only.
+    (size, plus sha256 when `verify_hash`, of every file of a marked folder too).
     """
     if fs.exists(manifest_url(url)):
         return file_problem(url, kind=kind, config_hash=config_hash, verify_hash=verify_hash)
@@ -86,7 +87,7 @@ def incomplete_reason(url: str, *, kind: str | None = None, config_hash: str | N
         except ArtifactCorrupt as e:
             return str(e)
         if manifest_type == "folder" and kind is None:
-            return folder_problem(url, config_hash=config_hash)
+            return folder_problem(url, config_hash=config_hash, verify_hashes=verify_hash)
         return sharded_problem(url, kind=kind, config_hash=config_hash, verify_hash=verify_hash)
     return f"{url} has no manifest" + (" (its write did not finish)" if fs.exists(url) else "")
 
@@ -95,6 +96,19 @@ def is_complete(url: str, *, kind: str | None = None, config_hash: str | None = 
                 verify_hash: bool = True) -> bool:
     """True when the step that writes `url` is done (see incomplete_reason)."""
     return incomplete_reason(url, kind=kind, config_hash=config_hash, verify_hash=verify_hash) is None
+
+
+def with_manifests(*urls: str | None) -> list[str]:
+    """The URLs among `urls` that have a manifest: the parents a step can record, models included
+    (a student folder has one; a builtin or Hub model does not, and is named by the step's key)."""
+    return [url for url in urls if url and read_manifest_or_none(url) is not None]
+
+
+def read_manifest_or_none(url: str) -> dict[str, Any] | None:
+    try:
+        return read_manifest(url)
+    except ArtifactError:
+        return None
 
 
 def artifact_ref(url: str) -> dict[str, Any]:

@@ -30,8 +30,11 @@ def _files_hash(entries: list[Mapping[str, Any]]) -> str:
 def mark_folder_complete(folder_url: str, info: Mapping[str, Any] | None = None, *,
                          config_hash: str | None = None, code_version: str | None = None,
                          parents: Iterable[str | Mapping[str, Any]] = (),
-                         hash_files: bool = True) -> dict[str, Any]:
+                         hash_files: bool = True, at: str | None = None) -> dict[str, Any]:
     """Write the folder's manifest listing its files (hidden names skipped); returns it.
+
+    `at` is where the folder is published when that is not `folder_url` (a local mirror of a
+    remote folder): its parents are recorded relative to that place.
 
     `info` is free-form JSON kept under "info". `content_hash` is the sha256 over the lines
     `"<path>:<size>:<sha256 or empty>"` in path order.
@@ -44,7 +47,7 @@ def mark_folder_complete(folder_url: str, info: Mapping[str, Any] | None = None,
         for path, n in files.items()
     ]
     manifest = build_manifest(type="folder", content_hash=_files_hash(entries), config_hash=config_hash,
-                              code=code_version, parents=parents, files=entries, info=dict(info or {}))
+                              code=code_version, parents=parents, at=str(at or folder_url), files=entries, info=dict(info or {}))
     fs.write_json(dir_manifest_url(folder_url), manifest)
     return manifest
 

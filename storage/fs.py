@@ -104,13 +104,29 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# sha256 of large local files, by (path, inode, size, mtime, ctime): completion checks hash every
+# output a run reuses, and a process asking twice about an unchanged weights file pays once. Small
+# files are hashed every time (cheap, and a rewrite within one timestamp tick cannot fool it).
+_MEMO_MIN_BYTES = 1 << 20
+_hash_memo: dict[tuple, str] = {}
+
+
 def sha256_file(url: str) -> str:
     """sha256 of a file's bytes, read in chunks (for files too big to hold in memory)."""
     fs, path = resolve(url)
+    memo_key = None
+    if is_local(fs):
+        st = os.stat(path)
+        if st.st_size >= _MEMO_MIN_BYTES:
+            memo_key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if memo_key in _hash_memo:
+                return _hash_memo[memo_key]
     digest = hashlib.sha256()
     with fs.open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
+    if memo_key is not None:
+        _hash_memo[memo_key] = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -11,13 +11,18 @@ other code has `<folder>/_manifest.json`. Every manifest holds:
                     the parts' hashes (see the modules that write them)
     config_hash     the caller's cache key (null when not given)
     code_version    package version + git short sha, or the caller's string
-    parents         [{"path": url, "content_hash": ...}] of the artifacts this one was made from
+    parents         [{"path": ..., "content_hash": ...}] of the artifacts this one was made from,
+                    models included; a parent in the same step store is recorded relative to this
+                    artifact's folder (`../../generate/<key>/samples`), so a runs root copied,
+                    moved or mounted elsewhere checks its lineage against its own files
+                    (parent_url reads it back)
     created         UTC time, ISO 8601
 """
 
 from __future__ import annotations
 
 import functools
+import posixpath
 import subprocess
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -76,18 +81,61 @@ def code_version() -> str:
     return f"{version}+g{sha}" if sha else version
 
 
-def parent_ref(parent: str | Mapping[str, Any]) -> dict[str, Any]:
-    """{"path", "content_hash"} of a parent artifact, read from its manifest (or given as a dict)."""
+def _split(url: str) -> tuple[str, str]:
+    """(scheme, path) of a URL or local path; a local path's scheme is ""."""
+    url = str(url)
+    if "://" in url:
+        scheme, _, path = url.partition("://")
+        return scheme, path
+    return "", url
+
+
+STEP_STORE = "/steps/"  # storage.step_store: <runs_root>/steps/<kind>/<key>/...
+
+
+def _runs_root_of(path: str) -> str | None:
+    """The runs root of a path inside a step store, or None for a path outside one."""
+    at = path.rfind(STEP_STORE)
+    return path[:at] if at > 0 else None
+
+
+def relative_parent(at: str, parent: str) -> str:
+    """`parent` relative to the folder holding the artifact `at` when both live in one step store
+    (the same scheme and runs root); otherwise (a model folder, another runs root) as given."""
+    (scheme_a, path_a), (scheme_p, path_p) = _split(at), _split(parent)
+    path_a, path_p = posixpath.normpath(path_a), posixpath.normpath(path_p)
+    root = _runs_root_of(path_a)
+    if scheme_a != scheme_p or root is None or _runs_root_of(path_p) != root:
+        return str(parent)
+    return posixpath.relpath(path_p, posixpath.dirname(path_a))
+
+
+def parent_url(at: str, recorded: str) -> str:
+    """The URL of a parent recorded in the manifest of the artifact `at` (see relative_parent)."""
+    if "://" in recorded or recorded.startswith("/"):
+        return recorded
+    scheme, path = _split(at)
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(posixpath.normpath(path)), recorded))
+    return f"{scheme}://{joined}" if scheme else joined
+
+
+def parent_ref(parent: str | Mapping[str, Any], at: str | None = None) -> dict[str, Any]:
+    """{"path", "content_hash"} of a parent artifact, read from its manifest (or given as a dict);
+    with `at` (the artifact being written), the path is recorded relative to it."""
     if isinstance(parent, Mapping):
-        return {"path": str(parent["path"]), "content_hash": parent["content_hash"]}
-    return {"path": str(parent), "content_hash": read_manifest(parent)["content_hash"]}
+        path, content_hash = str(parent["path"]), parent["content_hash"]
+    else:
+        path, content_hash = str(parent), read_manifest(parent)["content_hash"]
+    return {"path": relative_parent(at, path) if at else path, "content_hash": content_hash}
 
 
 def build_manifest(*, type: str, content_hash: str, kind: str | None = None,
                    schema_version: int | None = None, rows: int | None = None,
                    config_hash: str | None = None, code: str | None = None,
-                   parents: Iterable[str | Mapping[str, Any]] = (), **extra: Any) -> dict[str, Any]:
-    """A manifest dict with the common fields; `extra` adds type-specific ones."""
+                   parents: Iterable[str | Mapping[str, Any]] = (), at: str | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """A manifest dict with the common fields; `extra` adds type-specific ones. `at` is the
+    artifact's own URL: its parents are recorded relative to it."""
     return {
         "type": type,
         "kind": kind,
@@ -96,7 +144,7 @@ def build_manifest(*, type: str, content_hash: str, kind: str | None = None,
         "content_hash": content_hash,
         "config_hash": config_hash,
         "code_version": code if code is not None else code_version(),
-        "parents": [parent_ref(p) for p in parents],
+        "parents": [parent_ref(p, at) for p in parents],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,
     }

@@ -57,7 +57,7 @@ def publish_folder(local_dir: str, url: str, info: Mapping[str, Any] | None = No
     mirror of it. Files left at `url` by an earlier version and not in the new manifest are deleted.
     """
     manifest = mark_folder_complete(local_dir, info, config_hash=config_hash, code_version=code_version,
-                                    parents=parents)
+                                    parents=parents, at=url)
     if os.path.abspath(local_dir) == os.path.abspath(mirror_dir(url)) and not fs.is_remote_url(url):
         return manifest
     unmark_folder_complete(url)

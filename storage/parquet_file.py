@@ -41,7 +41,7 @@ def write_file(url: str, rows: Rows, kind: str, *, config_hash: str | None = Non
     manifest = build_manifest(
         type="parquet", file=posixpath.basename(str(url)), kind=kind, schema_version=version,
         rows=table.num_rows, size=out.size, content_hash=out.hexdigest(), config_hash=config_hash,
-        code=code_version, parents=parents, **extra,
+        code=code_version, parents=parents, at=str(url), **extra,
     )
     fs.write_json(manifest_at, manifest)
     return manifest

@@ -110,7 +110,7 @@ class ShardedArtifact:
         manifest = build_manifest(
             type="sharded", kind=self.kind, schema_version=version, rows=sum(e["rows"] for e in entries),
             content_hash=_shards_hash(entries), config_hash=self.config_hash, code=self.code_version,
-            parents=self.parents, shards=entries,
+            parents=self.parents, at=self.url, shards=entries,
         )
         fs.write_json(self.manifest_url, manifest)
         return manifest

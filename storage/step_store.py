@@ -59,13 +59,36 @@ def index_url(layout: RunLayout) -> str:
     return layout.path("steps.json")
 
 
+def _within_root(root: str, url: str) -> str:
+    """`url` relative to the runs root `root` when it lies inside it (the index then travels with a
+    copied or moved runs root), else `url` as given."""
+    prefix = root.rstrip("/") + "/"
+    return url.removeprefix(prefix)
+
+
+def _from_root(root: str, recorded: str) -> str:
+    return recorded if "://" in recorded or recorded.startswith("/") else join(root, recorded)
+
+
+def _map_locations(entry: dict[str, Any], convert: Callable[[str], str]) -> dict[str, Any]:
+    return {**entry, "dir": convert(entry["dir"]),
+            "outputs": {role: convert(url) for role, url in entry["outputs"].items()}}
+
+
 def write_index(layout: RunLayout, steps: list[dict[str, Any]]) -> None:
-    """The run index: `steps` are {name, kind, iteration, key, dir, outputs: {role: url}}."""
-    fs.write_json(index_url(layout), {"format": INDEX_FORMAT, "run": layout.run_id, "steps": steps})
+    """The run index: `steps` are {name, kind, iteration, key, dir, outputs: {role: url}}; folders
+    inside the runs root are stored relative to it."""
+    stored = [_map_locations(entry, lambda url: _within_root(layout.root, url)) for entry in steps]
+    fs.write_json(index_url(layout), {"format": INDEX_FORMAT, "run": layout.run_id, "steps": stored})
+
+
+def _resolved_index(root: str, url: str) -> list[dict[str, Any]]:
+    return [_map_locations(entry, lambda rel: _from_root(root, rel)) for entry in fs.read_json(url)["steps"]]
 
 
 def read_index(layout: RunLayout) -> list[dict[str, Any]]:
-    """The steps a run uses; OldRunFolder for a folder made before the step store."""
+    """The steps a run uses, their folders under the layout's runs root; OldRunFolder for a folder
+    made before the step store."""
     url = index_url(layout)
     if not fs.exists(url):
         if fs.exists(layout.path("iter-00", "teacher_samples")) or fs.exists(layout.path("problems")):
@@ -74,7 +97,7 @@ def read_index(layout: RunLayout) -> list[dict[str, Any]]:
                 "Run its config again with `siked run <run>/config.yaml`: the new run computes its steps "
                 "once in the step store; the old folder can then be deleted.")
         raise fs.ArtifactMissing(f"{layout.run_dir} has no steps.json (the run never started)")
-    return fs.read_json(url)["steps"]
+    return _resolved_index(layout.root, url)
 
 
 def run_indexes(runs_root: str) -> dict[str, list[dict[str, Any]]]:
@@ -89,7 +112,7 @@ def run_indexes(runs_root: str) -> dict[str, list[dict[str, Any]]]:
         name = entry.rstrip("/").rpartition("/")[2]
         url = join(runs_root, name, "steps.json")
         if name != "steps" and fs.exists(url):
-            found[name] = fs.read_json(url)["steps"]
+            found[name] = _resolved_index(runs_root, url)
     return found
 
 

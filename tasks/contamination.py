@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from prefect import task
-
 from distill.config import DecontaminationConfig
 from distill.decontamination import overlaps
-from storage.artifacts import is_complete, read_artifact, write_artifact
+from storage.artifacts import read_artifact, write_artifact
+from tasks.steps import step_task
 
 
 def overlap_summary(rows: list[dict], sizes: dict[str, int]) -> dict[str, dict]:
@@ -23,13 +22,19 @@ def overlap_summary(rows: list[dict], sizes: dict[str, int]) -> dict[str, dict]:
             for label, found in ids.items()}
 
 
-@task(name="contamination", task_run_name="problems-contamination", retries=0)
+def _sizes(eval_sets: dict[str, str]) -> dict[str, int]:
+    return {label: read_artifact(url, "problems", columns=["id"]).num_rows for label, url in eval_sets.items()}
+
+
+def overlaps_result(eval_sets: dict[str, str], output: str, **_: object) -> dict:
+    return overlap_summary(read_artifact(output, "overlaps").to_pylist(), _sizes(eval_sets))
+
+
+@step_task(overlaps_result, name="contamination", task_run_name="problems-contamination", retries=0)
 def find_overlaps(train_url: str, eval_sets: dict[str, str], output: str, key: str,
                   cfg: DecontaminationConfig) -> dict:
     """Overlaps of every evaluation set (`{label: problems URL}`) with the training problems."""
-    sizes = {label: read_artifact(url, "problems", columns=["id"]).num_rows for label, url in eval_sets.items()}
-    if is_complete(output, kind="overlaps", config_hash=key):
-        return overlap_summary(read_artifact(output, "overlaps").to_pylist(), sizes)
+    sizes = _sizes(eval_sets)
     train = read_artifact(train_url, "problems", columns=["id", "question"]).to_pylist()
     pairs = [(p["id"], p["question"]) for p in train]
     rows = []

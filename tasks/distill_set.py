@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from prefect import task
-
-from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
+from storage.artifacts import artifact_ref, read_artifact, write_artifact
 from storage.fs import read_json, write_json
+from tasks.steps import step_task
 
 
 def summary_url(output: str) -> str:
     return output.removesuffix(".parquet") + ".summary.json"
 
 
-@task(name="distill-set", task_run_name="iter-{iteration:02d}-distill-set")
+def distill_set_result(output: str, **_: object) -> dict:
+    ref = artifact_ref(output)
+    ref["summary"] = read_json(summary_url(output))
+    return ref
+
+
+@step_task(distill_set_result, name="distill-set", task_run_name="iter-{iteration:02d}-distill-set")
 def build_distill_set(verified_url: str, problems_url: str, output: str, key: str, iteration: int,
                       biased: str | None = None) -> dict:
     """TRAIN_EXAMPLES rows at `output`; the per-strategy counts and verdict histogram beside it."""
-    if is_complete(output, kind="train_examples", config_hash=key):
-        ref = artifact_ref(output)
-        ref["summary"] = read_json(summary_url(output))
-        return ref
     from distill.distill_set import bias, select_correct, summarize
 
     problems = read_artifact(problems_url, "problems", columns=["id", "question"]).to_pydict()
@@ -33,6 +34,4 @@ def build_distill_set(verified_url: str, problems_url: str, output: str, key: st
     # marks the step done.
     write_json(summary_url(output), summary)
     write_artifact(output, kept, "train_examples", config_hash=key, parents=[verified_url, problems_url])
-    ref = artifact_ref(output)
-    ref["summary"] = summary
-    return ref
+    return distill_set_result(output)

@@ -7,33 +7,35 @@ only the shards whose manifest is missing.
 
 from __future__ import annotations
 
-from prefect import task
-
 from storage.artifacts import artifact_ref
 from storage.shards import ShardedArtifact
 from tasks.jobs.generate import GenerationJob, generate_into, shard_count
 from tasks.progress import with_progress
+from tasks.steps import step_task
 
 
-@task(name="generate", task_run_name="iter-{job.iteration:02d}-generate-{job.source}", retries=1,
-      retry_delay_seconds=5)
-def generate_samples(job: GenerationJob) -> dict:
-    """Sharded SAMPLES artifact at `job.output_url`; returns its ref with generation stats."""
-    out = ShardedArtifact(job.output_url, "samples", config_hash=job.key)
-    stats: dict = {"reused_shards": "all"}
-    if not out.is_complete(verify_hash=False):
-        from distill.engines.child import run_in_child, run_in_engine_worker
-
-        total = shard_count(job)
-        body, runner = generate_into, run_in_engine_worker  # the engine of the step before, when it fits
-        if job.engine.replicas > 1:  # shards spread over engine replicas on Ray
-            from tasks.jobs.ray_executor import ray_generate_into as body
-
-            runner = run_in_child
-        stats = with_progress(f"generate-{job.source}-{job.iteration:02d}",
-                              f"Iteration {job.iteration}: {job.source} samples, shards written",
-                              lambda: len(out.completed_shards(verify_hash=False)) / total,
-                              runner, body, job)
+def samples_result(job: GenerationJob, stats: dict | None = None) -> dict:
     ref = artifact_ref(job.output_url)
-    ref["stats"] = stats
+    ref["stats"] = stats if stats is not None else {"reused_shards": "all"}
     return ref
+
+
+@step_task(samples_result, name="generate", task_run_name="iter-{job.iteration:02d}-generate-{job.source}",
+           retries=1, retry_delay_seconds=5)
+def generate_samples(job: GenerationJob) -> dict:
+    """Sharded SAMPLES artifact at `job.output_url` (the shards a killed attempt finished are kept);
+    returns its ref with generation stats."""
+    from distill.engines.child import run_in_child, run_in_engine_worker
+
+    out = ShardedArtifact(job.output_url, "samples", config_hash=job.key)
+    total = shard_count(job)
+    body, runner = generate_into, run_in_engine_worker  # the engine of the step before, when it fits
+    if job.engine.replicas > 1:  # shards spread over engine replicas on Ray
+        from tasks.jobs.ray_executor import ray_generate_into as body
+
+        runner = run_in_child
+    stats = with_progress(f"generate-{job.source}-{job.iteration:02d}",
+                          f"Iteration {job.iteration}: {job.source} samples, shards written",
+                          lambda: len(out.completed_shards(verify_hash=False)) / total,
+                          runner, body, job)
+    return samples_result(job, stats)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from prefect import task
-
-from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
+from storage.artifacts import artifact_ref, read_artifact, write_artifact
 from storage.fs import read_json, write_json
+from tasks.steps import step_task
 
 
 def stats_url(output: str) -> str:
     return output.removesuffix(".parquet") + ".mix.json"
 
 
-@task(name="mix", task_run_name="iter-{iteration:02d}-mix")
+def mix_result(output: str, **_: object) -> dict:
+    ref = artifact_ref(output)
+    ref["mix"] = read_json(stats_url(output))
+    return ref
+
+
+@step_task(mix_result, name="mix", task_run_name="iter-{iteration:02d}-mix")
 def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str, output: str, key: str,
                      iteration: int, rule: str, target_alpha: float | None, seed: int) -> dict:
     """TRAIN_EXAMPLES rows at `output` under `rule`; the realised alpha, strategy distributions and
     KL(P_train || P_SM) beside it."""
-    if is_complete(output, kind="train_examples", config_hash=key):
-        ref = artifact_ref(output)
-        ref["mix"] = read_json(stats_url(output))
-        return ref
     from distill.mixing import mix
 
     self_rows = read_artifact(self_set_url, "train_examples").to_pylist()
@@ -34,6 +35,4 @@ def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str,
     write_json(stats_url(output), stats)
     write_artifact(output, result.rows, "train_examples", config_hash=key,
                    parents=[self_set_url, verified_url, teacher_set_url])
-    ref = artifact_ref(output)
-    ref["mix"] = stats
-    return ref
+    return mix_result(output)

@@ -6,19 +6,22 @@ text, from evaluation sets by text (other benchmarks have other ids), with the c
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from distill.config import BenchmarkRef
 from distill.strategies.exemplars import is_exemplar
-from storage.artifacts import artifact_ref, is_complete, write_artifact
+from storage.artifacts import artifact_ref, write_artifact
 from tasks.jobs.benchmarks import load_problems
+from tasks.steps import step_task
 
 
-@task(name="problems", task_run_name="problems-{name}", retries=0)
+def problems_result(output: str, **_: object) -> dict:
+    return artifact_ref(output)
+
+
+@step_task(problems_result, name="problems", task_run_name="problems-{name}", retries=0)
 def freeze_problems(ref: BenchmarkRef, name: str, output: str, key: str, data_folder: str | None = None) -> dict:
     """Load `ref`, drop exemplar problems, write PROBLEMS rows to `output`. Returns the artifact ref."""
-    if is_complete(output, kind="problems", config_hash=key):
-        return artifact_ref(output)
     loaded = load_problems(ref, data_folder)
     if loaded.exclusions and ref.name == "file":
         shown = "\n".join(f"  {e.detail}" for e in loaded.exclusions[:10])
@@ -29,7 +32,7 @@ def freeze_problems(ref: BenchmarkRef, name: str, output: str, key: str, data_fo
     if not kept:
         raise ValueError(f"benchmark {ref.benchmark_name}/{ref.split} gave no problems after removing exemplars")
     write_artifact(output, [p.to_row() for p in kept], "problems", config_hash=key)
-    ref_out = artifact_ref(output)
+    ref_out = problems_result(output)
     ref_out["excluded_exemplars"] = len(loaded.problems) - len(kept)
     ref_out["excluded"] = loaded.excluded_reasons()
     return ref_out

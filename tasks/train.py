@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
-from storage.artifacts import is_complete, read_artifact, write_artifact
+from storage.artifacts import read_artifact, with_manifests, write_artifact
 from storage.folders import folder_manifest, unmark_folder_complete
 from storage.mirror import local_model, mirror_dir, publish_folder
 from storage.paths import models_dir
 from tasks.jobs.train import TrainJob, fraction_done, planned_steps
 from tasks.progress import with_progress
+from tasks.steps import step_task
 
 
 def _ref(job: TrainJob) -> dict:
@@ -28,11 +27,10 @@ def _ref(job: TrainJob) -> dict:
     return {"path": job.output_dir, "content_hash": manifest["content_hash"], "train": manifest.get("info", {})}
 
 
-@task(name="train", task_run_name="iter-{job.iteration:02d}-train", retries=1, retry_delay_seconds=5)
+@step_task(_ref, name="train", task_run_name="iter-{job.iteration:02d}-train", retries=1, retry_delay_seconds=5)
 def train_student_step(job: TrainJob) -> dict:
-    """The merged student folder at `job.output_dir`, and the training metrics artifact."""
-    if is_complete(job.output_dir, config_hash=job.key) and is_complete(job.metrics_url, kind="train_metrics"):
-        return _ref(job)
+    """The merged student folder at `job.output_dir`, and the training metrics artifact. A killed
+    attempt's newest checkpoint is resumed from."""
     from distill.models import resolve_model
     from distill.training.launch import launch_training
 
@@ -49,9 +47,10 @@ def train_student_step(job: TrainJob) -> dict:
     result = with_progress(f"train-{Path(job.output_dir).parent.name}", f"Training iteration {job.iteration}",
                            lambda: fraction_done(job, planned_steps(job.cfg, len(rows))),
                            launch_training, job.cfg, rows, model_path, output, checkpoints)
-    write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key,
-                   parents=[job.train_set_url])
+    # The model it started from is a parent too: a retrained start model retrains this one.
+    parents = with_manifests(job.train_set_url, job.problems_url, job.start_model)
+    write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key, parents=parents)
     info = {"best_step": result.best_step, "best_val": result.best_val, "steps": result.steps,
             "data": result.data_report, "start_model": job.start_model}
-    publish_folder(output, job.output_dir, info, config_hash=job.key, parents=[job.train_set_url])
+    publish_folder(output, job.output_dir, info, config_hash=job.key, parents=parents)
     return _ref(job)

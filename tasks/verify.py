@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from distill import timings
 from distill.config import VerifyConfig
-from storage.artifacts import artifact_ref, is_complete, read_artifact, write_artifact
+from storage.artifacts import artifact_ref, read_artifact, write_artifact
+from tasks.steps import step_task
 
 
-@task(name="verify", task_run_name="iter-{iteration:02d}-verify", retries=1, retry_delay_seconds=5)
+def verified_result(output: str, **_: object) -> dict:
+    return artifact_ref(output)
+
+
+@step_task(verified_result, name="verify", task_run_name="iter-{iteration:02d}-verify", retries=1,
+           retry_delay_seconds=5)
 def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: VerifyConfig,
            iteration: int) -> dict:
     """VERIFIED rows for the samples at `samples_url`, gold answers from `problems_url`."""
-    if is_complete(output, kind="verified", config_hash=key):
-        return artifact_ref(output)
     from distill.choices import gold_answers
     from distill.verify import sandbox_limits, verify_samples
 
@@ -25,4 +27,4 @@ def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: Veri
         rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol,
                               choices=choices)
     write_artifact(output, rows, "verified", config_hash=key, parents=[samples_url, problems_url])
-    return artifact_ref(output)
+    return verified_result(output)

@@ -22,7 +22,8 @@ from storage.artifacts import ShardedArtifact, write_artifact
 from storage.folders import mark_folder_complete
 from storage.paths import RunLayout
 from storage.step_store import claim_held, claim_step, write_index
-from tasks.jobs.pipeline import decide, pipeline_steps
+from tasks.gate import decide
+from tasks.jobs.pipeline import pipeline_steps
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "configs/quickstart.yaml").read_text()
@@ -83,7 +84,7 @@ def test_a_biased_chain_biases_every_iterations_set(tmp_path):
     assert {"iter-00/distill_set", "iter-01/distill_set", "iter-02/distill_set"} <= moved
     cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", "teacher.biased=pot"])
     steps = pipeline_steps(cfg, run_layout(cfg))
-    assert steps["iter-02/distill_set"].reads == {"teacher.biased": "pot"}
+    assert steps["iter-02/distill_set"].job == {"biased": "pot"}
 
 
 def test_the_seed_moves_the_students_steps_not_the_teachers_nor_the_base_evaluation(tmp_path):

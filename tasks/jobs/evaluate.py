@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from distill import timings
 from distill.config import EngineConfig, SamplingConfig, SelfConsistencyConfig, VerifyConfig
-from storage.artifacts import is_complete
+from storage.artifacts import is_complete, with_manifests
 from storage.fs import exists, write_json
-from tasks.jobs.pipeline import prediction_kind
+from tasks.jobs.pipeline import prediction_kind, summary_url_of
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,7 @@ class EvalJob:
     self_consistency: SelfConsistencyConfig | None = None  # the `sampled` mode's k and temperature
 
 
-def summary_url(predictions_url: str) -> str:
-    return predictions_url.removesuffix(".parquet") + ".summary.json"
+summary_url = summary_url_of
 
 
 def pending_targets(job: EvalJob) -> list[tuple[str, str, str, str]]:
@@ -77,7 +76,7 @@ def evaluate_into(job: EvalJob) -> None:
                                 rel_tol=rel_tol, sampling=sampled_settings(job) if mode == "sampled" else None)
                 summary = summarize_sampled(rows, rel_tol) if mode == "sampled" else summarize_predictions(rows)
                 write_json(summary_url(output), summary)
-                parents = [problems_url, *([job.exclude_url] if job.exclude_url else [])]
+                parents = with_manifests(problems_url, job.exclude_url, job.model)  # the model too
                 write_artifact(output, rows, prediction_kind(mode), config_hash=job.key, parents=parents)
                 print(f"eval {job.label}: {benchmark} {mode} accuracy {summary['accuracy']:.3f} "
                       f"({len(rows)} problems)", flush=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from distill import timings
 from distill.config import EngineConfig, SamplingConfig
-from storage.artifacts import read_manifest
+from storage.artifacts import read_manifest, with_manifests
 from storage.shards import ShardedArtifact
 
 
@@ -103,7 +103,8 @@ def generate_into(job: GenerationJob) -> dict:
     from distill.engines import make_engine
     from distill.generation import make_replica_engine, run_generation
 
-    out = ShardedArtifact(job.output_url, "samples", config_hash=job.key, parents=[job.problems_url])
+    out = ShardedArtifact(job.output_url, "samples", config_hash=job.key,
+                          parents=with_manifests(job.problems_url, job.model))  # a student is a parent
     repeatable = job.engine.deterministic and job.engine.kind in ("vllm", "transformers")
     engine = (make_replica_engine(job.engine, model_path_of(job)) if repeatable
               else make_engine(job.engine, model_path_of(job), data_dir=job.data_dir))
