@@ -32,6 +32,22 @@ class ConfigError(ValueError):
     """A configuration problem, with the dotted path of the offending key."""
 
 
+def plain_name(value: str, what: str) -> str:
+    """`value` unchanged when it can be one component of a file or folder name; a ValueError naming
+    `what` otherwise. Run names, splits, aliases and labels end up in paths (run folders, problem
+    ids, evaluation files): a `/` or `..` would write outside the folder meant, a NUL cuts the path
+    short, and a leading dot hides the file from listings."""
+    problem = ("is empty" if not value
+               else "holds '/' or '\\'" if "/" in value or "\\" in value
+               else "holds '..'" if ".." in value
+               else "holds a NUL character" if "\0" in value
+               else "starts with '.'" if value.startswith(".")
+               else None)
+    if problem:
+        raise ValueError(f"{what} {value!r} {problem}: it becomes part of a path, so it must be a plain name")
+    return value
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
@@ -86,6 +102,11 @@ class BenchmarkRef(Section):
     """file: the name the set goes by in problem ids, reports and step names; default the file's stem
     (or the Hub dataset's name)."""
 
+    @field_validator("split")
+    @classmethod
+    def _split_is_a_plain_name(cls, value: str) -> str:
+        return plain_name(value, "split")
+
     @model_validator(mode="after")
     def _file_keys_belong_to_file(self) -> BenchmarkRef:
         given = [key for key in FILE_BENCHMARK_KEYS if getattr(self, key) is not None]
@@ -104,7 +125,8 @@ class BenchmarkRef(Section):
             raise ValueError(f"name: file with source {self.source} reads `{where}`; "
                              f"remove {'repo/config' if self.source == 'local' else 'path'}")
         name = self.benchmark_name
-        if not name or any(c in name for c in "/\\: ") or name.startswith(".") or name in BUILTIN_BENCHMARKS:
+        if not name or any(c in name for c in "/\\:\0 ") or ".." in name or name.startswith(".") \
+                or name in BUILTIN_BENCHMARKS:
             raise ValueError(f"alias {name!r}: a file benchmark needs a plain name (no '/', ':', spaces) "
                              "that is not a built-in benchmark's; set `alias`")
         return self
@@ -373,9 +395,9 @@ class RunConfig(Section):
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, value: str) -> str:
-        if not value or any(c in value for c in "/\\: ") or value.startswith("."):
+        if any(c in value for c in ": "):
             raise ValueError(f"run name {value!r} must be a plain folder name (no '/', ':', spaces)")
-        return value
+        return plain_name(value, "run name")
 
     @model_validator(mode="before")
     @classmethod
@@ -475,7 +497,7 @@ def _explain(error: ValidationError) -> str:
             lines.append(f"unknown key {dotted!r}{hint} (known here: {', '.join(known)})")
         else:
             lines.append(f"{dotted}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+    return "; ".join(lines)
 
 
 def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: list[str] | None = None,
@@ -494,7 +516,8 @@ def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: lis
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n{_explain(exc)}") from None
+        # One line, as every error the command line prints: the file, then each key and what is wrong.
+        raise ConfigError(f"{source}: invalid configuration: {_explain(exc)}") from None
 
 
 def section_hash(section: BaseModel | Any, length: int = 16) -> str:

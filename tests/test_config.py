@@ -148,3 +148,25 @@ def test_overrides_may_follow_an_option():
     assert (args.model, args.config, args.overrides) == ("model-dir", "c.yaml", ["eval.max_tokens=8", "seed=3"])
     with pytest.raises(SystemExit):
         parse_arguments(build_parser(), ["eval", "model-dir", "--config", "c.yaml", "--bogus"])
+
+
+@pytest.mark.parametrize("override, field, words", [
+    ('eval.benchmarks=[{name: arith, split: "x/../../out/pwned"}]', "eval.benchmarks.0.split", "'/'"),
+    ('eval.benchmarks=[{name: arith, split: ".."}]', "eval.benchmarks.0.split", "'..'"),
+    ('eval.benchmarks=[{name: arith, split: ""}]', "eval.benchmarks.0.split", "empty"),
+    ('train_data={name: arith, split: "tr\\0ain"}', "train_data.split", "NUL"),
+    ('eval.benchmarks=[{name: file, path: d.jsonl, question: q, answer: a, alias: "a\\0b"}]',
+     "eval.benchmarks.0", "alias"),
+    ('eval.benchmarks=[{name: file, path: d.jsonl, question: q, answer: a, alias: "a..b"}]',
+     "eval.benchmarks.0", "alias"),
+    ('name="run\\0x"', "name", "NUL"),
+    ("name=a..b", "name", "'..'"),
+])
+def test_names_that_become_paths_must_be_plain(override, field, words):
+    """A split, alias or run name becomes part of a path: `/`, `..`, NUL or nothing is refused at
+    load, in one line naming the key (a split once wrote an evaluation file outside the home)."""
+    with pytest.raises(ConfigError) as err:
+        load_config("", [override], source="c.yaml")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("c.yaml: invalid configuration: ")
+    assert f"{field}:" in message and words in message
