@@ -16,7 +16,16 @@ import json
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Strategy = Literal["cot", "l2m", "pot"]
 ALL_STRATEGIES: tuple[str, ...] = ("cot", "l2m", "pot")
@@ -101,11 +110,29 @@ class BenchmarkRef(Section):
     alias: str | None = None
     """file: the name the set goes by in problem ids, reports and step names; default the file's stem
     (or the Hub dataset's name)."""
+    label: str | None = None
+    """Evaluation sets: the name the set's steps and prediction files go by (`problems/eval-<label>`,
+    `<label>-<mode>.parquet`) and the report shows; default `<name>-<split>` (AddSub's
+    `questions.json` would otherwise be `questions-test`). Problem ids keep the name."""
 
     @field_validator("split")
     @classmethod
     def _split_is_a_plain_name(cls, value: str) -> str:
         return plain_name(value, "split")
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_plain_name(cls, value: str | None) -> str | None:
+        return value if value is None else plain_name(value, "label")
+
+    @model_serializer(mode="wrap")
+    def _unset_label_is_not_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Dumps are hashed into run ids and step keys: a set without a label dumps as it did
+        # before `label` existed, so its run and its steps keep their keys.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("label", "") is None:
+            del data["label"]
+        return data
 
     @model_validator(mode="after")
     def _file_keys_belong_to_file(self) -> BenchmarkRef:
@@ -143,6 +170,11 @@ class BenchmarkRef(Section):
         for suffix in (".gz", ".bz2", ".xz", ".zst", ".jsonl", ".json", ".csv", ".parquet"):
             stem = stem.removesuffix(suffix)
         return stem
+
+    @property
+    def eval_label(self) -> str:
+        """What the set is called as an evaluation set: `label`, else `<name>-<split>`."""
+        return self.label or f"{self.benchmark_name}-{self.split}"
 
     @property
     def is_multiple_choice(self) -> bool:
@@ -372,6 +404,19 @@ class EvalConfig(Section):
     """Also evaluate the untrained student, as the baseline of the report."""
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
 
+    @model_validator(mode="after")
+    def _one_set_per_label(self) -> EvalConfig:
+        # Steps and prediction files are named by the label: two sets under one label would be
+        # merged into one, the first silently dropped.
+        first: dict[str, int] = {}
+        for position, ref in enumerate(self.benchmarks):
+            label = ref.eval_label
+            if label in first:
+                raise ValueError(f"eval.benchmarks.{first[label]} and eval.benchmarks.{position} are both "
+                                 f"evaluated as {label!r}; give one of them another `label`")
+            first[label] = position
+        return self
+
 
 class RunConfig(Section):
     name: str = "siked"
@@ -420,6 +465,13 @@ class RunConfig(Section):
             else:
                 node.setdefault("seed", seed)
         return data
+
+    @model_validator(mode="after")
+    def _train_data_has_no_label(self) -> RunConfig:
+        if self.train_data.label is not None:
+            raise ValueError("train_data.label: only evaluation sets have labels (the training set is "
+                             "problems/train)")
+        return self
 
     @model_validator(mode="after")
     def _multiple_choice_trains_in_dss_format(self) -> RunConfig:
@@ -496,7 +548,8 @@ def _explain(error: ValidationError) -> str:
             hint = f"; did you mean {'.'.join(str(p) for p in loc[:-1] + (guess[0],))!r}?" if guess else ""
             lines.append(f"unknown key {dotted!r}{hint} (known here: {', '.join(known)})")
         else:
-            lines.append(f"{dotted}: {err['msg']} (got {err.get('input')!r})")
+            got = repr(err.get("input"))  # a whole section when a check spans its keys: shortened
+            lines.append(f"{dotted}: {err['msg']} (got {got if len(got) <= 200 else got[:200] + '...'})")
     return "; ".join(lines)
 
 

@@ -85,6 +85,7 @@ def list_config_benchmarks(cfg: RunConfig) -> dict[str, Any]:
         except (BenchmarkError, OSError) as exc:
             errors.append(f"{role} {ref.benchmark_name} {ref.split}: {exc}")
             continue
-        rows.append({"role": role, **_row(ref.benchmark_name, ref.split, loaded)})
+        label = {"label": ref.eval_label} if role == "eval" else {}  # the name its steps and files go by
+        rows.append({"role": role, **label, **_row(ref.benchmark_name, ref.split, loaded)})
     return {"data_dir": cfg.data_dir or os.environ.get("SIKED_DATA_DIR"), "source": "config",
             "benchmarks": rows, "errors": errors}

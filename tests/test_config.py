@@ -170,3 +170,41 @@ def test_names_that_become_paths_must_be_plain(override, field, words):
     message = str(err.value)
     assert "\n" not in message and message.startswith("c.yaml: invalid configuration: ")
     assert f"{field}:" in message and words in message
+
+
+@pytest.mark.parametrize("sets, label", [
+    ([{"name": "arith", "split": "test", "size": 3}, {"name": "arith", "split": "test", "size": 5}], "arith-test"),
+    ([{"name": "file", "path": "a/questions.json", "question": "q", "answer": "a"},
+      {"name": "file", "path": "b/data.jsonl", "question": "q", "answer": "a", "alias": "questions"}], "questions-test"),
+    ([{"name": "gsm8k", "split": "test"}, {"name": "arith", "label": "gsm8k-test"}], "gsm8k-test"),
+])
+def test_two_evaluation_sets_under_one_label_are_refused_naming_both(sets, label):
+    """Steps and prediction files are named by the label: the second set once replaced the first."""
+    with pytest.raises(ConfigError) as err:
+        load_config({"eval": {"benchmarks": [{"name": "arith", "label": "other"}, *sets]}})
+    assert f"eval.benchmarks.1 and eval.benchmarks.2 are both evaluated as {label!r}" in str(err.value)
+
+
+def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_path):
+    from flows.run_setup import run_id, run_layout
+    from tasks.jobs.pipeline import pipeline_steps
+
+    sets = [{"name": "arith", "split": "test", "size": 3},
+            {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]
+    plain = load_config({"name": "pinned", "eval": {"benchmarks": sets}})
+    assert run_id(plain) == "pinned-d9c78105b6"  # as before `label` existed
+    import yaml
+
+    assert "label" not in plain.eval.benchmarks[1].model_dump()
+    assert "label" not in yaml.safe_load(to_yaml(plain))["eval"]["benchmarks"][1]
+    assert [ref.eval_label for ref in plain.eval.benchmarks] == ["arith-test", "questions-test"]
+
+    labelled = load_config({"runs_root": str(tmp_path), "eval": {"benchmarks": [sets[0], sets[1] | {"label": "addsub"}]}})
+    steps = pipeline_steps(labelled, run_layout(labelled))
+    assert "problems/eval-addsub" in steps and "problems/eval-questions-test" not in steps
+    assert {"addsub/rationale", "addsub/label"} <= set(steps["iter-00/evaluate"].outputs)
+    assert steps["iter-00/evaluate"].output("addsub/rationale").endswith("/addsub-rationale.parquet")
+    with pytest.raises(ConfigError, match="train_data.label: only evaluation sets"):
+        load_config({"train_data": {"name": "arith", "split": "train", "label": "x"}})
+    with pytest.raises(ConfigError, match=r"eval\.benchmarks\.0\.label: .*holds '/'"):
+        load_config({"eval": {"benchmarks": [{"name": "arith", "label": "a/b"}]}})
