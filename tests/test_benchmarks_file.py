@@ -353,3 +353,41 @@ def test_a_line_nested_too_deeply_is_excluded_by_line(tmp_path):
     assert len(loaded.problems) == 1
     assert [(e.reason, e.detail) for e in loaded.exclusions] == [
         ("unreadable", f"{path}: line 2: invalid JSON (nested too deeply)")]
+
+
+@pytest.mark.parametrize("name, text, mapping, why", [
+    ("wrong.jsonl", '{"q": "What is 2 + 3?", "a": 5}\n' * 3, {"answer": "meta.gold"},
+     "wrong.jsonl: no answer field 'meta.gold' in any of its 3 records (is the field's path right?)"),
+    ("wrong.csv", "q,a\nWhat is 2 + 3?,5\n", {"question": "question"},
+     "wrong.csv: no question field 'question' in its one record (is the field's path right?)"),
+    ("colours.jsonl", '{"q": "Colour?", "a": "blue"}\n{"a": 1}\n', {},
+     ("colours.jsonl: no usable record, 2 excluded (missing_field: 1, not_a_number: 1); "
+      "the first: line 1: answer 'blue' is not a number")),
+    ("blank.jsonl", "\n\n", {}, "blank.jsonl: holds no records"),
+])
+def test_a_file_with_no_usable_record_says_why(tmp_path, name, text, mapping, why):
+    """The field that matched nothing is named; a file left empty by its exclusions is not
+    reported as emptied by the exemplar filter (as `siked eval` once did)."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.problems import freeze_problems
+
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    set_ref = ref(tmp_path / name, **({"question": "q", "answer": "a", "id": None} | mapping))
+    assert load_problems(set_ref).why_no_problem() == f"{tmp_path}/{why}"
+    with disable_run_logger(), pytest.raises(BenchmarkError) as err:
+        freeze_problems.fn(set_ref, "eval-mine-test", str(tmp_path / "out" / "problems.parquet"), "k")
+    assert str(err.value) == f"{tmp_path}/{why}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_preflight_reads_a_file_benchmark_and_names_its_set(tmp_path):
+    from flows.preflight import preflight
+
+    path = write_jsonl(tmp_path / "mine.jsonl", RECORDS)
+    sets = (f"eval.benchmarks=[{{name: arith, size: 3}}, {{name: file, path: {path}, question: meta.question, "
+            "answer: meta.gold}]")
+    with pytest.raises(ConfigError, match=r"^eval\.benchmarks\.1: .*mine\.jsonl: no answer field 'meta\.gold' in any "
+                                          "of its 2 records"):
+        preflight(load_config({}, [sets]))
+    preflight(load_config({}, [sets.replace("meta.gold", "solutions.0")]))

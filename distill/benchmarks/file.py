@@ -191,7 +191,7 @@ def parse_records(records: Iterable[tuple[str, Any]], ref: BenchmarkRef, source:
                                 problem.answer_text)
         except _Unusable as unusable:
             exclusions.append(Exclusion(fallback_id, unusable.reason, unusable.answer_text,
-                                        detail=f"{where}: {unusable}"))
+                                        detail=f"{where}: {unusable}", where=where))
             continue
         seen[problem.id] = where
         problems.append(problem)
