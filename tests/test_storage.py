@@ -379,3 +379,14 @@ def test_join_keeps_paths_inside_their_root():
     assert join("/srv/runs/", "iter-00", "student") == "/srv/runs/iter-00/student"
     assert join("memory://runs", "a..b", "x/../y") == "memory://runs/a..b/x/../y"  # stays inside
     assert join("s3://bucket/runs", "steps") == "s3://bucket/runs/steps"
+
+
+def test_a_mirror_never_lies_outside_the_mirrors_folder(tmp_path, monkeypatch):
+    """A remote URL's local mirror is under $SIKED_HOME/mirror, whatever `..` the URL holds."""
+    from storage.mirror import mirror_dir
+    from storage.paths import PathOutsideRoot
+
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    assert mirror_dir("memory://runs/a/student") == f"{tmp_path}/mirror/memory/runs/a/student"
+    with pytest.raises(PathOutsideRoot):
+        mirror_dir("memory://runs/../../../../../pwned")
