@@ -16,7 +16,16 @@ import json
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Strategy = Literal["cot", "l2m", "pot"]
 ALL_STRATEGIES: tuple[str, ...] = ("cot", "l2m", "pot")
@@ -38,8 +47,24 @@ EXECUTION_ONLY = {"execution_only": True}
 def execution_only(default: Any = None, **kwargs: Any) -> Any:
     """A field that changes how a step runs, never what it writes (a timeout, a thread count, where
     the engine core runs): steps may read it, and it stays out of every step key
-    (tasks.jobs.pipeline.keyed), so changing it never recomputes finished work."""
+    (tasks.jobs.pipeline.as_json), so changing it never recomputes finished work."""
     return Field(default, json_schema_extra=EXECUTION_ONLY, **kwargs)
+
+
+def plain_name(value: str, what: str) -> str:
+    """`value` unchanged when it can be one component of a file or folder name; a ValueError naming
+    `what` otherwise. Run names, splits, aliases and labels end up in paths (run folders, problem
+    ids, evaluation files): a `/` or `..` would write outside the folder meant, a NUL cuts the path
+    short, and a leading dot hides the file from listings."""
+    problem = ("is empty" if not value
+               else "holds '/' or '\\'" if "/" in value or "\\" in value
+               else "holds '..'" if ".." in value
+               else "holds a NUL character" if "\0" in value
+               else "starts with '.'" if value.startswith(".")
+               else None)
+    if problem:
+        raise ValueError(f"{what} {value!r} {problem}: it becomes part of a path, so it must be a plain name")
+    return value
 
 
 class Section(BaseModel):
@@ -99,6 +124,29 @@ class BenchmarkRef(Section):
     alias: str | None = None
     """file: the name the set goes by in problem ids, reports and step names; default the file's stem
     (or the Hub dataset's name)."""
+    label: str | None = None
+    """Evaluation sets: the name the set's steps and prediction files go by (`problems/eval-<label>`,
+    `<label>-<mode>.parquet`) and the report shows; default `<name>-<split>` (AddSub's
+    `questions.json` would otherwise be `questions-test`). Problem ids keep the name."""
+
+    @field_validator("split")
+    @classmethod
+    def _split_is_a_plain_name(cls, value: str) -> str:
+        return plain_name(value, "split")
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_a_plain_name(cls, value: str | None) -> str | None:
+        return value if value is None else plain_name(value, "label")
+
+    @model_serializer(mode="wrap")
+    def _unset_label_is_not_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Dumps are hashed into run ids and step keys: a set without a label dumps as it did
+        # before `label` existed, so its run and its steps keep their keys.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("label", "") is None:
+            del data["label"]
+        return data
 
     @model_validator(mode="after")
     def _file_keys_belong_to_file(self) -> BenchmarkRef:
@@ -118,7 +166,8 @@ class BenchmarkRef(Section):
             raise ValueError(f"name: file with source {self.source} reads `{where}`; "
                              f"remove {'repo/config' if self.source == 'local' else 'path'}")
         name = self.benchmark_name
-        if not name or any(c in name for c in "/\\: ") or name.startswith(".") or name in BUILTIN_BENCHMARKS:
+        if not name or any(c in name for c in "/\\:\0 ") or ".." in name or name.startswith(".") \
+                or name in BUILTIN_BENCHMARKS:
             raise ValueError(f"alias {name!r}: a file benchmark needs a plain name (no '/', ':', spaces) "
                              "that is not a built-in benchmark's; set `alias`")
         return self
@@ -135,6 +184,11 @@ class BenchmarkRef(Section):
         for suffix in (".gz", ".bz2", ".xz", ".zst", ".jsonl", ".json", ".csv", ".parquet"):
             stem = stem.removesuffix(suffix)
         return stem
+
+    @property
+    def eval_label(self) -> str:
+        """What the set is called as an evaluation set: `label`, else `<name>-<split>`."""
+        return self.label or f"{self.benchmark_name}-{self.split}"
 
     @property
     def is_multiple_choice(self) -> bool:
@@ -414,6 +468,19 @@ class EvalConfig(Section):
     """Also evaluate the untrained student, as the baseline of the report."""
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
 
+    @model_validator(mode="after")
+    def _one_set_per_label(self) -> EvalConfig:
+        # Steps and prediction files are named by the label: two sets under one label would be
+        # merged into one, the first silently dropped.
+        first: dict[str, int] = {}
+        for position, ref in enumerate(self.benchmarks):
+            label = ref.eval_label
+            if label in first:
+                raise ValueError(f"eval.benchmarks.{first[label]} and eval.benchmarks.{position} are both "
+                                 f"evaluated as {label!r}; give one of them another `label`")
+            first[label] = position
+        return self
+
 
 class RunConfig(Section):
     name: str = "siked"
@@ -437,9 +504,9 @@ class RunConfig(Section):
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, value: str) -> str:
-        if not value or any(c in value for c in "/\\: ") or value.startswith("."):
+        if any(c in value for c in ": "):
             raise ValueError(f"run name {value!r} must be a plain folder name (no '/', ':', spaces)")
-        return value
+        return plain_name(value, "run name")
 
     @model_validator(mode="before")
     @classmethod
@@ -462,6 +529,13 @@ class RunConfig(Section):
             else:
                 node.setdefault("seed", seed)
         return data
+
+    @model_validator(mode="after")
+    def _train_data_has_no_label(self) -> RunConfig:
+        if self.train_data.label is not None:
+            raise ValueError("train_data.label: only evaluation sets have labels (the training set is "
+                             "problems/train)")
+        return self
 
     @model_validator(mode="after")
     def _multiple_choice_trains_in_dss_format(self) -> RunConfig:
@@ -538,8 +612,9 @@ def _explain(error: ValidationError) -> str:
             hint = f"; did you mean {'.'.join(str(p) for p in loc[:-1] + (guess[0],))!r}?" if guess else ""
             lines.append(f"unknown key {dotted!r}{hint} (known here: {', '.join(known)})")
         else:
-            lines.append(f"{dotted}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+            got = repr(err.get("input"))  # a whole section when a check spans its keys: shortened
+            lines.append(f"{dotted}: {err['msg']} (got {got if len(got) <= 200 else got[:200] + '...'})")
+    return "; ".join(lines)
 
 
 def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: list[str] | None = None,
@@ -558,7 +633,8 @@ def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: lis
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n{_explain(exc)}") from None
+        # One line, as every error the command line prints: the file, then each key and what is wrong.
+        raise ConfigError(f"{source}: invalid configuration: {_explain(exc)}") from None
 
 
 def section_hash(section: BaseModel | Any, length: int = 16) -> str:

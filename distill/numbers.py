@@ -8,6 +8,7 @@ gold answers, and returns None for anything else (so a loader can exclude the pr
     parse_number("3/4")          -> 0.75     fractions, also "-(1/3)" and mixed numbers "1 1/2"
     parse_number("-2"), parse_number("50%")  -> -2.0, 50.0
     parse_number("3:4"), parse_number("5; 6"), parse_number("Yes")  -> None
+    parse_number("1" * 400)      -> None     no float holds it (nor an int 5,001 digits long)
 
 Reading numbers out of model outputs is another job (`distill.answers`).
 
@@ -18,6 +19,7 @@ Reading numbers out of model outputs is another job (`distill.answers`).
 from __future__ import annotations
 
 import ast
+import math
 import re
 from fractions import Fraction
 
@@ -45,6 +47,13 @@ def parse_number(text: str | float | None) -> float | None:
         return None
     if isinstance(text, (int, float)):
         return float(text)
+    try:
+        return _parse_number(text)
+    except (ValueError, OverflowError):  # beyond Python's int digit limit, or beyond a float's range
+        return None
+
+
+def _parse_number(text: str) -> float | None:
     match = _NUMBER.match(text.strip().translate(_MINUS_CHARS))
     if match is None:
         return None
@@ -77,6 +86,8 @@ _OPERATORS = {
 
 def _exact(node: ast.AST) -> Fraction:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        if isinstance(node.value, float) and not math.isfinite(node.value):  # `1e999` parses as infinity
+            raise ExpressionError("a number out of a float's range")
         return Fraction(str(node.value)) if isinstance(node.value, float) else Fraction(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _exact(node.operand)
@@ -95,10 +106,14 @@ def evaluate_exact(expression: str) -> Fraction:
         raise ExpressionError("expression too long")
     try:
         return _exact(ast.parse(expression.strip(), mode="eval").body)
-    except (SyntaxError, RecursionError, MemoryError) as exc:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:  # ValueError: a NUL byte
         raise ExpressionError(f"not an arithmetic expression: {expression[:80]!r}") from exc
 
 
 def evaluate_arithmetic(expression: str) -> float:
-    """`evaluate_exact` as a float: "( 84.0 / 2.0 )" -> 42.0; anything else raises ExpressionError."""
-    return float(evaluate_exact(expression))
+    """`evaluate_exact` as a float: "( 84.0 / 2.0 )" -> 42.0; anything else raises ExpressionError,
+    a value beyond a float's range too."""
+    try:
+        return float(evaluate_exact(expression))
+    except OverflowError:
+        raise ExpressionError(f"value out of a float's range: {expression[:40]!r}") from None

@@ -55,9 +55,10 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
                   f"excluded {row['excluded']:>4}  {reasons}")
             for detail in row.get("excluded_records", []):
                 print(f"    excluded: {detail}")
-        for err in report.get("errors", []):
+        for err in report.get("errors", []) + report.get("unusable", []):
             print(f"error: {err}", file=sys.stderr)
-    return 1 if report.get("errors") else 0
+    # 2 for a set no run could use (bad input, as configuration errors), 1 for data that could not be read
+    return 2 if report.get("unusable") else 1 if report.get("errors") else 0
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@
     siked data list configs/my_data.yaml   # the sets a config names: its own files too
 
 With a config, the sets listed are its `train_data` and `eval.benchmarks`, whatever their kind; a
-file benchmark's excluded records are listed with file, line or record, and reason.
+file benchmark's excluded records are listed with file, line or record, and reason. A set of which
+not one record is usable is listed under "unusable" with the reason (the field that matched
+nothing), and the command exits 2, as `siked run` would refuse the config.
 
 `arith` is listed with its default settings (difficulty, size and seed of `BenchmarkRef`). A split
 that fails to load is reported under "errors" and the others are still listed; once the Hub proves
@@ -78,13 +80,16 @@ def list_config_benchmarks(cfg: RunConfig) -> dict[str, Any]:
     """The same listing for the sets a config names (`train_data`, then `eval.benchmarks`)."""
     from tasks.jobs.benchmarks import load_problems
 
-    rows, errors = [], []
+    rows, errors, unusable = [], [], []
     for role, ref in [("train_data", cfg.train_data), *(("eval", r) for r in cfg.eval.benchmarks)]:
         try:
             loaded = load_problems(ref, cfg.data_dir)
         except (BenchmarkError, OSError) as exc:
             errors.append(f"{role} {ref.benchmark_name} {ref.split}: {exc}")
             continue
-        rows.append({"role": role, **_row(ref.benchmark_name, ref.split, loaded)})
+        if why := loaded.why_no_problem():  # a run would refuse it: bad input, not a missing file
+            unusable.append(f"{role} {ref.benchmark_name} {ref.split}: {why}")
+        label = {"label": ref.eval_label} if role == "eval" else {}  # the name its steps and files go by
+        rows.append({"role": role, **label, **_row(ref.benchmark_name, ref.split, loaded)})
     return {"data_dir": cfg.data_dir or os.environ.get("SIKED_DATA_DIR"), "source": "config",
-            "benchmarks": rows, "errors": errors}
+            "benchmarks": rows, "errors": errors, "unusable": unusable}

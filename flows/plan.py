@@ -13,6 +13,7 @@ from typing import Any
 
 from distill.config import BenchmarkRef, RunConfig
 from flows.config_files import read_config
+from flows.preflight import check_sets
 from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
 from storage.fs import ArtifactError
@@ -105,6 +106,8 @@ def experiment_plan(path: str, overrides: list[str]) -> tuple[list[dict[str, Any
     from flows.experiment_file import read_experiment
 
     experiment = read_experiment(path, overrides)
+    for r in experiment.runs:  # as `siked experiment` refuses them: before planning anything
+        check_sets(r.cfg)
     rows: list[dict[str, Any]] = []
     total: dict[str, Any] = {}
     scheduled: dict[str, str] = {}  # step key -> the arm and seed that computes it
@@ -132,6 +135,7 @@ def plan_cli(config_path: str, overrides: list[str], as_json: bool) -> int:
             print(text, file=sys.stderr)
         return 0
     cfg = read_config(config_path, overrides)
+    check_sets(cfg)  # a set `siked run` would refuse is refused here too, not counted as 0 questions
     layout = run_layout(cfg)
     steps = pipeline_steps(cfg, layout)
     decisions = decide(steps)

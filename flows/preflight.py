@@ -1,14 +1,15 @@
 """Checks that fail a run at once, before any model is loaded, when the outcome is already known:
 a model that cannot be found, a data folder that is missing, an engine missing its settings, an
-option whose package is not installed."""
+option whose package is not installed, a file benchmark of which not one record can be used."""
 
 from __future__ import annotations
 
 import importlib.util
 
-from distill.config import ConfigError, EngineConfig, RunConfig, TrainConfig
+from distill.benchmarks import BenchmarkError
+from distill.config import BenchmarkRef, ConfigError, EngineConfig, RunConfig, TrainConfig
 from storage.paths import DataDirMissing, data_dir
-from tasks.jobs.benchmarks import data_available
+from tasks.jobs.benchmarks import data_available, load_problems
 
 
 def _check_model(spec: str, where: str) -> None:
@@ -50,6 +51,27 @@ def check_train(train: TrainConfig) -> None:
                           "(pip install 'siked-pipeline[tensorboard]', or set train.tensorboard=false)")
 
 
+def _named_sets(cfg: RunConfig) -> list[tuple[str, BenchmarkRef]]:
+    return [("train_data", cfg.train_data), *((f"eval.benchmarks.{i}", r) for i, r in enumerate(cfg.eval.benchmarks))]
+
+
+def check_sets(cfg: RunConfig) -> None:
+    """Read each local file benchmark once, before any work: a file that cannot be parsed, or of
+    which not one record is usable (a field path that matches nothing, a CSV without the answer
+    column), would otherwise fail only when its step runs, after the steps before it. The error
+    names the set's key and the field that matched nothing. Built-in sets are the published files;
+    Hub datasets are read by their step (the problems step gives the same reason)."""
+    for where, ref in _named_sets(cfg):
+        if ref.name != "file" or ref.source != "local" or not data_available(ref, cfg.data_dir):
+            continue
+        try:
+            loaded = load_problems(ref, cfg.data_dir)
+        except BenchmarkError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if why := loaded.why_no_problem():
+            raise ConfigError(f"{where}: {why}")
+
+
 def preflight(cfg: RunConfig) -> None:
     """Raise ConfigError for problems detectable before any work."""
     _check_engine(cfg.teacher.engine, "teacher.engine")
@@ -68,3 +90,4 @@ def preflight(cfg: RunConfig) -> None:
                               "is read from the directory siked runs in)")
     if cfg.siked.iterations and cfg.siked.engine.kind in ("openai", "file"):
         raise ConfigError("siked.engine.kind: students generate with a local engine (vllm or transformers)")
+    check_sets(cfg)

@@ -44,7 +44,7 @@ def mirror_dir(url: str) -> str:
     if fs.is_local(filesystem):
         return path
     protocol = filesystem.protocol if isinstance(filesystem.protocol, str) else filesystem.protocol[0]
-    return str(mirrors_dir() / protocol / path.strip("/"))
+    return join(str(mirrors_dir()), protocol, path)  # join: a `..` in the URL cannot leave the mirrors folder
 
 
 def publish_folder(local_dir: str, url: str, info: Mapping[str, Any] | None = None, *,

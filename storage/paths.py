@@ -8,6 +8,7 @@ here, so the layout can be read in one place.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +52,34 @@ def data_dir(configured: str | None = None) -> Path:
     return path
 
 
+class PathOutsideRoot(ValueError):
+    """A path built under a folder that, once `..` is resolved, would lie outside that folder."""
+
+
 def join(root: str, *parts: str) -> str:
-    """Join an fsspec URL or local path with relative parts."""
+    """Join an fsspec URL or local path with relative parts; PathOutsideRoot when the parts climb
+    out of `root` (every run, step and output path is built here, from names a config gives)."""
     root = root.rstrip("/")
-    return "/".join([root, *[p.strip("/") for p in parts]])
+    return inside(root, "/".join([root, *[p.strip("/") for p in parts]]))
+
+
+def inside(root: str, path: str) -> str:
+    """`path`, once proven to stay inside `root` after `..` and `.` are resolved; PathOutsideRoot
+    otherwise. Both are normalised as text (a URL as the posix path after its scheme), not through
+    the file system: a folder inside a home may be a link to another disk on purpose."""
+    scheme, sep, rest = root.rpartition("://")
+    path_scheme, path_sep, path_rest = path.rpartition("://")
+    if (scheme, sep) != (path_scheme, path_sep):
+        raise PathOutsideRoot(f"{path} is not under {root}")
+    if sep:
+        base, target = (posixpath.normpath("/" + p.lstrip("/")) for p in (rest, path_rest))
+        common = posixpath.commonpath([base, target])
+    else:
+        base, target = os.path.normpath(os.path.abspath(root or "/")), os.path.normpath(os.path.abspath(path))
+        common = os.path.commonpath([base, target])
+    if common != base:
+        raise PathOutsideRoot(f"{path} leads outside {root or '/'}: a name in it climbs out with '..'")
+    return path
 
 
 @dataclass(frozen=True)

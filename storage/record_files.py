@@ -9,8 +9,10 @@ The format follows the extension, after any compression suffix (`.gz`, `.bz2`, `
 
 `read_records(url)` yields `(where, record)` in file order, `where` naming the file and the line
 (JSON Lines, CSV) or the record (JSON arrays, Parquet), counted from 1 as editors do. A line that is
-not valid JSON is yielded as a `ValueError` in place of its record, so the caller can exclude that
-one record and go on; a file that cannot be read at all raises `RecordFileError`.
+not valid JSON (or nested too deeply to parse) is yielded as a `ValueError` in place of its record,
+so the caller can exclude that one record and go on; a file that cannot be read at all raises
+`RecordFileError`. A JSON number that neither an int nor a float can hold (more digits than Python
+converts, `1e999`) is kept as its text, so that the record, not the file, is refused.
 
     for where, record in read_records("data/problems.jsonl"):   # ("data/problems.jsonl: line 1", {...})
         ...
@@ -21,6 +23,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,20 +74,39 @@ def read_records(url: str) -> Iterator[tuple[str, Any]]:
         yield from _json(text, url)
 
 
+def _int_or_text(text: str) -> int | str:
+    # int() refuses more digits than sys.get_int_max_str_digits(): json would fail the whole file.
+    limit = sys.get_int_max_str_digits()
+    return text if limit and len(text.lstrip("-")) > limit else int(text)
+
+
+def _float_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text  # `1e999`: kept as written, not as infinity
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_int=_int_or_text, parse_float=_float_or_text)
+
+
 def _json_lines(text: str, url: str) -> Iterator[tuple[str, Any]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record: Any = json.loads(line)
+            record: Any = _loads(line)
         except json.JSONDecodeError as exc:
             record = ValueError(f"invalid JSON ({exc.msg}, column {exc.colno})")
+        except RecursionError:
+            record = ValueError("invalid JSON (nested too deeply)")
         yield f"{url}: line {number}", record
 
 
 def _json(text: str, url: str) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(text)
+        data = _loads(text)
+    except RecursionError:
+        raise RecordFileError(f"{url}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # a second value after the first: JSON Lines under a .json name
             yield from _json_lines(text, url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
+from distill.benchmarks import BenchmarkError
 from distill.config import BenchmarkRef
 from distill.strategies.exemplars import is_exemplar
 from storage.artifacts import artifact_ref, write_artifact
@@ -28,6 +29,8 @@ def freeze_problems(ref: BenchmarkRef, name: str, output: str, key: str, data_fo
         more = f"\n  ... and {len(loaded.exclusions) - 10} more" if len(loaded.exclusions) > 10 else ""
         get_run_logger().warning("%s: %d records excluded (%s):\n%s%s", ref.path or ref.repo,
                                  len(loaded.exclusions), loaded.excluded_reasons(), shown, more)
+    if why := loaded.why_no_problem():  # every record excluded: say why, not "after removing exemplars"
+        raise BenchmarkError(why)
     kept = [p for p in loaded.problems if not is_exemplar(p.id, p.question)]
     if not kept:
         raise ValueError(f"benchmark {ref.benchmark_name}/{ref.split} gave no problems after removing exemplars")

@@ -311,3 +311,83 @@ def test_a_tiny_run_trains_on_a_file_and_evaluates_on_files(tmp_path, tiny_model
         predictions = read_artifact(output_of(run, "iter-00/evaluate", f"{name}/rationale"), "predictions")
         assert predictions.num_rows == n
     assert "colours-test" in (run / "report" / "report.md").read_text()
+
+
+BIG = "1" * 5001  # more digits than Python turns into an int
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("s.jsonl", '{"q": "Big?", "a": "1e999"}\n', "line 2"),  # a string: once "Invalid literal for Fraction: 'inf'"
+    ("n.jsonl", '{"q": "Big?", "a": 1e999}\n', "line 2"),  # a JSON number: infinity as a float
+    ("i.jsonl", f'{{"q": "Big?", "a": {BIG}}}\n', "line 2"),  # an int with more digits than Python converts
+    ("d.jsonl", f'{{"q": "Big?", "a": "{BIG}"}}\n', "line 2"),
+    ("e.jsonl", f'{{"q": "Big?", "a": "{"1" * 400}"}}\n', "line 2"),  # fits an int, not a float
+])
+def test_an_answer_no_float_can_hold_excludes_its_record_not_the_file(tmp_path, name, text, where):
+    path = tmp_path / name
+    path.write_text('{"q": "What is 2 + 3?", "a": 5}\n' + text, encoding="utf-8")
+    loaded = load_problems(ref(path, question="q", answer="a", id=None))
+    assert [p.answer for p in loaded.problems] == [5.0]
+    [excluded] = loaded.exclusions
+    assert excluded.reason == "not_finite"
+    assert excluded.detail.startswith(f"{path}: {where}: answer '") and "is not a finite number" in excluded.detail
+    assert len(excluded.detail) < 200  # a 5,001-digit answer is shortened in the message
+
+
+def test_huge_numbers_in_json_arrays_and_csv_are_excluded_by_record(tmp_path):
+    array = tmp_path / "data.json"
+    array.write_text(f'[{{"q": "What is 2 + 3?", "a": 5}}, {{"q": "Big?", "a": {BIG}, "id": {BIG}}}]', encoding="utf-8")
+    table = tmp_path / "data.csv"
+    table.write_text(f"q,a\nWhat is 2 + 3?,5\nBig?,{BIG}\nHuge?,1e999\n", encoding="utf-8")
+    for path, wheres in ((array, ["record 2"]), (table, ["line 3", "line 4"])):
+        loaded = load_problems(ref(path, question="q", answer="a", id=None))
+        assert len(loaded.problems) == 1
+        assert [(e.reason, e.detail.split(": answer")[0]) for e in loaded.exclusions] == [
+            ("not_finite", f"{path}: {where}") for where in wheres]
+
+
+def test_a_line_nested_too_deeply_is_excluded_by_line(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"q": "What is 2 + 3?", "a": 5}\n' + "[" * 100_000 + "\n", encoding="utf-8")
+    loaded = load_problems(ref(path, question="q", answer="a", id=None))
+    assert len(loaded.problems) == 1
+    assert [(e.reason, e.detail) for e in loaded.exclusions] == [
+        ("unreadable", f"{path}: line 2: invalid JSON (nested too deeply)")]
+
+
+@pytest.mark.parametrize("name, text, mapping, why", [
+    ("wrong.jsonl", '{"q": "What is 2 + 3?", "a": 5}\n' * 3, {"answer": "meta.gold"},
+     "wrong.jsonl: no answer field 'meta.gold' in any of its 3 records (is the field's path right?)"),
+    ("wrong.csv", "q,a\nWhat is 2 + 3?,5\n", {"question": "question"},
+     "wrong.csv: no question field 'question' in its one record (is the field's path right?)"),
+    ("colours.jsonl", '{"q": "Colour?", "a": "blue"}\n{"a": 1}\n', {},
+     ("colours.jsonl: no usable record, 2 excluded (missing_field: 1, not_a_number: 1); "
+      "the first: line 1: answer 'blue' is not a number")),
+    ("blank.jsonl", "\n\n", {}, "blank.jsonl: holds no records"),
+])
+def test_a_file_with_no_usable_record_says_why(tmp_path, name, text, mapping, why):
+    """The field that matched nothing is named; a file left empty by its exclusions is not
+    reported as emptied by the exemplar filter (as `siked eval` once did)."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.problems import freeze_problems
+
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    set_ref = ref(tmp_path / name, **({"question": "q", "answer": "a", "id": None} | mapping))
+    assert load_problems(set_ref).why_no_problem() == f"{tmp_path}/{why}"
+    with disable_run_logger(), pytest.raises(BenchmarkError) as err:
+        freeze_problems.fn(set_ref, "eval-mine-test", str(tmp_path / "out" / "problems.parquet"), "k")
+    assert str(err.value) == f"{tmp_path}/{why}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_preflight_reads_a_file_benchmark_and_names_its_set(tmp_path):
+    from flows.preflight import preflight
+
+    path = write_jsonl(tmp_path / "mine.jsonl", RECORDS)
+    sets = (f"eval.benchmarks=[{{name: arith, size: 3}}, {{name: file, path: {path}, question: meta.question, "
+            "answer: meta.gold}]")
+    with pytest.raises(ConfigError, match=r"^eval\.benchmarks\.1: .*mine\.jsonl: no answer field 'meta\.gold' in any "
+                                          "of its 2 records"):
+        preflight(load_config({}, [sets]))
+    preflight(load_config({}, [sets.replace("meta.gold", "solutions.0")]))

@@ -47,3 +47,16 @@ def test_evaluation_is_exact():
 def test_evaluate_arithmetic_refuses_anything_else(expression):
     with pytest.raises(ExpressionError):
         evaluate_arithmetic(expression)
+
+
+@pytest.mark.parametrize("text", ["1" * 5001, "1" * 400, "1" * 400 + ".5", "1" * 5001 + "/3", "1e999"])
+def test_numbers_no_float_can_hold_are_not_numbers(text):
+    """Too many digits for an int, or too large for a float: None, never an exception."""
+    assert parse_number(text) is None
+
+
+@pytest.mark.parametrize("expression", ["1e999", "1e999 - 1e999", "1" * 400 + " * 2", "1" * 5001])
+def test_expressions_out_of_float_range_are_refused(expression):
+    """`1e999` parses as infinity, which no Fraction holds; a 400-digit value overflows a float."""
+    with pytest.raises(ExpressionError):
+        evaluate_arithmetic(expression)

@@ -148,3 +148,63 @@ def test_overrides_may_follow_an_option():
     assert (args.model, args.config, args.overrides) == ("model-dir", "c.yaml", ["eval.max_tokens=8", "seed=3"])
     with pytest.raises(SystemExit):
         parse_arguments(build_parser(), ["eval", "model-dir", "--config", "c.yaml", "--bogus"])
+
+
+@pytest.mark.parametrize("override, field, words", [
+    ('eval.benchmarks=[{name: arith, split: "x/../../out/pwned"}]', "eval.benchmarks.0.split", "'/'"),
+    ('eval.benchmarks=[{name: arith, split: ".."}]', "eval.benchmarks.0.split", "'..'"),
+    ('eval.benchmarks=[{name: arith, split: ""}]', "eval.benchmarks.0.split", "empty"),
+    ('train_data={name: arith, split: "tr\\0ain"}', "train_data.split", "NUL"),
+    ('eval.benchmarks=[{name: file, path: d.jsonl, question: q, answer: a, alias: "a\\0b"}]',
+     "eval.benchmarks.0", "alias"),
+    ('eval.benchmarks=[{name: file, path: d.jsonl, question: q, answer: a, alias: "a..b"}]',
+     "eval.benchmarks.0", "alias"),
+    ('name="run\\0x"', "name", "NUL"),
+    ("name=a..b", "name", "'..'"),
+])
+def test_names_that_become_paths_must_be_plain(override, field, words):
+    """A split, alias or run name becomes part of a path: `/`, `..`, NUL or nothing is refused at
+    load, in one line naming the key (a split once wrote an evaluation file outside the home)."""
+    with pytest.raises(ConfigError) as err:
+        load_config("", [override], source="c.yaml")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("c.yaml: invalid configuration: ")
+    assert f"{field}:" in message and words in message
+
+
+@pytest.mark.parametrize("sets, label", [
+    ([{"name": "arith", "split": "test", "size": 3}, {"name": "arith", "split": "test", "size": 5}], "arith-test"),
+    ([{"name": "file", "path": "a/questions.json", "question": "q", "answer": "a"},
+      {"name": "file", "path": "b/data.jsonl", "question": "q", "answer": "a", "alias": "questions"}], "questions-test"),
+    ([{"name": "gsm8k", "split": "test"}, {"name": "arith", "label": "gsm8k-test"}], "gsm8k-test"),
+])
+def test_two_evaluation_sets_under_one_label_are_refused_naming_both(sets, label):
+    """Steps and prediction files are named by the label: the second set once replaced the first."""
+    with pytest.raises(ConfigError) as err:
+        load_config({"eval": {"benchmarks": [{"name": "arith", "label": "other"}, *sets]}})
+    assert f"eval.benchmarks.1 and eval.benchmarks.2 are both evaluated as {label!r}" in str(err.value)
+
+
+def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_path):
+    from flows.run_setup import run_id, run_layout
+    from tasks.jobs.pipeline import pipeline_steps
+
+    sets = [{"name": "arith", "split": "test", "size": 3},
+            {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]
+    plain = load_config({"name": "pinned", "eval": {"benchmarks": sets}})
+    assert run_id(plain) == "pinned-d9c78105b6"  # as before `label` existed
+    import yaml
+
+    assert "label" not in plain.eval.benchmarks[1].model_dump()
+    assert "label" not in yaml.safe_load(to_yaml(plain))["eval"]["benchmarks"][1]
+    assert [ref.eval_label for ref in plain.eval.benchmarks] == ["arith-test", "questions-test"]
+
+    labelled = load_config({"runs_root": str(tmp_path), "eval": {"benchmarks": [sets[0], sets[1] | {"label": "addsub"}]}})
+    steps = pipeline_steps(labelled, run_layout(labelled))
+    assert "problems/eval-addsub" in steps and "problems/eval-questions-test" not in steps
+    assert {"addsub/rationale", "addsub/label"} <= set(steps["iter-00/evaluate"].outputs)
+    assert steps["iter-00/evaluate"].output("addsub/rationale").endswith("/addsub-rationale.parquet")
+    with pytest.raises(ConfigError, match="train_data.label: only evaluation sets"):
+        load_config({"train_data": {"name": "arith", "split": "train", "label": "x"}})
+    with pytest.raises(ConfigError, match=r"eval\.benchmarks\.0\.label: .*holds '/'"):
+        load_config({"eval": {"benchmarks": [{"name": "arith", "label": "a/b"}]}})

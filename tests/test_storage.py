@@ -357,3 +357,36 @@ def test_folder_unmark_and_empty(model_folder, root):
         folder_manifest(model_folder)
     with pytest.raises(ArtifactMissing, match="no files"):
         mark_folder_complete(join(root, "empty"))
+
+
+@pytest.mark.parametrize("root, parts", [
+    ("/srv/runs", ("steps", "evaluate", "k", "data-x/../../../../../out/pwned-label.parquet")),
+    ("runs", ("..",)),
+    ("memory://runs", ("../elsewhere",)),
+    ("s3://bucket/runs", ("a/../../other-bucket-key",)),
+    ("file:///srv/runs", ("x", "../../etc")),
+])
+def test_join_refuses_a_path_that_climbs_out_of_its_root(root, parts):
+    """Every run, step and output path is built by `join`: a name that climbs out with `..` is
+    refused, locally and on fsspec URLs, before anything is written."""
+    from storage.paths import PathOutsideRoot
+
+    with pytest.raises(PathOutsideRoot, match="leads outside"):
+        join(root, *parts)
+
+
+def test_join_keeps_paths_inside_their_root():
+    assert join("/srv/runs/", "iter-00", "student") == "/srv/runs/iter-00/student"
+    assert join("memory://runs", "a..b", "x/../y") == "memory://runs/a..b/x/../y"  # stays inside
+    assert join("s3://bucket/runs", "steps") == "s3://bucket/runs/steps"
+
+
+def test_a_mirror_never_lies_outside_the_mirrors_folder(tmp_path, monkeypatch):
+    """A remote URL's local mirror is under $SIKED_HOME/mirror, whatever `..` the URL holds."""
+    from storage.mirror import mirror_dir
+    from storage.paths import PathOutsideRoot
+
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    assert mirror_dir("memory://runs/a/student") == f"{tmp_path}/mirror/memory/runs/a/student"
+    with pytest.raises(PathOutsideRoot):
+        mirror_dir("memory://runs/../../../../../pwned")

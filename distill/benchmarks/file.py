@@ -76,6 +76,20 @@ def _text(record: Any, dotted: str, what: str) -> str:
     return text
 
 
+def _too_large(value: Any) -> bool:
+    """Whether an answer that is no usable number is one a float cannot hold (`1e999`, 400 digits)."""
+    try:
+        number = float(value.replace(",", "").strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return math.isinf(number)
+
+
+def _shown(text: str, width: int = 40) -> str:
+    """`text` quoted for a message, shortened: a 5,001-digit answer would fill the screen."""
+    return repr(text) if len(text) <= width else f"{text[:width]!r}... ({len(text)} characters)"
+
+
 def numeric_answer(value: Any) -> float | None:
     """The number an answer field gives (see the module docstring), or None."""
     if isinstance(value, bool):
@@ -134,8 +148,11 @@ def parse_record(record: Any, ref: BenchmarkRef, position: int, source: str) -> 
                "source": source, "reference": reference}
     if ref.choices is None:
         answer = numeric_answer(raw_answer)
+        if answer is None and _too_large(raw_answer):
+            raise _Unusable("not_finite", f"answer {_shown(answer_text)} is not a finite number (too large "
+                            "for a float)", answer_text)
         if answer is None:
-            raise _Unusable("not_a_number", f"answer {answer_text!r} is not a number", answer_text)
+            raise _Unusable("not_a_number", f"answer {_shown(answer_text)} is not a number", answer_text)
         return Problem(question=question, answer=answer, answer_text=answer_text, **problem)
     if isinstance(ref.choices, list):  # one field per choice: a CSV's `A`, `B`, `C`, `D` columns
         choices = choice_texts([_text(record, name, "choice") for name in ref.choices])
@@ -174,7 +191,7 @@ def parse_records(records: Iterable[tuple[str, Any]], ref: BenchmarkRef, source:
                                 problem.answer_text)
         except _Unusable as unusable:
             exclusions.append(Exclusion(fallback_id, unusable.reason, unusable.answer_text,
-                                        detail=f"{where}: {unusable}"))
+                                        detail=f"{where}: {unusable}", where=where))
             continue
         seen[problem.id] = where
         problems.append(problem)

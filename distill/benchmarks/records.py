@@ -55,6 +55,13 @@ class Exclusion:
     answer_text: str
     detail: str = ""
     """Where and what, for records of a user's file: `data.jsonl: line 7: no answer field 'gold'`."""
+    where: str = ""
+    """The where part of `detail` alone: `data.jsonl: line 7`."""
+
+    @property
+    def message(self) -> str:
+        """What was wrong, without the where: `no answer field 'gold'`."""
+        return self.detail.removeprefix(f"{self.where}: ") if self.where else self.detail
 
 
 class LoadedBenchmark(NamedTuple):
@@ -66,6 +73,23 @@ class LoadedBenchmark(NamedTuple):
 
     def excluded_reasons(self) -> dict[str, int]:
         return dict(sorted(Counter(e.reason for e in self.exclusions).items()))
+
+    def why_no_problem(self) -> str | None:
+        """Why not one problem was loaded, or None when some were. Every record missing the same
+        field means the field path matches nothing in this file: that field is named on its own."""
+        if self.problems:
+            return None
+        count = len(self.exclusions)
+        if not count:
+            return f"{self.source}: holds no records"
+        records = "its one record" if count == 1 else f"any of its {count} records"
+        messages = {e.message for e in self.exclusions}
+        if len(messages) == 1 and self.exclusions[0].reason == "missing_field":
+            return f"{self.source}: {messages.pop()} in {records} (is the field's path right?)"
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.excluded_reasons().items())
+        first = self.exclusions[0]
+        shown = first.detail.removeprefix(f"{self.source}: ") or first.reason
+        return f"{self.source}: no usable record, {count} excluded ({reasons}); the first: {shown}"
 
 
 def collect(items: list[Problem | Exclusion], source: str) -> LoadedBenchmark:

@@ -136,7 +136,7 @@ class _Builder:
 
 
 def eval_set_label(ref: BenchmarkRef) -> str:
-    return f"{ref.benchmark_name}-{ref.split}"
+    return ref.eval_label
 
 
 def skipped_eval_sets(cfg: RunConfig) -> list[BenchmarkRef]:
