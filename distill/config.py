@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distill.strict_yaml import load_yaml, yaml_problem
+
 Strategy = Literal["cot", "l2m", "pot"]
 ALL_STRATEGIES: tuple[str, ...] = ("cot", "l2m", "pot")
 BenchmarkName = Literal["gsm8k", "svamp", "asdiv", "multiarith", "dss_svamp", "dss_cqa", "arith", "file"]
@@ -441,7 +443,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
             node = child
-        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[path[-1]] = load_yaml(raw) if raw.strip() else ""
     return data
 
 
@@ -483,9 +485,9 @@ def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: lis
     """Build a RunConfig from YAML text (or a dict) plus overrides; raise ConfigError on any problem."""
     if isinstance(text_or_data, str):
         try:
-            data = yaml.safe_load(text_or_data) or {}
+            data = load_yaml(text_or_data) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
     else:
         data = dict(text_or_data or {})
     if not isinstance(data, dict):

@@ -148,3 +148,17 @@ def test_overrides_may_follow_an_option():
     assert (args.model, args.config, args.overrides) == ("model-dir", "c.yaml", ["eval.max_tokens=8", "seed=3"])
     with pytest.raises(SystemExit):
         parse_arguments(build_parser(), ["eval", "model-dir", "--config", "c.yaml", "--bogus"])
+
+
+def test_a_key_given_twice_is_refused_with_both_lines():
+    text = "name: a\ntrain:\n  lr: 0.001\n  lora: {enabled: true, enabled: false}\n"
+    with pytest.raises(ConfigError, match=r"my.yaml: not valid YAML: line 4, .*'enabled' repeats the one on line 4"):
+        load_config(text, source="my.yaml")
+    with pytest.raises(ConfigError, match="'name' repeats the one on line 1"):
+        load_config("name: a\nseed: 1\nname: b\n")
+
+
+def test_a_merged_mapping_may_still_be_overridden():
+    from distill.strict_yaml import load_yaml
+
+    assert load_yaml("base: &b {lr: 1, seed: 2}\nrun:\n  <<: *b\n  lr: 3\n")["run"] == {"lr": 3, "seed": 2}
