@@ -443,8 +443,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
             node = child
-        node[path[-1]] = load_yaml(raw) if raw.strip() else ""
+        node[path[-1]] = _override_value(item, raw)
     return data
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of the override `item` parsed as YAML (an empty value is the empty string)."""
+    if not raw.strip():
+        return ""
+    try:
+        return load_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {yaml_problem(exc)}") from None
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -22,9 +22,15 @@ FILES = {
     "duplicate_arm.yaml": ("name: dup\nbase: configs/quickstart.yaml\nbaseline: short\narms:\n"
                            "  short: [eval.max_tokens=8]\n  long: []\n  short: [eval.max_tokens=64]\n"),
     "duplicate_base.yaml": "name: dup\nbase: {tmp}/duplicate_key.yaml\nbaseline: a\narms:\n  a: []\n",
+    "bad_arm_override.yaml": ("name: bad\nbase: configs/quickstart.yaml\nbaseline: a\narms:\n"
+                              "  a: ['eval.modes=[rationale']\n"),
 }
 
 HOSTILE_INPUTS = [
+    # an override that is not valid YAML
+    (["config", "show", "{quickstart}", "eval.modes=[rationale"], 2, ["eval.modes=[rationale", "not valid YAML"]),
+    (["config", "show", "{quickstart}", "name=a\tb"], 2, ["name=a", "not valid YAML", "column 2"]),
+    (["plan", "{quickstart}", "eval.modes=[rationale"], 2, ["eval.modes=[rationale", "not valid YAML"]),
     # a key given twice: refused with the file and the line, never kept once in silence
     (["config", "show", "{tmp}/duplicate_key.yaml"], 2, ["duplicate_key.yaml", "line 4", "'lr'", "line 3"]),
     (["experiment", "{tmp}/duplicate_arm.yaml", "--collect"], 2, ["duplicate_arm.yaml", "line 7", "'short'", "line 5"]),
