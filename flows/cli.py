@@ -302,6 +302,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from distill.config import ConfigError
+    from storage.paths import NotARunFolder
 
     # Prefect's temporary API (no server configured) can take longer than its 20 s default to
     # start on a busy 2-core machine; set before prefect is imported.
@@ -315,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"siked: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except NotARunFolder as exc:
+        print(f"siked: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from distill.models import BuiltinModelUnavailable

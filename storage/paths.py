@@ -150,6 +150,10 @@ class ExperimentLayout:
         return self.path("report.md")
 
 
+class NotARunFolder(ValueError):
+    """A path or URL that cannot be a run folder (`/`, `memory://run`): no runs root above it."""
+
+
 def layout_for_run_dir(run_dir: str) -> RunLayout:
     """The layout of an existing run folder (local path or fsspec URL): its parent is the runs root.
 
@@ -160,7 +164,7 @@ def layout_for_run_dir(run_dir: str) -> RunLayout:
         rest = os.path.abspath(os.path.expanduser(rest))
     parent, _, name = rest.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
-        raise ValueError(f"{run_dir!r} does not name a run folder")
+        raise NotARunFolder(f"{run_dir!r} does not name a run folder")
     if sep and not parent:
-        raise ValueError(f"{run_dir!r}: a run folder lives inside a runs root, e.g. {scheme}://runs/{name}")
+        raise NotARunFolder(f"{run_dir!r}: a run folder lives inside a runs root, e.g. {scheme}://runs/{name}")
     return RunLayout(root=f"{scheme}{sep}{parent}" if parent else "/", run_id=name)

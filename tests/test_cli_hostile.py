@@ -36,6 +36,12 @@ HOSTILE_INPUTS = [
     (["experiment", "{tmp}/duplicate_arm.yaml", "--collect"], 2, ["duplicate_arm.yaml", "line 7", "'short'", "line 5"]),
     (["plan", "{tmp}/duplicate_arm.yaml"], 2, ["duplicate_arm.yaml", "line 7", "'short'"]),
     (["plan", "{tmp}/duplicate_base.yaml"], 2, ["duplicate_key.yaml", "line 4", "'lr'"]),
+    # something that cannot be a run folder
+    (["verify", "/"], 2, ["'/'", "does not name a run folder"]),
+    (["status", "/"], 2, ["'/'", "does not name a run folder"]),
+    (["resume", "/"], 2, ["'/'", "does not name a run folder"]),
+    (["export", "/", "--to", "{tmp}/out"], 2, ["'/'", "does not name a run folder"]),
+    (["verify", "memory://run"], 2, ["memory://run", "inside a runs root"]),
 ]
 
 
