@@ -153,12 +153,15 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from flows.export import ExportError, export_student
-    from storage.fs import ArtifactError
+    from flows.export import ExportDamaged, ExportError, export_student
+    from storage.fs import ArtifactError, ArtifactMissing
 
     try:
         path = export_student(args.run, args.to, args.iteration)
-    except (ExportError, ArtifactError) as exc:
+    except (ExportError, ArtifactMissing) as exc:  # asked for what is not there, or into a used folder
+        print(f"siked: {exc}", file=sys.stderr)
+        return 2
+    except (ExportDamaged, ArtifactError) as exc:  # the run's own files are damaged
         print(f"siked: {exc}", file=sys.stderr)
         return 1
     if args.push_to_hub:

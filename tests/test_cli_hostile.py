@@ -31,6 +31,8 @@ HOSTILE_INPUTS = [
     (["config", "show", "{quickstart}", "eval.modes=[rationale"], 2, ["eval.modes=[rationale", "not valid YAML"]),
     (["config", "show", "{quickstart}", "name=a\tb"], 2, ["name=a", "not valid YAML", "column 2"]),
     (["plan", "{quickstart}", "eval.modes=[rationale"], 2, ["eval.modes=[rationale", "not valid YAML"]),
+    (["plan", "{tmp}/bad_arm_override.yaml"], 2, ["bad_arm_override.yaml", "arm 'a'", "not valid YAML"]),
+    (["experiment", "{tmp}/bad_arm_override.yaml", "--collect"], 2, ["bad_arm_override.yaml", "arm 'a'", "not valid YAML"]),
     # a key given twice: refused with the file and the line, never kept once in silence
     (["config", "show", "{tmp}/duplicate_key.yaml"], 2, ["duplicate_key.yaml", "line 4", "'lr'", "line 3"]),
     (["experiment", "{tmp}/duplicate_arm.yaml", "--collect"], 2, ["duplicate_arm.yaml", "line 7", "'short'", "line 5"]),
@@ -42,6 +44,7 @@ HOSTILE_INPUTS = [
     (["resume", "/"], 2, ["'/'", "does not name a run folder"]),
     (["export", "/", "--to", "{tmp}/out"], 2, ["'/'", "does not name a run folder"]),
     (["verify", "memory://run"], 2, ["memory://run", "inside a runs root"]),
+    (["export", "{tmp}/no-such-run", "--to", "{tmp}/out"], 2, ["no-such-run", "no steps.json"]),
 ]
 
 
