@@ -17,7 +17,8 @@ import platformdirs
 def siked_home() -> Path:
     """The folder for caches, prepared models and runs."""
     env = os.environ.get("SIKED_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("siked"))
+    # absolute, so that what is recorded under it names the same folders from any working directory
+    return Path(env).expanduser().absolute() if env else Path(platformdirs.user_cache_dir("siked"))
 
 
 def models_dir() -> Path:
@@ -31,6 +32,18 @@ def mirrors_dir() -> Path:
 
 def default_runs_root() -> str:
     return str(siked_home() / "runs")
+
+
+def resolve_runs_root(configured: str | None) -> str:
+    """The runs root to use: `configured` (a config's `runs_root`, `--runs-root`), else the default.
+
+    A local path is made absolute here, once: run indexes record the step folders under it, and a
+    relative path would name other folders from another working directory.
+    """
+    root = configured or default_runs_root()
+    if "://" in root:
+        return root
+    return os.path.abspath(os.path.expanduser(root))
 
 
 class DataDirMissing(FileNotFoundError):

@@ -250,6 +250,17 @@ def test_gc_dry_run_lists_only_outputs_no_run_refers_to(tmp_path, capsys):
     assert all((store / name).exists() for name in ("shared", "only-a", "busy"))
 
 
+def test_a_relative_runs_root_is_made_absolute_before_anything_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(QUICKSTART, ["runs_root=runs"])
+    layout = run_layout(cfg)
+    assert layout.root == str(tmp_path / "runs")
+    entries = [step.index_entry() for step in pipeline_steps(cfg, layout).values()]
+    assert all(os.path.isabs(e["dir"]) and all(map(os.path.isabs, e["outputs"].values())) for e in entries)
+    monkeypatch.setenv("SIKED_HOME", "home")  # a relative home too
+    assert run_layout(load_config(QUICKSTART)).root == str(tmp_path / "home/runs")
+
+
 def test_a_run_folder_from_before_the_step_store_says_what_to_do(tmp_path, capsys):
     cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}"])
     layout = run_layout(cfg)
