@@ -7,6 +7,9 @@ it was trained on (which artifacts, how many rows per source and strategy, itera
 iteration), its evaluation results with their protocol and 95% intervals, and the prompt format it
 expects. transformers and vLLM load the folder as it is.
 
+Only the files the student's folder manifest lists are copied, each checked against its size and
+sha256 first: a damaged student is refused, naming the file, and nothing is written.
+
 The folder appears whole or not at all: it is written under a temporary name beside `DIR` and
 renamed at the end; an existing non-empty `DIR` is refused. `--push-to-hub REPO` then uploads it
 as a model repository (created when missing; a Hub token is needed), in one commit; the local
