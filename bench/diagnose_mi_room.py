@@ -31,9 +31,9 @@ def training_inputs(run_dir: Path) -> tuple[str, str, str, str]:
     rows = steps[train["inputs"]["train_set"]]["outputs"]["distill_set"]
     problems = steps[train["inputs"]["problems"]]["outputs"]["problems"]
     config = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    import yaml
+    from distill.strict_yaml import load_yaml
 
-    return rows, problems, train["outputs"]["student"], yaml.safe_load(config)["train"]["model"]
+    return rows, problems, train["outputs"]["student"], load_yaml(config)["train"]["model"]
 
 
 def texts_of(rows_url: str, problems_url: str, count: int) -> list:

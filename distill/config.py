@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from distill.strict_yaml import load_yaml, yaml_problem
+
 Strategy = Literal["cot", "l2m", "pot"]
 ALL_STRATEGIES: tuple[str, ...] = ("cot", "l2m", "pot")
 BenchmarkName = Literal["gsm8k", "svamp", "asdiv", "multiarith", "dss_svamp", "dss_cqa", "arith", "file"]
@@ -579,8 +581,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
             node = child
-        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[path[-1]] = _override_value(item, raw)
     return data
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of the override `item` parsed as YAML (an empty value is the empty string)."""
+    if not raw.strip():
+        return ""
+    try:
+        return load_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {yaml_problem(exc)}") from None
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -622,9 +634,9 @@ def load_config(text_or_data: str | dict[str, Any] | None = None, overrides: lis
     """Build a RunConfig from YAML text (or a dict) plus overrides; raise ConfigError on any problem."""
     if isinstance(text_or_data, str):
         try:
-            data = yaml.safe_load(text_or_data) or {}
+            data = load_yaml(text_or_data) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
     else:
         data = dict(text_or_data or {})
     if not isinstance(data, dict):

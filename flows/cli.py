@@ -154,12 +154,15 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from flows.export import ExportError, export_student
-    from storage.fs import ArtifactError
+    from flows.export import ExportDamaged, ExportError, export_student
+    from storage.fs import ArtifactError, ArtifactMissing
 
     try:
         path = export_student(args.run, args.to, args.iteration)
-    except (ExportError, ArtifactError) as exc:
+    except (ExportError, ArtifactMissing) as exc:  # asked for what is not there, or into a used folder
+        print(f"siked: {exc}", file=sys.stderr)
+        return 2
+    except (ExportDamaged, ArtifactError) as exc:  # the run's own files are damaged
         print(f"siked: {exc}", file=sys.stderr)
         return 1
     if args.push_to_hub:
@@ -303,6 +306,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from distill.config import ConfigError
+    from storage.paths import NotARunFolder
 
     # Prefect's temporary API (no server configured) can take longer than its 20 s default to
     # start on a busy 2-core machine; set before prefect is imported.
@@ -316,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"siked: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except NotARunFolder as exc:
+        print(f"siked: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from distill.models import BuiltinModelUnavailable

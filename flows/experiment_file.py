@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.config import ConfigError, RunConfig, section_hash
+from distill.strict_yaml import load_yaml, yaml_problem
 from flows.config_files import read_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ class Experiment:
 def is_experiment_file(path: str | Path) -> bool:
     """Whether a YAML file is an experiment (it has `arms`) rather than a run config."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and "arms" in data
@@ -128,9 +129,9 @@ def read_experiment(path: str | Path, extra_overrides: list[str] | None = None) 
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: an experiment file is a mapping with name, base, seeds, baseline and arms")
     if extra_overrides:

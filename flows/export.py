@@ -7,6 +7,9 @@ it was trained on (which artifacts, how many rows per source and strategy, itera
 iteration), its evaluation results with their protocol and 95% intervals, and the prompt format it
 expects. transformers and vLLM load the folder as it is.
 
+Only the files the student's folder manifest lists are copied, each checked against its size and
+sha256 first: a damaged student is refused, naming the file, and nothing is written.
+
 The folder appears whole or not at all: it is written under a temporary name beside `DIR` and
 renamed at the end; an existing non-empty `DIR` is refused. `--push-to-hub REPO` then uploads it
 as a model repository (created when missing; a Hub token is needed), in one commit; the local
@@ -25,20 +28,23 @@ from typing import Any
 import yaml
 
 from distill.significance import wilson_interval
+from distill.strict_yaml import load_yaml, yaml_problem
 from distill.student_format import label_prompt, rationale_prompt
 from storage import fs
 from storage.artifacts import read_artifact
-from storage.folders import folder_manifest
+from storage.folders import folder_manifest, folder_problems
 from storage.manifest import read_manifest
 from storage.mirror import local_model
 from storage.paths import layout_for_run_dir
 from storage.step_store import read_index
 
-SKIPPED = {"_manifest.json"}  # the step store's completion mark, not part of the model
-
 
 class ExportError(ValueError):
     """The run has no finished student to export, or the target is not free."""
+
+
+class ExportDamaged(Exception):
+    """A file of the student does not match its folder manifest: nothing is exported."""
 
 
 def export_student(run_dir: str, to: str | Path, iteration: int | None = None) -> Path:
@@ -51,17 +57,16 @@ def export_student(run_dir: str, to: str | Path, iteration: int | None = None) -
     target = Path(to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"{target} exists and is not empty: export into a new folder")
-    config = yaml.safe_load(fs.read_bytes(layout.config).decode("utf-8")) if fs.exists(layout.config) else {}
-    card = model_card(steps, train, config)
     source = Path(local_model(student))
+    files = verified_files(source)
+    card = model_card(steps, train, _run_config(layout.config))
     temporary = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     try:
-        for item in source.iterdir():
-            if item.name in SKIPPED or item.name.startswith("."):
-                continue
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, temporary / item.name)
+        for name in files:
+            (temporary / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, temporary / name)
         (temporary / "README.md").write_text(card, encoding="utf-8")
         if target.exists():
             target.rmdir()  # empty, checked above
@@ -69,6 +74,29 @@ def export_student(run_dir: str, to: str | Path, iteration: int | None = None) -
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
+
+
+def _run_config(url: str) -> dict[str, Any]:
+    """The run's saved config for the model card ({} when it has none)."""
+    if not fs.exists(url):
+        return {}
+    try:
+        return load_yaml(fs.read_bytes(url).decode("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else "not UTF-8 text"
+        raise ExportDamaged(f"{url}: not valid YAML: {problem}") from None
+
+
+def verified_files(folder: Path) -> list[str]:
+    """The files the student's folder manifest lists, once each has been checked against its size and
+    sha256: a damaged student (a flipped byte, a truncated or missing file) is refused, naming the file,
+    and a file the manifest does not list is not exported."""
+    problems = folder_problems(str(folder))
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ExportDamaged(f"the student is damaged, nothing exported: {problems[0]}{more}; "
+                            "`siked verify RUN` lists every altered file")
+    return [entry["path"] for entry in folder_manifest(str(folder))["files"]]
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:

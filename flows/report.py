@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from distill.significance import wilson_interval
+from distill.strict_yaml import load_yaml
 from distill.verify import VERDICTS
 from flows.plots import BASE_X, accuracy_plot, strategy_mix_plot
 from storage.fs import ArtifactCorrupt, exists, read_bytes, read_json, remove, write_bytes
@@ -62,7 +63,7 @@ def _read_config(layout: RunLayout, missing: list[str]) -> dict[str, Any]:
         missing.append("config.yaml: missing")
         return {}
     try:
-        data = yaml.safe_load(read_bytes(layout.config).decode("utf-8"))
+        data = load_yaml(read_bytes(layout.config).decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         missing.append(f"config.yaml: unreadable ({exc.__class__.__name__})")
         return {}

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from distill.config import ConfigError, RunConfig, load_config
+from distill.strict_yaml import load_yaml, yaml_problem
 from flows.config_files import read_config
 from flows.preflight import preflight
 from flows.run_setup import run_layout
@@ -44,7 +45,7 @@ def load_run(run: str) -> tuple[RunConfig, RunLayout]:
     layout = layout_for_run_dir(run)
     if not exists(layout.config):
         raise ConfigError(f"{run} is not a run folder (no config.yaml)")
-    data = yaml.safe_load(read_bytes(layout.config).decode("utf-8"))
+    data = _saved_config(layout)
     data["runs_root"] = layout.root  # the folder may have moved since the run started
     cfg = load_config(data, source=layout.config)
     if run_layout(cfg).run_id != layout.run_id:
@@ -57,6 +58,18 @@ def load_run(run: str) -> tuple[RunConfig, RunLayout]:
     except ArtifactMissing:
         pass  # killed before its first step: resuming starts it
     return cfg, layout
+
+
+def _saved_config(layout: RunLayout) -> dict:
+    """The run's config.yaml as a mapping; ConfigError naming the file when it is not one."""
+    try:
+        data = load_yaml(read_bytes(layout.config).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else "not UTF-8 text"
+        raise ConfigError(f"{layout.config}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{layout.config}: not a run's config (the top level is not a mapping)")
+    return data
 
 
 def resume_cli(run: str) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from distill.config import RunConfig, section_hash, to_yaml
 from storage.fs import exists, write_bytes
-from storage.paths import RunLayout, default_runs_root
+from storage.paths import RunLayout, resolve_runs_root
 from storage.step_store import write_index
 from tasks.jobs.pipeline import Step
 from tasks.steps import ran_in, submit_step
@@ -22,7 +22,7 @@ def run_id(cfg: RunConfig) -> str:
 
 
 def run_layout(cfg: RunConfig) -> RunLayout:
-    return RunLayout(root=cfg.runs_root or default_runs_root(), run_id=run_id(cfg))
+    return RunLayout(root=resolve_runs_root(cfg.runs_root), run_id=run_id(cfg))
 
 
 def save_config(layout: RunLayout, cfg: RunConfig) -> None:

@@ -16,15 +16,8 @@ import sys
 
 from storage.artifacts import artifact_problems
 from storage.fs import ArtifactMissing, list_files
-from storage.paths import default_runs_root, layout_for_run_dir
-from storage.step_store import (
-    OldRunFolder,
-    claim_held,
-    read_index,
-    remove_tree,
-    run_indexes,
-    stored_step_dirs,
-)
+from storage.paths import layout_for_run_dir, resolve_runs_root
+from storage.step_store import OldRunFolder, claim_held, read_index, remove_tree, unreferenced_step_dirs
 
 
 def verify_cli(run: str) -> int:
@@ -69,13 +62,12 @@ def lineage_problems(url: str, producers: dict[str, str]) -> list[str]:
 
 
 def unreferenced_steps(runs_root: str) -> list[str]:
-    """Step folders no run's index names and no process is computing."""
-    referenced = {step["dir"] for steps in run_indexes(runs_root).values() for step in steps}
-    return [d for d in stored_step_dirs(runs_root) if d not in referenced and not claim_held(d)]
+    """Step folders no run's index names (however either is spelled) and no process is computing."""
+    return [d for d in unreferenced_step_dirs(runs_root) if not claim_held(d)]
 
 
 def gc_cli(runs_root: str | None, dry_run: bool) -> int:
-    root = runs_root or default_runs_root()
+    root = resolve_runs_root(runs_root)
     doomed = unreferenced_steps(root)
     total = 0
     for folder in doomed:

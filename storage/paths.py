@@ -18,7 +18,8 @@ import platformdirs
 def siked_home() -> Path:
     """The folder for caches, prepared models and runs."""
     env = os.environ.get("SIKED_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("siked"))
+    # absolute, so that what is recorded under it names the same folders from any working directory
+    return Path(env).expanduser().absolute() if env else Path(platformdirs.user_cache_dir("siked"))
 
 
 def models_dir() -> Path:
@@ -32,6 +33,18 @@ def mirrors_dir() -> Path:
 
 def default_runs_root() -> str:
     return str(siked_home() / "runs")
+
+
+def resolve_runs_root(configured: str | None) -> str:
+    """The runs root to use: `configured` (a config's `runs_root`, `--runs-root`), else the default.
+
+    A local path is made absolute here, once: run indexes record the step folders under it, and a
+    relative path would name other folders from another working directory.
+    """
+    root = configured or default_runs_root()
+    if "://" in root:
+        return root
+    return os.path.abspath(os.path.expanduser(root))
 
 
 class DataDirMissing(FileNotFoundError):
@@ -75,7 +88,8 @@ def inside(root: str, path: str) -> str:
         base, target = (posixpath.normpath("/" + p.lstrip("/")) for p in (rest, path_rest))
         common = posixpath.commonpath([base, target])
     else:
-        base, target = os.path.normpath(os.path.abspath(root or "/")), os.path.normpath(os.path.abspath(path))
+        # POSIX keeps a leading `//` through normpath; commonpath does not: collapse it first.
+        base, target = (os.path.normpath("/" + os.path.abspath(p).lstrip("/")) for p in (root or "/", path))
         common = os.path.commonpath([base, target])
     if common != base:
         raise PathOutsideRoot(f"{path} leads outside {root or '/'}: a name in it climbs out with '..'")
@@ -175,6 +189,10 @@ class ExperimentLayout:
         return self.path("report.md")
 
 
+class NotARunFolder(ValueError):
+    """A path or URL that cannot be a run folder (`/`, `memory://run`): no runs root above it."""
+
+
 def layout_for_run_dir(run_dir: str) -> RunLayout:
     """The layout of an existing run folder (local path or fsspec URL): its parent is the runs root.
 
@@ -185,7 +203,7 @@ def layout_for_run_dir(run_dir: str) -> RunLayout:
         rest = os.path.abspath(os.path.expanduser(rest))
     parent, _, name = rest.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
-        raise ValueError(f"{run_dir!r} does not name a run folder")
+        raise NotARunFolder(f"{run_dir!r} does not name a run folder")
     if sep and not parent:
-        raise ValueError(f"{run_dir!r}: a run folder lives inside a runs root, e.g. {scheme}://runs/{name}")
+        raise NotARunFolder(f"{run_dir!r}: a run folder lives inside a runs root, e.g. {scheme}://runs/{name}")
     return RunLayout(root=f"{scheme}{sep}{parent}" if parent else "/", run_id=name)

@@ -130,6 +130,43 @@ def stored_step_dirs(runs_root: str) -> list[str]:
     return dirs
 
 
+def step_identity(url: str) -> tuple[str, str]:
+    """(kind, key) of the step folder `<runs_root>/steps/<kind>/<key>`: what the folder is, whichever
+    way its root is spelled (a symlink, `//`, a relative path, a copied home)."""
+    parts = url.rstrip("/").split("/")
+    return parts[-2], parts[-1]
+
+
+def real_location(url: str) -> str:
+    """The folder `url` names with its spelling taken out: symlinks, `.`, `..` and repeated slashes
+    resolved on a local disk; the protocol and normalised path elsewhere."""
+    filesystem, path = fs.resolve(url)
+    if fs.is_local(filesystem):
+        return os.path.realpath(path)
+    protocol = filesystem.protocol if isinstance(filesystem.protocol, str) else filesystem.protocol[0]
+    return f"{protocol}://{os.path.normpath(path).lstrip('/')}"
+
+
+def unreferenced_step_dirs(runs_root: str) -> list[str]:
+    """Step folders of the store that no run index names.
+
+    Index entries hold the absolute folder a run saw when it started, so the folders are compared
+    by what they are, not by how they are spelled: an entry keeps a folder when its (kind, key)
+    matches the folder's, or when its `dir` resolves to the same real location.
+    """
+    identities, locations = set(), set()
+    for steps in run_indexes(runs_root).values():
+        for step in steps:
+            if step.get("kind") and step.get("key"):
+                identities.add((step["kind"], step["key"]))
+            elif step.get("dir"):
+                identities.add(step_identity(step["dir"]))
+            if step.get("dir"):
+                locations.add(real_location(step["dir"]))
+    return [d for d in stored_step_dirs(runs_root)
+            if step_identity(d) not in identities and real_location(d) not in locations]
+
+
 def remove_tree(url: str) -> None:
     filesystem, path = fs.resolve(url)
     if filesystem.exists(path):

@@ -208,3 +208,15 @@ def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_pa
         load_config({"train_data": {"name": "arith", "split": "train", "label": "x"}})
     with pytest.raises(ConfigError, match=r"eval\.benchmarks\.0\.label: .*holds '/'"):
         load_config({"eval": {"benchmarks": [{"name": "arith", "label": "a/b"}]}})
+def test_a_key_given_twice_is_refused_with_both_lines():
+    text = "name: a\ntrain:\n  lr: 0.001\n  lora: {enabled: true, enabled: false}\n"
+    with pytest.raises(ConfigError, match=r"my.yaml: not valid YAML: line 4, .*'enabled' repeats the one on line 4"):
+        load_config(text, source="my.yaml")
+    with pytest.raises(ConfigError, match="'name' repeats the one on line 1"):
+        load_config("name: a\nseed: 1\nname: b\n")
+
+
+def test_a_merged_mapping_may_still_be_overridden():
+    from distill.strict_yaml import load_yaml
+
+    assert load_yaml("base: &b {lr: 1, seed: 2}\nrun:\n  <<: *b\n  lr: 3\n")["run"] == {"lr": 3, "seed": 2}

@@ -274,3 +274,57 @@ def test_vllm_cpu_threads_are_bound_to_every_allowed_cpu_unless_the_user_chose(m
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
     bind_all_cpus(EngineConfig())
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+
+
+# vLLM's own words (vllm/v1/worker/cpu_worker.py, v1/core/kv_cache_utils.py) with this machine's numbers
+CPU_STARTUP_REFUSAL = (
+    "Available memory on node 0 (1.10/7.65 GiB) on startup is less than desired CPU memory utilization "
+    "(0.3, 2.30 GiB). On the CPU backend, the `--gpu-memory-utilization` flag controls the fraction of CPU "
+    "memory reserved (despite its name). To resolve: decrease `--gpu-memory-utilization` (e.g. "
+    "`--gpu-memory-utilization 0.5`) or reduce CPU memory used by other processes.")
+KV_TOO_SMALL = (
+    "To serve at least one request with the model's max seq len (2048), (0.04 GiB KV cache is needed, which "
+    "is larger than the available KV cache memory (0.01 GiB). Try increasing `gpu_memory_utilization`")
+
+
+@pytest.mark.parametrize("message", [
+    CPU_STARTUP_REFUSAL, KV_TOO_SMALL,
+    "No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+    ("Available memory on node 0 (0.50/7.65 GiB) on kv cache allocation is less than requested memory for kv "
+     "(0.70/2.30 GiB). Reduce CPU memory used by other processes."),
+])
+def test_vllm_memory_refusals_name_the_settings_that_give_the_kv_cache_a_size(message):
+    from distill.engines.vllm_engine import memory_hint
+
+    hint = memory_hint(message, on_gpus=False)
+    assert "engine.vllm_args.kv_cache_memory_bytes" in hint and "VLLM_CPU_KVCACHE_SPACE" in hint
+    assert message.split(". ")[0] in hint and "\n" not in hint
+    assert "gpu_memory_utilization" in memory_hint(message, on_gpus=True)
+
+
+def test_other_vllm_failures_get_no_memory_hint():
+    from distill.engines.vllm_engine import memory_hint
+
+    assert memory_hint("User-specified max_model_len (262144) is greater than the derived max_model_len",
+                       on_gpus=False) is None
+
+
+def test_vllm_engine_turns_the_memory_refusal_into_an_engine_error(monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    from distill.engines.vllm_engine import VllmEngine
+
+    def refuse(**kwargs):
+        raise ValueError(CPU_STARTUP_REFUSAL)
+
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        monkeypatch.setenv(name, "unset")  # then restored to absent, whatever the engine writes
+        monkeypatch.delenv(name)
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=refuse, __version__="test"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EngineError, match="engine.vllm_args.kv_cache_memory_bytes") as info:
+        VllmEngine(EngineConfig(kind="vllm"), "some-model")
+    assert isinstance(info.value.__cause__, ValueError)

@@ -43,9 +43,46 @@ def test_a_non_empty_target_is_refused_and_left_alone(tmp_path, capsys):
     target = tmp_path / "out"
     target.mkdir()
     (target / "mine.txt").write_text("keep")
-    assert main(["export", str(run), "--to", str(target)]) == 1
+    assert main(["export", str(run), "--to", str(target)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["mine.txt"]
+
+
+def with_weights(run, tmp_path):
+    """The fake run's student with a weights file, marked complete again; returns the weights."""
+    from storage.folders import mark_folder_complete
+
+    student = tmp_path / "runs" / "steps" / "train" / "k" / "student"
+    (student / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+    mark_folder_complete(str(student), {"steps": 3})
+    return student / "model.safetensors"
+
+
+def test_a_damaged_student_is_refused_naming_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("flows.export.model_card", lambda steps, train, config: "card\n")
+    run = fake_run(tmp_path, finished=True)
+    weights = with_weights(run, tmp_path)
+    data = bytearray(weights.read_bytes())
+    data[300] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert main(["export", str(run), "--to", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(weights) in err[0] and "damaged" in err[0]
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+    weights.unlink()
+    assert main(["export", str(run), "--to", str(tmp_path / "out")]) == 1
+    assert str(weights) in capsys.readouterr().err
+
+
+def test_only_the_files_the_manifest_lists_are_exported(tmp_path, monkeypatch):
+    monkeypatch.setattr("flows.export.model_card", lambda steps, train, config: "card\n")
+    run = fake_run(tmp_path, finished=True)
+    weights = with_weights(run, tmp_path)
+    (weights.parent / "added-later.txt").write_text("not part of the student")
+    out = export_student(str(run), tmp_path / "out")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == weights.read_bytes()
 
 
 class LocalHub:

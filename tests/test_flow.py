@@ -167,7 +167,7 @@ def exported_student_answers_like_the_run(run: Path, target: Path, capsys) -> No
     card = (target / "README.md").read_text()
     assert "| 1 | `iter-01/mix`" in card and "95% interval" in card and "### Response:" in card
     assert not (target / "_manifest.json").exists() and (target / "model.safetensors").is_file()
-    assert main(["export", str(run), "--to", str(target)]) == 1  # never over an existing folder
+    assert main(["export", str(run), "--to", str(target)]) == 2  # never over an existing folder (a usage error)
     capsys.readouterr()
     problems = read_artifact(output_of(run, "problems/eval-arith-test", "problems"), "problems").to_pylist()
     ran = {r["question_id"]: r for r in read_artifact(output_of(run, "iter-01/evaluate", "arith-test/rationale"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,6 +250,67 @@ def test_gc_dry_run_lists_only_outputs_no_run_refers_to(tmp_path, capsys):
         assert main(["gc", "--runs-root", str(tmp_path)]) == 0
     assert not (store / "orphan").exists()
     assert all((store / name).exists() for name in ("shared", "only-a", "busy"))
+
+
+def _spell_root(spelling: str, home: Path, tmp_path: Path, monkeypatch) -> tuple[list[str], Path]:
+    """The `siked gc` options that reach `home/runs` spelled another way than its indexes spell it,
+    and the runs root gc then works on."""
+    if spelling == "symlink":
+        (tmp_path / "link").symlink_to(home / "runs")
+        return ["--runs-root", str(tmp_path / "link")], home / "runs"
+    if spelling == "double slash":
+        return ["--runs-root", "/" + str(home / "runs")], home / "runs"
+    if spelling == "relative":
+        monkeypatch.chdir(home)
+        return ["--runs-root", "runs"], home / "runs"
+    if spelling == "symlinked home":
+        (tmp_path / "home-link").symlink_to(home)
+        monkeypatch.setenv("SIKED_HOME", str(tmp_path / "home-link"))
+        return [], home / "runs"
+    shutil.copytree(home, tmp_path / "copy", symlinks=True)  # a copied home: indexes name the original
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path / "copy"))
+    return [], tmp_path / "copy" / "runs"
+
+
+@pytest.mark.parametrize("spelling", ["symlink", "double slash", "relative", "symlinked home", "copied home"])
+def test_gc_tells_step_folders_by_what_they_are_not_by_how_their_path_is_spelled(tmp_path, capsys, monkeypatch,
+                                                                                 spelling):
+    home = tmp_path / "home"
+    store = home / "runs/steps/verify"
+    fake_run(home / "runs", "run-a", [store / "used-1", store / "used-2"])
+    fake_run(home / "runs", "gone", [store / "orphan"])
+    (home / "runs/gone/steps.json").unlink()
+    args, root = _spell_root(spelling, home, tmp_path, monkeypatch)
+    assert main(["gc", "--dry-run", *args]) == 0
+    listed = capsys.readouterr().out
+    assert "orphan" in listed and "used-" not in listed
+    assert main(["gc", *args]) == 0
+    assert not (root / "steps/verify/orphan").exists()
+    assert (root / "steps/verify/used-1/verified.parquet").exists()
+    assert (root / "steps/verify/used-2/student/weights.bin").exists()
+
+
+def test_gc_keeps_a_folder_an_index_names_by_another_path(tmp_path, capsys):
+    """An entry without kind and key keeps the folder its `dir` resolves to, however spelled."""
+    store = tmp_path / "real/steps/verify"
+    layout = fake_run(tmp_path / "real", "run-a", [store / "used"])
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    steps = [{**s, "dir": f"{tmp_path}/alias/steps//verify/used/.", "kind": None, "key": None}
+             for s in step_store.read_index(layout)]
+    write_index(layout, steps)
+    assert main(["gc", "--dry-run", "--runs-root", str(tmp_path / "real")]) == 0
+    assert "used" not in capsys.readouterr().out
+
+
+def test_a_relative_runs_root_is_made_absolute_before_anything_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(QUICKSTART, ["runs_root=runs"])
+    layout = run_layout(cfg)
+    assert layout.root == str(tmp_path / "runs")
+    entries = [step.index_entry() for step in pipeline_steps(cfg, layout).values()]
+    assert all(os.path.isabs(e["dir"]) and all(map(os.path.isabs, e["outputs"].values())) for e in entries)
+    monkeypatch.setenv("SIKED_HOME", "home")  # a relative home too
+    assert run_layout(load_config(QUICKSTART)).root == str(tmp_path / "home/runs")
 
 
 def test_a_run_folder_from_before_the_step_store_says_what_to_do(tmp_path, capsys):

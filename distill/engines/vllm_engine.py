@@ -126,6 +126,34 @@ def batch_invariant_on_gpus(cfg: EngineConfig) -> None:
         os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
 
 
+# vLLM's words when the memory it may take cannot hold a KV cache (vllm/v1/worker/cpu_worker.py,
+# v1/worker/utils.py, v1/core/kv_cache_utils.py): the start-up share, the cache allocation, none left.
+_MEMORY_REFUSALS = ("less than desired CPU memory utilization", "less than desired GPU memory utilization",
+                    "on kv cache allocation is less than requested memory",
+                    "No available memory for the cache blocks",
+                    "which is larger than the available KV cache memory")
+
+
+def memory_hint(message: str, on_gpus: bool) -> str | None:
+    """What to set when vLLM refused to start for want of memory (None for any other failure).
+
+    On CPUs vLLM takes `gpu_memory_utilization` (default 0.3 here) of the machine's RAM unless the KV
+    cache has a set size, and refuses to start when less than that is free: a second run on the same
+    machine fails that way while the first one's engine holds its share.
+    """
+    if not any(words in message for words in _MEMORY_REFUSALS):
+        return None
+    said = " ".join(message.split()).split(". ")[0]
+    if on_gpus:
+        return (f"vLLM refused to start for want of GPU memory ({said}): lower engine.gpu_memory_utilization "
+                "or engine.max_model_len, give the KV cache a set size with "
+                "engine.vllm_args.kv_cache_memory_bytes, or free the GPU of other processes")
+    return (f"vLLM refused to start for want of memory ({said}): on CPUs, without a set KV cache size, it "
+            "reserves engine.gpu_memory_utilization of the machine's RAM; give the cache a size that fits "
+            "with engine.vllm_args.kv_cache_memory_bytes (bytes, e.g. 536870912) or VLLM_CPU_KVCACHE_SPACE "
+            "(GiB), which also lets several runs share one machine")
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -150,7 +178,13 @@ class VllmEngine:
         self._lora_enabled = cfg.enable_lora
         self._lora_ids: dict[tuple[str, tuple], int] = {}
         with timings.span("engine_start", engine="vllm", model=model_path):
-            self._llm = vllm.LLM(**kwargs)
+            try:
+                self._llm = vllm.LLM(**kwargs)
+            except (ValueError, RuntimeError) as exc:
+                hint = memory_hint(str(exc), on_gpus=_on_gpus())
+                if hint is None:
+                    raise
+                raise EngineError(hint) from exc
         # The random state a new engine samples from (seeded by vLLM at start); a kept engine gets it
         # back before each step (distill.engines.kept_engine). Only here when the engine core, and
         # with it the sampler, runs in this process.
