@@ -17,6 +17,9 @@ from flows.run_steps import freeze_training_problems, generate, verify_and_selec
 from tasks.jobs.pipeline import pipeline_steps
 
 
+TEACHER_STEPS = ("problems/train", "iter-00/generate", "iter-00/verify", "iter-00/distill_set")
+
+
 def teacher_steps(run: Run) -> dict:
     """Run (or reuse) the teacher steps of iteration 0; returns their artifact refs."""
     problems = freeze_training_problems(run)
@@ -29,7 +32,8 @@ def teacher_steps(run: Run) -> dict:
 def teacher_flow(cfg: RunConfig) -> dict:
     layout = run_layout(cfg)
     run = Run(cfg, layout, pipeline_steps(cfg, layout))
-    record_run(layout, cfg, run.steps)
+    # The index names the steps this command runs, so `siked verify` and `status` judge those.
+    record_run(layout, cfg, {name: run.steps[name] for name in TEACHER_STEPS})
     refs = teacher_steps(run)
     refs["run_dir"] = layout.run_dir
     return refs

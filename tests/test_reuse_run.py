@@ -100,3 +100,6 @@ def test_a_step_finished_in_one_home_is_never_served_to_another(tmp_path):
             for name in ("problems", "samples", "verified", "distill_set"):
                 assert result[name]["path"].startswith(str(tmp_path / home)), (home, name, result[name]["path"])
     assert json.dumps(refs["one"][0]["distill_set"]["summary"]) == json.dumps(refs["one"][1]["distill_set"]["summary"])
+    # A teacher-only run's index names the steps it ran: verify and status judge those, nothing missing.
+    assert main(["verify", refs["one"][1]["run_dir"]]) == 0
+    assert main(["status", refs["one"][1]["run_dir"]]) == 0
