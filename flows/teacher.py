@@ -16,7 +16,6 @@ from flows.run_setup import Run, record_run, run_layout
 from flows.run_steps import freeze_training_problems, generate, verify_and_select
 from tasks.jobs.pipeline import pipeline_steps
 
-
 TEACHER_STEPS = ("problems/train", "iter-00/generate", "iter-00/verify", "iter-00/distill_set")
 
 
