@@ -1,29 +1,29 @@
-"""`siked train CONFIG [key=value ...]`: train one student outside the full pipeline.
+"""`siked train CONFIG [key=value ...]`: train one student outside the full pipeline, through the
+same steps, keys and training body as `siked run` (tasks.jobs.pipeline.train_only_steps).
 
-    siked train configs/quickstart.yaml                        # the run's distillation set
-                                                               # (after `siked teacher`)
+    siked train configs/quickstart.yaml                        # the teacher round's distillation set
+                                                               # (computed first when not done)
     siked train configs/quickstart.yaml train_set=set.parquet  # any TRAIN_EXAMPLES Parquet file
     siked train configs/dss_svamp.yaml                         # DSS's SVAMP train split, PaLM rationales
 
 Besides config overrides it takes three keys of its own: `train_set=PATH` (the training rows),
-`iteration=N` (which iteration folder of the run to write, default 0) and `resume=false` (start over
-instead of continuing from the newest checkpoint). Without `train_set`, the rows are the DSS
-rationales when `train_data.name` is `dss_svamp` or `dss_cqa`, a file benchmark's `rationale` field when
-it names one, else the run's iteration-0 distillation set.
+`iteration=N` (the iteration the student stands for, default 0) and `resume=false` (start over
+instead of continuing from the newest checkpoint, or reusing a finished student). Without
+`train_set`, the rows are the DSS rationales when `train_data.name` is `dss_svamp` or `dss_cqa`, a
+file benchmark's `rationale` field when it names one, else the teacher round's distillation set.
 
-Writes, in the run folder: `iter-NN/student/` (the merged student, its folder manifest written last;
-its path or URL is printed on stdout), `iter-NN/checkpoints/` (step checkpoints, metrics.jsonl,
-data_report.json, tensorboard/) and `iter-NN/train_metrics.parquet` (one row per step and per
-validation, TRAIN_METRICS). Under a remote run root (s3://) training runs in local mirrors of the
-two folders (storage.mirror): the student is uploaded at the end, the checkpoints stay local.
+The rows and the student are steps like any other: frozen into the step store under their keys
+(a `train_set` file by its content), reused when done, listed in the run's steps.json. The student's
+folder (its folder manifest written last) is printed on stdout; beside it `train_metrics.parquet`
+and `checkpoints/`. Under a remote run root (s3://) training runs in local mirrors of those folders
+(storage.mirror): the student is uploaded at the end, the checkpoints stay local.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from distill.config import ConfigError, RunConfig, section_hash
+from distill.config import ConfigError, RunConfig
 
 CLI_KEYS = ("train_set", "iteration", "resume")
 
@@ -40,125 +40,57 @@ def split_cli_keys(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     return own, rest
 
 
-def _read_train_set(path: str) -> Any:
-    """TRAIN_EXAMPLES rows of a Parquet artifact (manifest checked) or of a plain Parquet file."""
-    from storage import fs
-    from storage.artifacts import ArtifactMissing, read_artifact
-    from storage.manifest import manifest_url
+def train_flow_body(cfg: RunConfig, train_set: str | None, iteration: int, fresh: bool) -> dict:
+    from flows.run_setup import Run, record_run, run_layout
+    from flows.run_steps import freeze_training_problems, generate, train, verify_and_select
+    from tasks.gate import discard_outputs
+    from tasks.jobs.pipeline import train_only_steps
+    from tasks.train_set import freeze_train_set, has_given_rationales
 
-    if fs.exists(manifest_url(path)):
-        return read_artifact(path, "train_examples").to_pandas()
-    if not fs.exists(path):
-        raise ArtifactMissing(f"train_set {path} does not exist")
-    import pyarrow.parquet as pq
-
-    from storage.tables import to_table
-
-    filesystem, inner = fs.resolve(path)
-    with filesystem.open(inner, "rb") as handle:
-        return to_table(pq.read_table(handle), "train_examples").to_pandas()
-
-
-DSS_SETS = ("dss_svamp", "dss_cqa")  # the sets whose released PaLM rationales `siked train` reads
-
-
-def has_given_rationales(cfg: RunConfig) -> bool:
-    """Whether `train_data` brings rationales of its own: DSS's released ones, or a file's `rationale` field."""
-    ref = cfg.train_data
-    return ref.name in DSS_SETS or (ref.name == "file" and ref.rationale is not None)
-
-
-def dss_rows(cfg: RunConfig) -> list[dict[str, Any]]:
-    """TRAIN_EXAMPLES rows from the rationales `cfg.train_data` brings: DSS's released PaLM rationales,
-    or the `rationale` field of a file benchmark (the text before a final `####` line)."""
-    from distill.benchmarks import load_rationales
-    from distill.benchmarks.file import given_rationales
-    from distill.training.data import dss_rationale_rows
-    from tasks.jobs.benchmarks import load_problems
-
-    ref = cfg.train_data
-    if not has_given_rationales(cfg):
-        raise ConfigError(f"train_data is {ref.benchmark_name!r}: rationales are read for dss_svamp, dss_cqa "
-                          "and file benchmarks with a `rationale` field (give train_set=PATH for other data)")
-    problems = load_problems(ref, cfg.data_dir).problems
-    if ref.name == "file":
-        rows, counts = dss_rationale_rows(problems, given_rationales(problems), model=f"file:{ref.rationale}")
-        counts.pop("palm_answer_differs", None)  # a file's rationales state no separate answer to compare
-        note = f"rationales from field {ref.rationale!r}; records without one are dropped"
+    layout = run_layout(cfg)
+    given = train_set is None and has_given_rationales(cfg.train_data)
+    run = Run(cfg, layout, train_only_steps(cfg, layout, train_set=train_set, given_rationales=given,
+                                            iteration=iteration))
+    record_run(layout, cfg, run.steps)
+    if "problems/train" in run.steps:
+        freeze_training_problems(run)
+    if "train_set" in run.steps:
+        step = run.steps["train_set"]
+        run.submit(freeze_train_set, step.name, **step.job, output=step.output("train_set"), key=step.key)
     else:
-        from storage.paths import data_dir
-
-        rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, data_dir(cfg.data_dir)))
-        note = "no_rationale rows are dropped, palm_answer_differs rows are kept as in DSS"
-    print(f"[siked train] {ref.benchmark_name}/{ref.split}: {len(problems)} problems -> {len(rows)} rows "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none dropped'}; {note})",
-          file=sys.stderr)
-    return rows
-
-
-def training_rows(cfg: RunConfig, layout: Any, own: dict[str, str], iteration: int) -> tuple[Any, Any]:
-    """(rows, the parent reference of the metrics: an artifact URL, or {path, content_hash} of a
-    plain file). DSS rows are saved as the iteration's train set, for the record."""
-    from storage import fs
-    from storage.artifacts import is_complete, write_artifact
-    from storage.manifest import manifest_url
-
-    if "train_set" in own:
-        path = own["train_set"]
-        rows = _read_train_set(path)
-        if fs.exists(manifest_url(path)):
-            return rows, path
-        return rows, {"path": path, "content_hash": fs.sha256_file(path)}
-    if has_given_rationales(cfg):
-        rows = dss_rows(cfg)
-        url = layout.train_set(iteration)
-        recorded = [{k: v for k, v in row.items() if k != "label_text"} for row in rows]  # not a set column
-        write_artifact(url, recorded, "train_examples", config_hash=section_hash(cfg.train_data))
-        return rows, url
-    from tasks.jobs.pipeline import pipeline_steps
-
-    url = pipeline_steps(cfg, layout)["iter-00/distill_set"].output("distill_set")
-    if not is_complete(url, kind="train_examples"):
-        raise ConfigError(f"no training rows: give train_set=PATH, run `siked teacher` with this config "
-                          f"first (it writes {url}), or use train_data.name=dss_svamp or dss_cqa")
-    return _read_train_set(url), url
+        generate(run, 0)
+        verify_and_select(run, 0)
+    name = f"iter-{iteration:02d}/train"
+    if fresh:
+        discard_outputs(run.steps[name], forced=True)
+    return train(run, iteration)
 
 
 def run_train_cli(config_path: str, overrides: list[str]) -> int:
-    from distill.models import resolve_model
-    from distill.training.launch import launch_training
-    from distill.training.loop import LoopOptions
+    from prefect import flow
+
     from flows.config_files import read_config
     from flows.preflight import check_train
-    from flows.run_setup import run_layout, save_config
-    from storage.artifacts import write_artifact
-    from storage.folders import unmark_folder_complete
     from storage.fs import is_remote_url
-    from storage.mirror import local_model, mirror_dir, publish_folder
-    from storage.paths import models_dir
+    from storage.mirror import mirror_dir
 
     own, rest = split_cli_keys(overrides)
     cfg = read_config(config_path, rest)
     iteration = int(own.get("iteration", "0"))
-    resume = own.get("resume", "true").lower() not in ("false", "0", "no")
+    fresh = own.get("resume", "true").lower() in ("false", "0", "no")
     check_train(cfg.train)
-    layout = run_layout(cfg)
-    save_config(layout, cfg)
-    rows, parent = training_rows(cfg, layout, own, iteration)
-    model_path = resolve_model(local_model(cfg.train.model), models_dir())
-    # Training writes local folders; under a remote run root, the local mirrors of the run's ones.
-    student = layout.student(iteration)
-    unmark_folder_complete(student)  # never complete-looking while being rewritten
-    unmark_folder_complete(mirror_dir(student))
-    result = launch_training(cfg.train, rows, model_path, mirror_dir(student),
-                             mirror_dir(layout.checkpoints(iteration)), LoopOptions(resume=resume))
-    metrics_url = layout.train_metrics(iteration)
-    write_artifact(metrics_url, result.metrics, "train_metrics", config_hash=section_hash(cfg.train),
-                   parents=[parent])
-    # Marked complete; under a remote run root also uploaded, its folder manifest written last.
-    publish_folder(mirror_dir(student), student, {"steps": result.steps, "start_model": cfg.train.model},
-                   config_hash=section_hash(cfg.train), parents=[parent])
-    best = f"best step {result.best_step} {result.best_val}" if result.best_step else "no validation split"
-    print(f"[siked train] {result.steps} steps; {best}; metrics {metrics_url}", file=sys.stderr)
-    print(student if is_remote_url(student) else result.output_dir)
+    train_set = own.get("train_set")
+    if train_set is not None:
+        from storage import fs
+
+        if not fs.exists(train_set):
+            raise ConfigError(f"train_set {train_set} does not exist")
+    result = flow(name="siked-train", flow_run_name=f"train-{cfg.name}")(train_flow_body)(
+        cfg, train_set, iteration, fresh)
+    student = result["path"]
+    info = result.get("train", {})
+    best = f"best step {info.get('best_step')} {info.get('best_val')}" if info.get("best_step") else "no validation split"
+    print(f"[siked train] {info.get('steps')} steps; {best}; metrics {student.removesuffix('student')}"
+          "train_metrics.parquet", file=sys.stderr)
+    print(student if is_remote_url(student) else mirror_dir(student))
     return 0

@@ -117,22 +117,6 @@ class RunLayout:
     def iteration_dir(self, iteration: int) -> str:
         return self.path(f"iter-{iteration:02d}")
 
-    # The pipeline's step outputs live in the step store (storage.step_store, keyed in
-    # tasks.jobs.pipeline); these are the folders `siked train` writes on its own, inside the run.
-    def train_set(self, iteration: int) -> str:
-        return join(self.iteration_dir(iteration), "train_set.parquet")
-
-    def student(self, iteration: int) -> str:
-        return join(self.iteration_dir(iteration), "student")
-
-    def checkpoints(self, iteration: int) -> str:
-        """Training checkpoints of an iteration (resumable mid-training). Under a remote run root
-        they stay in the training machine's local mirror of this URL (storage.mirror)."""
-        return join(self.iteration_dir(iteration), "checkpoints")
-
-    def train_metrics(self, iteration: int) -> str:
-        return join(self.iteration_dir(iteration), "train_metrics.parquet")
-
     def stage_dir(self, stage: str) -> str:
         """`base` (the untrained student) or `iter-XX`."""
         return self.path(stage)

@@ -235,14 +235,14 @@ def test_data_list_counts_a_configs_file_benchmark_and_names_its_excluded_record
 
 
 def test_siked_train_reads_a_files_rationale_field(tmp_path):
-    from flows.train_cli import dss_rows
+    from tasks.train_set import given_rationale_rows
 
     path = write_jsonl(tmp_path / "mine.jsonl", RECORDS + [{"uid": "q3", "meta": {"question": "2 + 2?"},
                                                             "solutions": [4]}])
     cfg = load_config({"train_data": {"name": "file", "path": str(path), "question": "meta.question",
                                       "answer": "solutions.0", "id": "uid", "rationale": "solutions.0",
                                       "split": "train"}})
-    rows = dss_rows(cfg)
+    rows = given_rationale_rows(cfg.train_data, cfg.data_dir)
     assert [(r["question_id"], r["text"], r["gold"]) for r in rows] == [
         ("mine/train/q1", "3 + 2 = 5\nFinal answer: 5", 5.0),  # the text before `####`, then the gold
         ("mine/train/q2", "1000 - 920 = 80\nFinal answer: 80", 80.0)]  # q3's field is a number: no rationale

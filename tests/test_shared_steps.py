@@ -536,3 +536,27 @@ def test_an_eval_set_is_one_step_wherever_it_is_listed(tmp_path):
                          "{name: arith, split: test, size: 24, skip_if_missing: true}]")
     assert one["problems/eval-arith-test"] == two["problems/eval-arith-test"]
     assert one["problems/eval-arith-train"] == two["problems/eval-arith-train"]
+
+
+def test_siked_train_runs_through_the_pipelines_steps_and_keys(tmp_path):
+    """`siked train`: the teacher round's steps with the pipeline's own keys, or a frozen training set
+    keyed by its file's content (not its path), then the same training step."""
+    from tasks.jobs.pipeline import train_only_steps
+
+    cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}"])
+    full = pipeline_steps(cfg, run_layout(cfg))
+    own = train_only_steps(cfg, run_layout(cfg), train_set=None, given_rationales=False)
+    assert list(own) == ["problems/train", "iter-00/generate", "iter-00/verify", "iter-00/distill_set", "iter-00/train"]
+    assert all(own[name].key == full[name].key for name in own)
+
+    rows = tmp_path / "set.parquet"
+    write_artifact(str(rows), [], "train_examples")
+    first = train_only_steps(cfg, run_layout(cfg), train_set=str(rows), given_rationales=False)
+    assert list(first) == ["train_set", "iter-00/train"]
+    moved = tmp_path / "moved.parquet"
+    rows.rename(moved)
+    assert train_only_steps(cfg, run_layout(cfg), train_set=str(moved), given_rationales=False)["train_set"].key == \
+        first["train_set"].key
+    dss = load_config((REPO / "configs/dss_svamp.yaml").read_text(), [f"runs_root={tmp_path}"])
+    assert list(train_only_steps(dss, run_layout(dss), train_set=None, given_rationales=True)) == \
+        ["problems/train", "train_set", "iter-00/train"]

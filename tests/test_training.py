@@ -254,11 +254,11 @@ def test_siked_train_cli_from_a_parquet_set(tiny_model_path, tmp_path, capsys):
 
 def test_dss_svamp_config_gives_training_rows(data_dir):
     from flows.config_files import read_config
-    from flows.train_cli import dss_rows
+    from tasks.train_set import given_rationale_rows
 
     cfg = read_config(Path(__file__).resolve().parents[1] / "configs" / "dss_svamp.yaml")
     assert cfg.train_data.name == "dss_svamp" and cfg.train.loss.kind == "dss_mi"
-    rows = dss_rows(cfg)
+    rows = given_rationale_rows(cfg.train_data, cfg.data_dir)
     assert len(rows) == 789 and rows[0]["question_id"].startswith("dss_svamp/train/")
 
 

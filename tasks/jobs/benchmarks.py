@@ -52,9 +52,16 @@ def content_key(ref: BenchmarkRef) -> dict[str, Any]:
     every other reference (their files are the published datasets, fixed by name)."""
     if ref.name != "file" or ref.source != "local" or not fs.exists(ref.path):
         return {}
-    filesystem, inner = fs.resolve(ref.path)
+    return {"file_sha256": file_content_hash(ref.path)}
+
+
+def file_content_hash(path: str) -> str | None:
+    """sha256 of the file at `path` (None when there is none), hashed once per size and time."""
+    if not fs.exists(path):
+        return None
+    filesystem, inner = fs.resolve(path)
     info = filesystem.info(inner)
-    return {"file_sha256": _sha256(ref.path, info.get("size"), str(info.get("mtime") or info.get("LastModified")))}
+    return _sha256(path, info.get("size"), str(info.get("mtime") or info.get("LastModified")))
 
 
 @functools.lru_cache(maxsize=64)

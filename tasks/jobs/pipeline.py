@@ -29,9 +29,10 @@ from distill.mixing import alpha_for_iteration
 from distill.student_format import LABEL_PARSER_VERSION
 from storage.paths import DataDirMissing, RunLayout, data_dir, join
 from storage.step_store import step_dir
-from tasks.jobs.benchmarks import content_key, data_available
+from tasks.jobs.benchmarks import content_key, data_available, file_content_hash
 
-KINDS = ("problems", "contamination", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report")
+KINDS = ("problems", "contamination", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report",
+         "train_set")
 # Bump when a change to the code must invalidate finished steps (the package version is part of the
 # key too). Git commits alone do not: resuming after an unrelated fix must reuse finished work.
 CACHE_VERSION = "3"  # 3: keys hash the step's job (distill.config declares execution-only fields)
@@ -295,6 +296,35 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
     reported = {name: name for name, s in b.steps.items() if s.kind in ("evaluate", "train", "mix", "distill_set")}
     b.add("report", "report", None, {"run": layout.run_id}, reported, {"report": Output(REPORT_FILE, None)},
           folder=layout.run_dir)
+    return b.steps
+
+
+def train_only_steps(cfg: RunConfig, layout: RunLayout, *, train_set: str | None, given_rationales: bool,
+                     iteration: int = 0) -> dict[str, Step]:
+    """`siked train`: the steps that make its training rows, then `iter-NN/train` from `train.model`.
+    The rows are the file `train_set` (its content hash in the key, its path not), the rationales
+    `train_data` brings (`given_rationales`), or the pipeline's own teacher round."""
+    b = _Builder(layout.root)
+    if train_set is not None or given_rationales:
+        if cfg.train.format == "dss":  # its labels are the problems' answer_text
+            _add_problems(b, "problems/train", cfg.train_data, cfg)
+        job = ({"path": train_set} if train_set is not None
+               else {"ref": cfg.train_data, "data_folder": cfg.data_dir})
+        extra = {"file_sha256": file_content_hash(train_set)} if train_set is not None else {}
+        b.add("train_set", "train_set", None, job, {},
+              {"train_set": Output("train_set.parquet", "train_examples")},
+              unkeyed=("path", "data_folder", "ref.skip_if_missing"), key_extra=extra)
+        source = "train_set"
+    else:
+        _problems(b, cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"benchmarks": []})}))
+        _generate(b, cfg, 0, None)
+        _verify_and_select(b, cfg, 0)
+        source = "iter-00/distill_set"
+    inputs = {"train_set": source}
+    if cfg.train.format == "dss":
+        inputs["problems"] = "problems/train"  # the labels as the dataset writes them (answer_text)
+    b.add(f"iter-{iteration:02d}/train", "train", iteration, {"cfg": cfg.train}, inputs,
+          {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
     return b.steps
 
 
