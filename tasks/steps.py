@@ -82,7 +82,7 @@ def submit_step(task, steps: dict[str, Step], name: str, run: tuple[str, str], /
         return _reuse(task, step, params)
     claim = claim_step(step.folder, f"{run_id} {step.name}", on_wait=_log_wait(step))
     with timings.span("step", step=step.name, kind=step.kind), claim:
-        reason = f"its input {forced[0]} ran again" if forced else incomplete(step)
+        reason = f"its input {forced[0]} was computed in this run" if forced else incomplete(step)
         if reason is None:  # another run finished it while this one waited for the claim
             return _reuse(task, step, params)
         for url in discard_outputs(step, forced=bool(forced)):

@@ -217,7 +217,7 @@ def test_a_file_benchmarks_step_key_follows_its_content_and_builtin_keys_hold_no
     write_jsonl(path, RECORDS[:1])
     assert steps()["problems/eval-mine-test"].key != key
     builtin = steps()["problems/eval-arith-test"].reads
-    assert not {"path", "question", "alias", "file_sha256"} & (set(builtin["benchmark"]) | set(builtin))
+    assert not {"path", "question", "alias", "file_sha256"} & (set(builtin["ref"]) | set(builtin))
 
 
 def test_data_list_counts_a_configs_file_benchmark_and_names_its_excluded_records(tmp_path, capsys):

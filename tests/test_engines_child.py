@@ -195,3 +195,21 @@ def test_a_spare_started_under_another_environment_is_not_used(tmp_path, monkeyp
         child_module.discard_spare()
     assert result["pid"] != spare
     assert not _wait_until_gone((spare,))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_command_whose_worker_kept_an_engine_exits_without_leaks(tmp_path, tiny_vllm_model_path):
+    """The engine worker is let to exit on its own (it releases its engine and unregisters its
+    semaphores) before its process group is signalled: no resource-tracker warning at exit, and the
+    last line on stdout is the run folder."""
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "flows.cli", "eval", str(tiny_vllm_model_path), f"runs_root={tmp_path / 'runs'}",
+               "eval.benchmarks=[{name: arith, split: test, size: 2}]", "eval.modes=[label]",
+               "siked.engine.dtype=float32", "siked.engine.max_model_len=1024",
+               "siked.engine.vllm_args={kv_cache_memory_bytes: 67108864}"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "SIKED_KEEP_ENGINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "leaked" not in done.stderr, done.stderr[-2000:]
+    assert Path(done.stdout.strip().splitlines()[-1]).is_dir()

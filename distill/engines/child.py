@@ -153,9 +153,14 @@ class _Child:
         answer_writer.close()
         return cls(process, job_writer, answer_reader, dict(os.environ), warm=bool(preload))
 
-    def discard(self) -> None:
+    def discard(self, wait_s: float = 0.0) -> None:
+        """End the child. With `wait_s` (a worker that ran an engine), let it exit on its own first:
+        it then releases its engine and unregisters its semaphores, which a signal would leave for
+        multiprocessing's resource tracker to report as leaked when the command exits."""
         self.jobs.close()  # the child sees the end of its job pipe and exits
         self.answers.close()
+        if wait_s:
+            self.process.join(wait_s)
         _end_group(self.process)
 
 
@@ -197,7 +202,7 @@ def _keep_worker(child: _Child) -> None:
         child, _worker = (child, None) if _worker is not None else (None, child)
         _register_exit_hook()
     if child is not None:
-        child.discard()
+        child.discard(wait_s=_GRACE_S)
 
 
 def _refill() -> None:
@@ -233,7 +238,7 @@ def discard_waiting() -> None:
     with _spare_lock:
         worker, _worker = _worker, None
     if worker is not None:
-        worker.discard()
+        worker.discard(wait_s=_GRACE_S)
 
 
 def _wait_for_answer(receiver, child) -> tuple[str, Any, str]:
