@@ -18,11 +18,11 @@ from distill.training.losses import (
     mi_from_log_probs,
     mi_loss,
     pooled_softmax_max,
-    target_mask,
     to_log_probs,
     token_ce,
     token_nll,
 )
+from distill.training.targets import target_mask
 
 VOCAB = 23
 

@@ -5,9 +5,9 @@
     terms.total.backward()
 
 Shapes: B examples, T positions, V vocabulary. `labels[b, t]` is the token at position t when it is
-a target and -100 on prompt and padding. Logits at position t predict the token at t + 1, so the
-*target positions* of a sequence are the t with `labels[b, t + 1] != -100` (`target_mask`); the
-last position is never one. Every loss here reads logits at target positions only.
+a target and -100 on prompt and padding; every loss here reads the logits at the *target positions*
+only, the t with `labels[b, t + 1] != -100` (`targets.target_mask`, which also gives the examples
+of a packed batch).
 
 Each task's log-softmax [B, T, V] is computed once (`to_log_probs`) and shared by its cross-entropy
 and the MI term, so the MI term adds no B x T x V tensor to what cross-entropy holds anyway.
@@ -31,11 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from distill.training.infonce import InfoNCEHead, infonce_loss
+from distill.training.targets import (
+    IGNORE_INDEX,
+    Examples,
+    batch_examples,
+    has_targets,
+    row_examples,
+    shifted_labels,
+    target_mask,
+)
+
 if TYPE_CHECKING:
     from distill.config import LossConfig
-    from distill.training.infonce import InfoNCEHead
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -52,20 +61,6 @@ class LossTerms:
     def as_floats(self) -> dict[str, float]:
         """Detached values for logging: {"total": ..., "label": ..., "rationale": ..., "mi": ...}."""
         return {name: float(getattr(self, name).detach()) for name in ("total", "label", "rationale", "mi")}
-
-
-def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] labels -> [B, T] targets aligned with the logits: targets[:, t] = labels[:, t + 1].
-
-    Shifting the labels (padding the end with -100) instead of slicing the logits keeps the logits
-    contiguous, so no B x T x V copy is made.
-    """
-    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-
-
-def target_mask(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] labels -> [B, T] bool, True at the positions whose logits predict a target token."""
-    return shifted_labels(labels) != IGNORE_INDEX
 
 
 def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -102,24 +97,6 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_nll(to_log_probs(logits), labels)
 
 
-Examples = tuple[torch.Tensor, int]
-"""Which example each position belongs to: ([B, T] long, -1 on padding; the number of examples E).
-A padded batch has one example per row (`None` stands for that); a packed row holds several."""
-
-
-def batch_examples(batch: dict[str, torch.Tensor], task: str) -> Examples | None:
-    """The examples of `task`'s positions in `batch`: None for a padded batch (example = row); for a
-    packed one (`<task>_segment_ids`, see `data.collate_packed`) the k-th example of row r is
-    number (examples in the rows before r) + k. Both tasks of a packed batch hold the same examples
-    in the same order, so the numbers agree across tasks."""
-    segments = batch.get(f"{task}_segment_ids")
-    if segments is None:
-        return None
-    per_row = segments.amax(dim=1) + 1  # [B]
-    offsets = torch.cumsum(per_row, 0) - per_row
-    return torch.where(segments >= 0, segments + offsets[:, None], -1), int(per_row.sum())
-
-
 def pooled_softmax_max(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64,
                        examples: Examples | None = None) -> torch.Tensor:
     """Per example, the softmax over the vocabulary at each target position, max-pooled over them.
@@ -152,28 +129,8 @@ def pooled_max_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, chu
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    ids, count = examples if examples is not None else (_row_examples(labels), labels.size(0))
+    ids, count = examples if examples is not None else (row_examples(labels), labels.size(0))
     return _PooledMaxProb.apply(log_probs, target_mask(labels), ids, count, chunk_size, sparse_grad)
-
-
-def _row_examples(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] example ids of a padded batch: row b is example b."""
-    return torch.arange(labels.size(0), device=labels.device)[:, None].expand_as(labels)
-
-
-def examples_with_positions(mask: torch.Tensor, examples: Examples | None) -> torch.Tensor:
-    """[E] bool: the examples with at least one True position in `mask` [B, T] (rows of a padded
-    batch; the examples of a packed one)."""
-    if examples is None:
-        return mask.any(dim=1)
-    ids, count = examples
-    picked = ids[mask & (ids >= 0)]
-    return torch.zeros(count, dtype=torch.long, device=mask.device).index_add_(0, picked, torch.ones_like(picked)) > 0
-
-
-def _has_targets(labels: torch.Tensor, examples: Examples | None) -> torch.Tensor:
-    """[E] bool: the examples with at least one target position."""
-    return examples_with_positions(target_mask(labels), examples)
 
 
 def mi_loss(label_logits: torch.Tensor, label_labels: torch.Tensor, rationale_logits: torch.Tensor,
@@ -209,7 +166,7 @@ def mi_from_log_probs(label_log_probs: torch.Tensor, label_labels: torch.Tensor,
     q = pooled_max_from_log_probs(rationale_log_probs, rationale_labels, chunk_size, sparse_grad,
                                   examples=rationale_examples)
     per_example = -(p * F.log_softmax(q, dim=-1)).sum(dim=-1)
-    keep = _has_targets(label_labels, label_examples) & _has_targets(rationale_labels, rationale_examples)
+    keep = has_targets(label_labels, label_examples) & has_targets(rationale_labels, rationale_examples)
     return (per_example * keep).sum() / keep.sum().clamp(min=1)
 
 
@@ -230,7 +187,7 @@ def mi_floor(label_log_probs: torch.Tensor, label_labels: torch.Tensor, rational
         p = pooled_max_from_log_probs(label_log_probs.detach(), label_labels, chunk_size,
                                       examples=label_examples).double()
         per_example = box_floor(p)
-        keep = _has_targets(label_labels, label_examples) & _has_targets(rationale_labels, rationale_examples)
+        keep = has_targets(label_labels, label_examples) & has_targets(rationale_labels, rationale_examples)
         return float((per_example * keep).sum() / keep.sum().clamp(min=1))
 
 
@@ -292,8 +249,6 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
         terms.mi_floor = mi_floor(label_lp, batch["label_labels"], batch["rationale_labels"], loss_cfg.chunk_size,
                                   examples)
     elif kind == "dss_infonce":
-        from distill.training.infonce import infonce_loss
-
         terms.mi = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
                                 rationale_hidden, target_mask(batch["rationale_labels"]),
                                 loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
