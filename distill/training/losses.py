@@ -1,8 +1,8 @@
 """Training objective of the student: DSS + MI (docs/method.md, section 5), for a decoder-only causal LM.
 
     from distill.training.losses import compute_loss
-    terms = compute_loss(model, batch, cfg.train.loss)   # LossTerms(total, label, rationale, mi)
-    terms.total.backward()
+    loss = compute_loss(model, batch, cfg.train.loss)   # BatchLoss: terms {name: tensor}, weights, total
+    loss.total.backward()
 
 Shapes: B examples, T positions, V vocabulary. `labels[b, t]` is the token at position t when it is
 a target and -100 on prompt and padding; every loss here reads the logits at the *target positions*
@@ -22,8 +22,10 @@ docs/equations.md maps each equation of the papers to the function here that com
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -47,20 +49,48 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
-class LossTerms:
-    """Scalar loss tensors of one batch; `label` and `mi` are zero where the loss kind has none."""
+TERMS = ("label", "rationale", "mi")
+"""The loss terms by name, in the order they are summed; the metrics log each as `loss_<name>`.
+"mi" is L_MI (`dss_mi`) or InfoNCE (`dss_infonce`)."""
 
-    total: torch.Tensor
-    label: torch.Tensor
-    rationale: torch.Tensor
-    mi: torch.Tensor
+
+def loss_weights(loss_cfg: LossConfig) -> dict[str, float]:
+    """The weight of each term `loss_cfg.kind` sums (the terms it leaves out count 0).
+
+    sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale (`dss_loss`). dss_mi and
+    dss_infonce: dss + beta * the MI term.
+    """
+    kind = loss_cfg.kind
+    if kind not in ("sft", "dss", "dss_mi", "dss_infonce"):
+        raise ValueError(f"unknown loss kind {kind!r}")
+    if kind == "sft":
+        return {"rationale": 1.0}
+    weights = {"label": loss_cfg.alpha, "rationale": 1.0 - loss_cfg.alpha}
+    if kind in ("dss_mi", "dss_infonce"):
+        weights["mi"] = loss_cfg.beta
+    return weights
+
+
+@dataclass
+class BatchLoss:
+    """The loss of one batch: each term by name, the weight of each term summed, and their sum."""
+
+    terms: dict[str, torch.Tensor]
+    """A scalar tensor for every name of `TERMS`; zero where the loss kind computes no such term."""
+    weights: dict[str, float]
+    """{name: weight} of the terms summed into `total` (`loss_weights`)."""
     mi_floor: float | None = None
     """`dss_mi`: the lowest value L_MI could reach for this batch (`mi_floor`), logged beside it."""
+    total: torch.Tensor = field(init=False)
+    """sum of weights[name] * terms[name], in the order of `weights`."""
+
+    def __post_init__(self):
+        parts = [weight * self.terms[name] for name, weight in self.weights.items()]
+        self.total = functools.reduce(operator.add, parts)
 
     def as_floats(self) -> dict[str, float]:
         """Detached values for logging: {"total": ..., "label": ..., "rationale": ..., "mi": ...}."""
-        return {name: float(getattr(self, name).detach()) for name in ("total", "label", "rationale", "mi")}
+        return {"total": float(self.total.detach())} | {name: float(self.terms[name].detach()) for name in TERMS}
 
 
 def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -212,49 +242,46 @@ def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: floa
 
 def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfig,
                  infonce_head: InfoNCEHead | None = None,
-                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
-    """Run the causal LM `model` on both tasks of `batch` and combine the terms of `loss_cfg.kind`.
+                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchLoss:
+    """Run the causal LM `model` on both tasks of `batch`; the terms of `loss_cfg.kind`, weighed by
+    `loss_weights`.
 
-    sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale. dss_mi: dss + beta * L_MI
-    (`mi_loss`). dss_infonce: dss + beta * `infonce_loss` over the last hidden states, with
-    `infonce_head` (required) and `negatives`, the step's other examples (`infonce.step_negatives`).
-    A packed batch (`data.collate_packed`) pools both MI terms per example. Two forward passes (one per task): the tasks differ in length, and
-    separate passes pad each task to its own longest sequence only.
+    label, rationale: `token_nll` of each task. mi: `mi_loss` (dss_mi), or `infonce_loss` over the
+    last hidden states (dss_infonce), with `infonce_head` (required) and `negatives`, the step's
+    other examples (`infonce.step_negatives`). A packed batch (`data.collate_packed`) pools both MI
+    terms per example. Two forward passes (one per task): the tasks differ in length, and separate
+    passes pad each task to its own longest sequence only; sft runs the rationale task only.
     """
     kind = loss_cfg.kind
-    if kind not in ("sft", "dss", "dss_mi", "dss_infonce"):
-        raise ValueError(f"unknown loss kind {kind!r}")
+    weights = loss_weights(loss_cfg)
     if kind == "dss_infonce" and infonce_head is None:
         raise ValueError("loss kind dss_infonce needs an InfoNCEHead (infonce_head=...)")
     rationale_lp, rationale_hidden = _task_log_probs(model, batch, "rationale", kind == "dss_infonce")
     rationale = token_nll(rationale_lp, batch["rationale_labels"])
     zero = torch.zeros((), device=rationale.device)
+    terms = {"label": zero, "rationale": rationale, "mi": zero}
     if kind == "sft":
-        return LossTerms(total=rationale, label=zero, rationale=rationale, mi=zero)
+        return BatchLoss(terms, weights)
 
     label_lp, label_hidden = _task_log_probs(model, batch, "label", kind == "dss_infonce")
-    label = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
-    terms = LossTerms(total=dss_loss(label, rationale, loss_cfg.alpha), label=label, rationale=rationale,
-                      mi=zero)
+    terms["label"] = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
     # packed rows hold several examples: the MI terms pool per example, not per row
     examples = (batch_examples(batch, "label"), batch_examples(batch, "rationale"))
     examples = None if examples[0] is None else examples
+    floor = None
     if kind == "dss_mi":
         # rationale_lp also feeds `rationale` above, so the MI gradient can travel sparse. Built
         # after it, the MI term runs first in the backward pass (autograd runs the nodes created
         # last first), so the dense cross-entropy gradient arrives second and autograd adds the
         # sparse one into it in place (the other order would copy B x T x V; correct either way).
-        terms.mi = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
-                                     loss_cfg.chunk_size, sparse_grad=True, examples=examples)
-        terms.mi_floor = mi_floor(label_lp, batch["label_labels"], batch["rationale_labels"], loss_cfg.chunk_size,
-                                  examples)
+        terms["mi"] = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
+                                        loss_cfg.chunk_size, sparse_grad=True, examples=examples)
+        floor = mi_floor(label_lp, batch["label_labels"], batch["rationale_labels"], loss_cfg.chunk_size, examples)
     elif kind == "dss_infonce":
-        terms.mi = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
-                                rationale_hidden, target_mask(batch["rationale_labels"]),
-                                loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
-    if kind != "dss":
-        terms.total = terms.total + loss_cfg.beta * terms.mi
-    return terms
+        terms["mi"] = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
+                                   rationale_hidden, target_mask(batch["rationale_labels"]),
+                                   loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
+    return BatchLoss(terms, weights, mi_floor=floor)
 
 
 def _task_log_probs(model: Any, batch: dict[str, torch.Tensor], task: str,
