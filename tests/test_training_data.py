@@ -20,7 +20,7 @@ from distill.training.data import (
     split_by_question,
     tokenize_texts,
 )
-from distill.training.loop import BatchPlan, lr_multiplier
+from distill.training.prepare import BatchPlan, lr_multiplier
 
 
 def make_rows(n: int, seed: int = 0, words: int = 0) -> list[dict]:
@@ -242,7 +242,7 @@ def test_dss_format_trains_the_rationale_as_released_and_the_dataset_label(data_
     from distill.config import BenchmarkRef, TrainConfig
     from distill.student_format import parse_label_output
     from distill.training.data import DataStats
-    from distill.training.loop import BatchPlan, data_report
+    from distill.training.prepare import BatchPlan, data_report
 
     problems = load_benchmark(BenchmarkRef(name="dss_svamp", split="train"), data_dir).problems
     rows, _ = dss_rationale_rows(problems, load_rationales("dss_svamp", "train", data_dir))
