@@ -100,7 +100,7 @@ def naive_mi_from_log_probs(label_log_probs, label_labels, rationale_log_probs, 
     import torch
     import torch.nn.functional as F
 
-    from distill.training.losses import target_mask
+    from distill.training.targets import target_mask
 
     def pooled(log_probs, labels):
         return log_probs.exp().masked_fill(~target_mask(labels)[..., None], 0.0).max(dim=1).values

@@ -82,7 +82,7 @@ def raw_side(cfg, sampling, model_path: str, problems: list[dict], strategies: t
     """Plain `vllm.LLM.generate` over the step's prompts (runs in a child)."""
     import vllm
 
-    from distill.engines.vllm_engine import bind_all_cpus, llm_kwargs
+    from distill.engines.vllm_settings import bind_all_cpus, llm_kwargs
     from distill.prompts import stop_strings, teacher_prompts
 
     bind_all_cpus(cfg)  # the same thread binding as VllmEngine
@@ -215,7 +215,7 @@ def main() -> None:
 
     median = statistics.median(p["ratio"] for p in pairs)
     cpu_median = statistics.median(p["cpu_ratio"] for p in pairs)
-    from distill.engines.vllm_engine import llm_kwargs
+    from distill.engines.vllm_settings import llm_kwargs
 
     eager = llm_kwargs(engine, model_path)["enforce_eager"]
     result = {"benchmark": benchmark, "dtype": engine.dtype, "enforce_eager": eager,

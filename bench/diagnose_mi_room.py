@@ -65,14 +65,14 @@ def measure(model_path: str, texts: list) -> dict[str, float]:
     for start in batches:
         batch = collate_padded(examples[start:start + 8], pad_id)
         with torch.no_grad():
-            terms = compute_loss(model, batch, LossConfig(kind="dss_mi", alpha=0.5, beta=0.1))
+            loss = compute_loss(model, batch, LossConfig(kind="dss_mi", alpha=0.5, beta=0.1))
             # the terms as training computes them, then the label side's pooled mass, which they do not carry
             logits = model(input_ids=batch["label_input_ids"], attention_mask=batch["label_attention_mask"]).logits
             p = pooled_max_from_log_probs(to_log_probs(logits), batch["label_labels"])
-        sums["mi"] += float(terms.mi)
-        sums["floor"] += float(terms.mi_floor)
+        sums["mi"] += float(loss.terms["mi"])
+        sums["floor"] += float(loss.mi_floor)
         sums["mass"] += float(p.sum(-1).mean())
-        sums["label_ce"] += float(terms.label)
+        sums["label_ce"] += float(loss.terms["label"])
     means = {k: v / len(batches) for k, v in sums.items()}
     means["room"] = means["mi"] - means["floor"]
     means["mass_log_v"] = means["mass"] * math.log(model.config.vocab_size)

@@ -257,7 +257,7 @@ def test_vllm_cpu_threads_are_bound_to_every_allowed_cpu_unless_the_user_chose(m
     import os
 
     from distill.config import EngineConfig
-    from distill.engines.vllm_engine import bind_all_cpus
+    from distill.engines.vllm_settings import bind_all_cpus
 
     # setenv first so that monkeypatch restores the variable's absence: bind_all_cpus writes
     # os.environ itself, and a binding leaked to later tests breaks every vLLM engine they start.
@@ -294,7 +294,7 @@ KV_TOO_SMALL = (
      "(0.70/2.30 GiB). Reduce CPU memory used by other processes."),
 ])
 def test_vllm_memory_refusals_name_the_settings_that_give_the_kv_cache_a_size(message):
-    from distill.engines.vllm_engine import memory_hint
+    from distill.engines.vllm_settings import memory_hint
 
     hint = memory_hint(message, on_gpus=False)
     assert "engine.vllm_args.kv_cache_memory_bytes" in hint and "VLLM_CPU_KVCACHE_SPACE" in hint
@@ -303,7 +303,7 @@ def test_vllm_memory_refusals_name_the_settings_that_give_the_kv_cache_a_size(me
 
 
 def test_other_vllm_failures_get_no_memory_hint():
-    from distill.engines.vllm_engine import memory_hint
+    from distill.engines.vllm_settings import memory_hint
 
     assert memory_hint("User-specified max_model_len (262144) is greater than the derived max_model_len",
                        on_gpus=False) is None

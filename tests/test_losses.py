@@ -18,11 +18,11 @@ from distill.training.losses import (
     mi_from_log_probs,
     mi_loss,
     pooled_softmax_max,
-    target_mask,
     to_log_probs,
     token_ce,
     token_nll,
 )
+from distill.training.targets import target_mask
 
 VOCAB = 23
 
@@ -420,21 +420,24 @@ def test_compute_loss_on_tiny_llama(tiny_model, kind):
     cfg = LossConfig(kind=kind, alpha=0.4, beta=0.3, chunk_size=3, infonce_dim=8)
     torch.manual_seed(1)
     head = InfoNCEHead(tiny_model.config.hidden_size, cfg.infonce_dim) if kind == "dss_infonce" else None
-    terms = compute_loss(tiny_model, batch, cfg, infonce_head=head)
+    loss = compute_loss(tiny_model, batch, cfg, infonce_head=head)
     want = reference_total(tiny_model, batch, cfg, head)
 
-    torch.testing.assert_close(terms.total, want)
-    assert terms.as_floats()["total"] == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(loss.total, want)
+    assert loss.as_floats()["total"] == pytest.approx(want.item(), rel=1e-5)
+    assert set(loss.terms) == {"label", "rationale", "mi"}
+    terms = loss.terms
     if kind == "sft":
-        torch.testing.assert_close(terms.total, terms.rationale)
+        assert loss.weights == {"rationale": 1.0}
+        torch.testing.assert_close(loss.total, terms["rationale"])
     else:
-        torch.testing.assert_close(terms.total, 0.4 * terms.label + 0.6 * terms.rationale + 0.3 * terms.mi)
+        torch.testing.assert_close(loss.total, 0.4 * terms["label"] + 0.6 * terms["rationale"] + 0.3 * terms["mi"])
     if kind in ("sft", "dss"):
-        assert terms.mi.item() == 0.0
+        assert terms["mi"].item() == 0.0 and "mi" not in loss.weights
     else:
-        assert terms.mi.item() > 0
+        assert terms["mi"].item() > 0 and loss.weights["mi"] == 0.3
     params = [*tiny_model.parameters(), *(head.parameters() if head is not None else ())]
-    got_grads = torch.autograd.grad(terms.total, params, allow_unused=True)
+    got_grads = torch.autograd.grad(loss.total, params, allow_unused=True)
     want_grads = torch.autograd.grad(want, params, allow_unused=True)
     for got, expected in zip(got_grads, want_grads):
         assert got is not None
@@ -443,8 +446,8 @@ def test_compute_loss_on_tiny_llama(tiny_model, kind):
 
 def test_compute_loss_sft_needs_only_rationale_tensors(tiny_model):
     batch = {k: v for k, v in model_batch().items() if k.startswith("rationale_")}
-    terms = compute_loss(tiny_model, batch, LossConfig(kind="sft"))
-    assert torch.isfinite(terms.total)
+    loss = compute_loss(tiny_model, batch, LossConfig(kind="sft"))
+    assert torch.isfinite(loss.total)
 
 
 def test_compute_loss_infonce_needs_a_head(tiny_model):

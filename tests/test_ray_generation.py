@@ -282,7 +282,7 @@ def test_a_reseeded_vllm_engine_repeats_its_samples(builtin_model_path, monkeypa
     from distill.engines import run_in_child
 
     # One compute thread: with several, vLLM-CPU's sampled tokens are not bit-reproducible
-    # (vllm_engine.bind_all_cpus), and this test is about the reseeding.
+    # (vllm_settings.bind_all_cpus), and this test is about the reseeding.
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
     texts = run_in_child(reseeded_samples, str(builtin_model_path))
     assert texts["again"] == texts["first"] != texts["other"]

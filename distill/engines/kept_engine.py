@@ -34,6 +34,7 @@ from typing import Any
 
 from distill import timings
 from distill.config import EngineConfig
+from distill.engines.vllm_settings import llm_kwargs
 
 # Files that hold weights: what a kept engine replaces. Our own bookkeeping files (step manifests,
 # the student's record) change nothing the engine reads. Everything else must match byte for byte.
@@ -58,8 +59,6 @@ def holding() -> bool:
 
 def engine_key(cfg: EngineConfig, model_path: str) -> str:
     """What must be equal for a parked engine to serve `cfg` with the model at `model_path`."""
-    from distill.engines.vllm_engine import llm_kwargs
-
     arguments = {k: v for k, v in llm_kwargs(cfg, model_path).items() if k != "model"}
     described = {"llm": arguments, "in_process": cfg.in_process, "deterministic": cfg.deterministic,
                  "model": model_family(model_path)}

@@ -41,39 +41,18 @@ from distill import timings
 from distill.config import EngineConfig, SamplingConfig
 from distill.engines import kept_engine
 from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
-
-
-def _on_gpus() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+from distill.engines.vllm_settings import (
+    batch_invariant_on_gpus,
+    bind_all_cpus,
+    llm_kwargs,
+    memory_hint,
+    on_gpus,
+)
 
 
 def _in_process_on_cpu() -> bool:
     """Whether vLLM's engine core runs in this process on a CPU build (VllmEngine sets it before it starts)."""
-    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and not _on_gpus()
-
-
-def _eager(cfg: EngineConfig) -> bool:
-    """Eager on CPU builds unless the config says otherwise (see EngineConfig.enforce_eager)."""
-    if cfg.enforce_eager is not None:
-        return cfg.enforce_eager
-    return not _on_gpus()
-
-
-def llm_kwargs(cfg: EngineConfig, model_path: str) -> dict[str, Any]:
-    """The keyword arguments this engine gives `vllm.LLM` for `cfg` (also what bench/ compares with)."""
-    named = {
-        "model": model_path, "seed": cfg.seed, "dtype": cfg.dtype,
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "max_model_len": cfg.max_model_len, "enable_lora": cfg.enable_lora,
-        "enforce_eager": _eager(cfg),
-    }
-    clash = sorted(set(named) & set(cfg.vllm_args))
-    if clash:
-        raise EngineError(f"engine.vllm_args repeats {clash}: set them as engine.{clash[0]} instead")
-    return {**named, **cfg.vllm_args}
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and not on_gpus()
 
 
 RESEED_EXTENSION = "distill.engines.vllm_engine.ReseedExtension"
@@ -98,62 +77,6 @@ def reseedable(cfg: EngineConfig) -> EngineConfig:
     return cfg.model_copy(update={"vllm_args": {**cfg.vllm_args, "worker_extension_cls": RESEED_EXTENSION}})
 
 
-def bind_all_cpus(cfg: EngineConfig) -> None:
-    """vLLM-CPU: run the model on every CPU this process may use, unless the user chose a binding.
-
-    By default vLLM-CPU keeps one core per rank for its scheduler process and binds its compute
-    threads to the rest: on a 2-core machine that is one compute thread. Binding both cores makes
-    generation about 1.7x faster there (the scheduler mostly waits for the model), measured with
-    the embedded model (BENCHMARKS.md). A `VLLM_CPU_OMP_THREADS_BIND` already in the environment
-    wins; tensor parallelism on CPUs needs one list per rank, so it is left alone too.
-
-    Reproducibility: with several compute threads, sampled (temperature > 0) tokens of vLLM-CPU were
-    seen to differ between two generations after reseeding with the same seed (greedy output did
-    not); with one thread they repeat. Set VLLM_CPU_OMP_THREADS_BIND to a single core where
-    bit-reproducible sampling matters more than speed.
-    """
-    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or cfg.tensor_parallel_size != 1 or _on_gpus():
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    # `deterministic`: one compute thread, the setting under which sampled tokens repeat
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[0]) if cfg.deterministic else ",".join(str(c) for c in cpus)
-
-
-def batch_invariant_on_gpus(cfg: EngineConfig) -> None:
-    """`deterministic` on CUDA: vLLM's batch-invariant kernels, so a request's logits do not depend
-    on what else is in its batch (set before the engine starts; one already set wins)."""
-    if cfg.deterministic and _on_gpus():
-        os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
-
-
-# vLLM's words when the memory it may take cannot hold a KV cache (vllm/v1/worker/cpu_worker.py,
-# v1/worker/utils.py, v1/core/kv_cache_utils.py): the start-up share, the cache allocation, none left.
-_MEMORY_REFUSALS = ("less than desired CPU memory utilization", "less than desired GPU memory utilization",
-                    "on kv cache allocation is less than requested memory",
-                    "No available memory for the cache blocks",
-                    "which is larger than the available KV cache memory")
-
-
-def memory_hint(message: str, on_gpus: bool) -> str | None:
-    """What to set when vLLM refused to start for want of memory (None for any other failure).
-
-    On CPUs vLLM takes `gpu_memory_utilization` (default 0.3 here) of the machine's RAM unless the KV
-    cache has a set size, and refuses to start when less than that is free: a second run on the same
-    machine fails that way while the first one's engine holds its share.
-    """
-    if not any(words in message for words in _MEMORY_REFUSALS):
-        return None
-    said = " ".join(message.split()).split(". ")[0]
-    if on_gpus:
-        return (f"vLLM refused to start for want of GPU memory ({said}): lower engine.gpu_memory_utilization "
-                "or engine.max_model_len, give the KV cache a set size with "
-                "engine.vllm_args.kv_cache_memory_bytes, or free the GPU of other processes")
-    return (f"vLLM refused to start for want of memory ({said}): on CPUs, without a set KV cache size, it "
-            "reserves engine.gpu_memory_utilization of the machine's RAM; give the cache a size that fits "
-            "with engine.vllm_args.kv_cache_memory_bytes (bytes, e.g. 536870912) or VLLM_CPU_KVCACHE_SPACE "
-            "(GiB), which also lets several runs share one machine")
-
-
 class VllmEngine:
     name = "vllm"
 
@@ -169,7 +92,7 @@ class VllmEngine:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         elif cfg.in_process is not None:  # said in the config: it wins over the environment
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
-        elif not _on_gpus():  # CPU builds: in-process unless the environment says otherwise
+        elif not on_gpus():  # CPU builds: in-process unless the environment says otherwise
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.version = vllm.__version__
         self.model = model_path
@@ -181,7 +104,7 @@ class VllmEngine:
             try:
                 self._llm = vllm.LLM(**kwargs)
             except (ValueError, RuntimeError) as exc:
-                hint = memory_hint(str(exc), on_gpus=_on_gpus())
+                hint = memory_hint(str(exc), on_gpus=on_gpus())
                 if hint is None:
                     raise
                 raise EngineError(hint) from exc

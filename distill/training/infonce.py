@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.training.targets import batch_examples, examples_with_positions, target_mask
+
 
 class InfoNCEHead(nn.Module):
     """Two projection heads, hidden_size -> dim (Linear, GELU, Linear), one per task."""
@@ -53,7 +55,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor, examples: tuple[torch.
     """hidden [B, T, H], mask [B, T] bool -> [B, H] mean over the masked positions (0 if none).
 
     With `examples` (a packed batch: [B, T] example ids, -1 on padding, and their count E, see
-    `losses.batch_examples`) -> [E, H], each example's mean over its own masked positions.
+    `targets.batch_examples`) -> [E, H], each example's mean over its own masked positions.
     Half-precision states are averaged in float32.
     """
     dtype = torch.promote_types(hidden.dtype, torch.float32)
@@ -74,11 +76,9 @@ def embed_pairs(head: InfoNCEHead, label_hidden: torch.Tensor, label_mask: torch
                 examples: tuple[Any, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_l, z_r) [N, dim] of the examples with targets in both tasks (the rest left out).
 
-    `examples`: (label, rationale) `losses.batch_examples` of a packed batch, or None.
+    `examples`: (label, rationale) `targets.batch_examples` of a packed batch, or None.
     """
     label_ex, rationale_ex = examples if examples is not None else (None, None)
-    from distill.training.losses import examples_with_positions
-
     keep = examples_with_positions(label_mask, label_ex) & examples_with_positions(rationale_mask, rationale_ex)
     return head(masked_mean(label_hidden, label_mask, label_ex)[keep],
                 masked_mean(rationale_hidden, rationale_mask, rationale_ex)[keep])
@@ -90,7 +90,7 @@ def infonce_loss(head: InfoNCEHead, label_hidden: torch.Tensor, label_mask: torc
                  negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between the two tasks' pooled representations -> scalar.
 
-    label_hidden [B, Tl, H], label_mask [B, Tl] (target positions, `losses.target_mask`), and the same
+    label_hidden [B, Tl, H], label_mask [B, Tl] (target positions, `targets.target_mask`), and the same
     for the rationale task. Examples without targets in either task are left out; with N examples
     left, L = (CE(S, diag) + CE(S.T, diag)) / 2 with S = z_l @ z_r.T / temperature [N, N].
     `negatives` (z_l, z_r) [M, dim] of the step's other examples (`step_negatives`, no gradient)
@@ -118,8 +118,6 @@ def step_negatives(model: Any, head: InfoNCEHead, batches: list[dict[str, torch.
     One forward pass of both tasks per micro-batch, without gradients; the embeddings of all
     processes are gathered (`dist_.enabled`).
     """
-    from distill.training.losses import batch_examples, target_mask
-
     own = []
     with torch.no_grad():
         for batch in batches:

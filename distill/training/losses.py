@@ -1,13 +1,13 @@
 """Training objective of the student: DSS + MI (docs/method.md, section 5), for a decoder-only causal LM.
 
     from distill.training.losses import compute_loss
-    terms = compute_loss(model, batch, cfg.train.loss)   # LossTerms(total, label, rationale, mi)
-    terms.total.backward()
+    loss = compute_loss(model, batch, cfg.train.loss)   # BatchLoss: terms {name: tensor}, weights, total
+    loss.total.backward()
 
 Shapes: B examples, T positions, V vocabulary. `labels[b, t]` is the token at position t when it is
-a target and -100 on prompt and padding. Logits at position t predict the token at t + 1, so the
-*target positions* of a sequence are the t with `labels[b, t + 1] != -100` (`target_mask`); the
-last position is never one. Every loss here reads logits at target positions only.
+a target and -100 on prompt and padding; every loss here reads the logits at the *target positions*
+only, the t with `labels[b, t + 1] != -100` (`targets.target_mask`, which also gives the examples
+of a packed batch).
 
 Each task's log-softmax [B, T, V] is computed once (`to_log_probs`) and shared by its cross-entropy
 and the MI term, so the MI term adds no B x T x V tensor to what cross-entropy holds anyway.
@@ -22,8 +22,10 @@ docs/equations.md maps each equation of the papers to the function here that com
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -31,41 +33,64 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from distill.training.infonce import InfoNCEHead, infonce_loss
+from distill.training.targets import (
+    IGNORE_INDEX,
+    Examples,
+    batch_examples,
+    has_targets,
+    row_examples,
+    shifted_labels,
+    target_mask,
+)
+
 if TYPE_CHECKING:
     from distill.config import LossConfig
-    from distill.training.infonce import InfoNCEHead
 
-IGNORE_INDEX = -100
+
+
+TERMS = ("label", "rationale", "mi")
+"""The loss terms by name, in the order they are summed; the metrics log each as `loss_<name>`.
+"mi" is L_MI (`dss_mi`) or InfoNCE (`dss_infonce`)."""
+
+
+def loss_weights(loss_cfg: LossConfig) -> dict[str, float]:
+    """The weight of each term `loss_cfg.kind` sums (the terms it leaves out count 0).
+
+    sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale (`dss_loss`). dss_mi and
+    dss_infonce: dss + beta * the MI term.
+    """
+    kind = loss_cfg.kind
+    if kind not in ("sft", "dss", "dss_mi", "dss_infonce"):
+        raise ValueError(f"unknown loss kind {kind!r}")
+    if kind == "sft":
+        return {"rationale": 1.0}
+    weights = {"label": loss_cfg.alpha, "rationale": 1.0 - loss_cfg.alpha}
+    if kind in ("dss_mi", "dss_infonce"):
+        weights["mi"] = loss_cfg.beta
+    return weights
 
 
 @dataclass
-class LossTerms:
-    """Scalar loss tensors of one batch; `label` and `mi` are zero where the loss kind has none."""
+class BatchLoss:
+    """The loss of one batch: each term by name, the weight of each term summed, and their sum."""
 
-    total: torch.Tensor
-    label: torch.Tensor
-    rationale: torch.Tensor
-    mi: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    """A scalar tensor for every name of `TERMS`; zero where the loss kind computes no such term."""
+    weights: dict[str, float]
+    """{name: weight} of the terms summed into `total` (`loss_weights`)."""
     mi_floor: float | None = None
     """`dss_mi`: the lowest value L_MI could reach for this batch (`mi_floor`), logged beside it."""
+    total: torch.Tensor = field(init=False)
+    """sum of weights[name] * terms[name], in the order of `weights`."""
+
+    def __post_init__(self):
+        parts = [weight * self.terms[name] for name, weight in self.weights.items()]
+        self.total = functools.reduce(operator.add, parts)
 
     def as_floats(self) -> dict[str, float]:
         """Detached values for logging: {"total": ..., "label": ..., "rationale": ..., "mi": ...}."""
-        return {name: float(getattr(self, name).detach()) for name in ("total", "label", "rationale", "mi")}
-
-
-def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] labels -> [B, T] targets aligned with the logits: targets[:, t] = labels[:, t + 1].
-
-    Shifting the labels (padding the end with -100) instead of slicing the logits keeps the logits
-    contiguous, so no B x T x V copy is made.
-    """
-    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-
-
-def target_mask(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] labels -> [B, T] bool, True at the positions whose logits predict a target token."""
-    return shifted_labels(labels) != IGNORE_INDEX
+        return {"total": float(self.total.detach())} | {name: float(self.terms[name].detach()) for name in TERMS}
 
 
 def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -102,24 +127,6 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_nll(to_log_probs(logits), labels)
 
 
-Examples = tuple[torch.Tensor, int]
-"""Which example each position belongs to: ([B, T] long, -1 on padding; the number of examples E).
-A padded batch has one example per row (`None` stands for that); a packed row holds several."""
-
-
-def batch_examples(batch: dict[str, torch.Tensor], task: str) -> Examples | None:
-    """The examples of `task`'s positions in `batch`: None for a padded batch (example = row); for a
-    packed one (`<task>_segment_ids`, see `data.collate_packed`) the k-th example of row r is
-    number (examples in the rows before r) + k. Both tasks of a packed batch hold the same examples
-    in the same order, so the numbers agree across tasks."""
-    segments = batch.get(f"{task}_segment_ids")
-    if segments is None:
-        return None
-    per_row = segments.amax(dim=1) + 1  # [B]
-    offsets = torch.cumsum(per_row, 0) - per_row
-    return torch.where(segments >= 0, segments + offsets[:, None], -1), int(per_row.sum())
-
-
 def pooled_softmax_max(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64,
                        examples: Examples | None = None) -> torch.Tensor:
     """Per example, the softmax over the vocabulary at each target position, max-pooled over them.
@@ -152,28 +159,8 @@ def pooled_max_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, chu
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    ids, count = examples if examples is not None else (_row_examples(labels), labels.size(0))
+    ids, count = examples if examples is not None else (row_examples(labels), labels.size(0))
     return _PooledMaxProb.apply(log_probs, target_mask(labels), ids, count, chunk_size, sparse_grad)
-
-
-def _row_examples(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] example ids of a padded batch: row b is example b."""
-    return torch.arange(labels.size(0), device=labels.device)[:, None].expand_as(labels)
-
-
-def examples_with_positions(mask: torch.Tensor, examples: Examples | None) -> torch.Tensor:
-    """[E] bool: the examples with at least one True position in `mask` [B, T] (rows of a padded
-    batch; the examples of a packed one)."""
-    if examples is None:
-        return mask.any(dim=1)
-    ids, count = examples
-    picked = ids[mask & (ids >= 0)]
-    return torch.zeros(count, dtype=torch.long, device=mask.device).index_add_(0, picked, torch.ones_like(picked)) > 0
-
-
-def _has_targets(labels: torch.Tensor, examples: Examples | None) -> torch.Tensor:
-    """[E] bool: the examples with at least one target position."""
-    return examples_with_positions(target_mask(labels), examples)
 
 
 def mi_loss(label_logits: torch.Tensor, label_labels: torch.Tensor, rationale_logits: torch.Tensor,
@@ -209,7 +196,7 @@ def mi_from_log_probs(label_log_probs: torch.Tensor, label_labels: torch.Tensor,
     q = pooled_max_from_log_probs(rationale_log_probs, rationale_labels, chunk_size, sparse_grad,
                                   examples=rationale_examples)
     per_example = -(p * F.log_softmax(q, dim=-1)).sum(dim=-1)
-    keep = _has_targets(label_labels, label_examples) & _has_targets(rationale_labels, rationale_examples)
+    keep = has_targets(label_labels, label_examples) & has_targets(rationale_labels, rationale_examples)
     return (per_example * keep).sum() / keep.sum().clamp(min=1)
 
 
@@ -230,7 +217,7 @@ def mi_floor(label_log_probs: torch.Tensor, label_labels: torch.Tensor, rational
         p = pooled_max_from_log_probs(label_log_probs.detach(), label_labels, chunk_size,
                                       examples=label_examples).double()
         per_example = box_floor(p)
-        keep = _has_targets(label_labels, label_examples) & _has_targets(rationale_labels, rationale_examples)
+        keep = has_targets(label_labels, label_examples) & has_targets(rationale_labels, rationale_examples)
         return float((per_example * keep).sum() / keep.sum().clamp(min=1))
 
 
@@ -255,51 +242,46 @@ def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: floa
 
 def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfig,
                  infonce_head: InfoNCEHead | None = None,
-                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
-    """Run the causal LM `model` on both tasks of `batch` and combine the terms of `loss_cfg.kind`.
+                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchLoss:
+    """Run the causal LM `model` on both tasks of `batch`; the terms of `loss_cfg.kind`, weighed by
+    `loss_weights`.
 
-    sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale. dss_mi: dss + beta * L_MI
-    (`mi_loss`). dss_infonce: dss + beta * `infonce_loss` over the last hidden states, with
-    `infonce_head` (required) and `negatives`, the step's other examples (`infonce.step_negatives`).
-    A packed batch (`data.collate_packed`) pools both MI terms per example. Two forward passes (one per task): the tasks differ in length, and
-    separate passes pad each task to its own longest sequence only.
+    label, rationale: `token_nll` of each task. mi: `mi_loss` (dss_mi), or `infonce_loss` over the
+    last hidden states (dss_infonce), with `infonce_head` (required) and `negatives`, the step's
+    other examples (`infonce.step_negatives`). A packed batch (`data.collate_packed`) pools both MI
+    terms per example. Two forward passes (one per task): the tasks differ in length, and separate
+    passes pad each task to its own longest sequence only; sft runs the rationale task only.
     """
     kind = loss_cfg.kind
-    if kind not in ("sft", "dss", "dss_mi", "dss_infonce"):
-        raise ValueError(f"unknown loss kind {kind!r}")
+    weights = loss_weights(loss_cfg)
     if kind == "dss_infonce" and infonce_head is None:
         raise ValueError("loss kind dss_infonce needs an InfoNCEHead (infonce_head=...)")
     rationale_lp, rationale_hidden = _task_log_probs(model, batch, "rationale", kind == "dss_infonce")
     rationale = token_nll(rationale_lp, batch["rationale_labels"])
     zero = torch.zeros((), device=rationale.device)
+    terms = {"label": zero, "rationale": rationale, "mi": zero}
     if kind == "sft":
-        return LossTerms(total=rationale, label=zero, rationale=rationale, mi=zero)
+        return BatchLoss(terms, weights)
 
     label_lp, label_hidden = _task_log_probs(model, batch, "label", kind == "dss_infonce")
-    label = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
-    terms = LossTerms(total=dss_loss(label, rationale, loss_cfg.alpha), label=label, rationale=rationale,
-                      mi=zero)
+    terms["label"] = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
     # packed rows hold several examples: the MI terms pool per example, not per row
     examples = (batch_examples(batch, "label"), batch_examples(batch, "rationale"))
     examples = None if examples[0] is None else examples
+    floor = None
     if kind == "dss_mi":
         # rationale_lp also feeds `rationale` above, so the MI gradient can travel sparse. Built
         # after it, the MI term runs first in the backward pass (autograd runs the nodes created
         # last first), so the dense cross-entropy gradient arrives second and autograd adds the
         # sparse one into it in place (the other order would copy B x T x V; correct either way).
-        terms.mi = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
-                                     loss_cfg.chunk_size, sparse_grad=True, examples=examples)
-        terms.mi_floor = mi_floor(label_lp, batch["label_labels"], batch["rationale_labels"], loss_cfg.chunk_size,
-                                  examples)
+        terms["mi"] = mi_from_log_probs(label_lp, batch["label_labels"], rationale_lp, batch["rationale_labels"],
+                                        loss_cfg.chunk_size, sparse_grad=True, examples=examples)
+        floor = mi_floor(label_lp, batch["label_labels"], batch["rationale_labels"], loss_cfg.chunk_size, examples)
     elif kind == "dss_infonce":
-        from distill.training.infonce import infonce_loss
-
-        terms.mi = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
-                                rationale_hidden, target_mask(batch["rationale_labels"]),
-                                loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
-    if kind != "dss":
-        terms.total = terms.total + loss_cfg.beta * terms.mi
-    return terms
+        terms["mi"] = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
+                                   rationale_hidden, target_mask(batch["rationale_labels"]),
+                                   loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
+    return BatchLoss(terms, weights, mi_floor=floor)
 
 
 def _task_log_probs(model: Any, batch: dict[str, torch.Tensor], task: str,

@@ -34,13 +34,14 @@ def evaluate(wrapped: Any, model: Any, examples: list[Any], texts: list[Any], to
     import torch
 
     from distill.training.data import batch_tokens, collate_padded
-    from distill.training.losses import compute_loss
+    from distill.training.losses import TERMS, compute_loss
 
     t0 = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = wrapped.training
     wrapped.eval()
-    sums = [0.0] * 6  # total, label, rationale, mi (weighted by examples), examples, tokens
+    # each loss value weighted by its examples; the padding repeats of a shard weigh 0
+    sums = dict.fromkeys(["total", *TERMS, "examples", "tokens"], 0.0)
     mine = _shard(len(examples), dist_.rank, dist_.world)
     with torch.no_grad():
         for start in range(0, len(mine), options.val_batch_size):
@@ -48,23 +49,25 @@ def evaluate(wrapped: Any, model: Any, examples: list[Any], texts: list[Any], to
             batch = {k: v.to(dist_.device) for k, v in
                      collate_padded([examples[i] for i, _ in chunk], pad_id).items()}
             with autocast:
-                terms = compute_loss(wrapped, batch, cfg.loss, infonce_head=head)
+                loss = compute_loss(wrapped, batch, cfg.loss, infonce_head=head)
             weight = sum(w for _, w in chunk)
-            for k, value in enumerate(terms.as_floats().values()):
-                sums[k] += value * weight
-            sums[4] += weight
-            sums[5] += batch_tokens(batch) * weight / len(chunk)
+            for name, value in loss.as_floats().items():
+                sums[name] += value * weight
+            sums["examples"] += weight
+            sums["tokens"] += batch_tokens(batch) * weight / len(chunk)
         correct, answered = _accuracy(model, texts, tokenizer, options, dist_, autocast,
                                       synced=dist_.enabled and cfg.distributed == "fsdp", mode=cfg.select_on,
                                       max_new_tokens=cfg.val_max_tokens if cfg.select_on == "rationale" else None)
-    totals = dist_.all_sum(sums + [correct, answered])
+    sums |= {"correct": correct, "answered": answered}
+    totals = dict(zip(sums, dist_.all_sum(list(sums.values())), strict=True))
     if was_training:
         wrapped.train()
-    count = max(totals[4], 1.0)
-    return {"loss": totals[0] / count, "loss_label": totals[1] / count, "loss_rationale": totals[2] / count,
-            "loss_mi": totals[3] / count, "tokens": int(totals[5]),
-            "accuracy": totals[6] / totals[7] if totals[7] else 0.0, "answered": int(totals[7]),
-            "accuracy_mode": cfg.select_on, "seconds": time.perf_counter() - t0}
+    count = max(totals["examples"], 1.0)
+    return {"loss": totals["total"] / count, **{f"loss_{name}": totals[name] / count for name in TERMS},
+            "tokens": int(totals["tokens"]),
+            "accuracy": totals["correct"] / totals["answered"] if totals["answered"] else 0.0,
+            "answered": int(totals["answered"]), "accuracy_mode": cfg.select_on,
+            "seconds": time.perf_counter() - t0}
 
 
 def accuracy_questions(texts: list[Any], limit: int) -> list[Any]:
