@@ -49,7 +49,7 @@ EXECUTION_ONLY = {"execution_only": True}
 def execution_only(default: Any = None, **kwargs: Any) -> Any:
     """A field that changes how a step runs, never what it writes (a timeout, a thread count, where
     the engine core runs): steps may read it, and it stays out of every step key
-    (tasks.jobs.pipeline.as_json), so changing it never recomputes finished work."""
+    (tasks.pipeline.as_json), so changing it never recomputes finished work."""
     return Field(default, json_schema_extra=EXECUTION_ONLY, **kwargs)
 
 

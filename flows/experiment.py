@@ -6,7 +6,7 @@
 One Prefect flow (`siked-experiment`) runs the SIKeD flow of each (arm, seed) as a subflow, one after
 another. The runs are ordinary runs under the same runs root, so steps that arms agree on (the
 teacher's, the untrained student's evaluation, a training that only `eval.*` separates) are computed
-once and reused by the others (tasks.jobs.pipeline). A failed arm does not stop the others; the
+once and reused by the others (tasks.pipeline). A failed arm does not stop the others; the
 experiment then reports what finished and exits non-zero.
 
 Then, from the runs' per-question predictions, the experiment folder
@@ -42,7 +42,7 @@ from storage.fs import ArtifactError, write_bytes, write_json
 from storage.manifest import code_version
 from storage.paths import ExperimentLayout
 from storage.schemas import OUTCOMES
-from tasks.jobs.pipeline import Step, pipeline_steps, prediction_kind
+from tasks.pipeline import Step, pipeline_steps, prediction_kind
 
 
 class RunsFailed(RuntimeError):

@@ -2,7 +2,7 @@
 
 Every step the config asks for, with `reuse` (and which run computed the output) or `run` (and why),
 then what the steps to run amount to: prompts and samples to generate, training steps, evaluation
-questions. The decisions are tasks.jobs.pipeline.decide, the test the flow applies step by step.
+questions. The decisions are tasks.pipeline.decide, the test the flow applies step by step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
 from storage.fs import ArtifactError
 from tasks.gate import Decision, decide
-from tasks.jobs.pipeline import Step, eval_set_label, pipeline_steps
+from tasks.pipeline import Step, eval_set_label, pipeline_steps
 
 
 def problem_count(step: Step, ref: BenchmarkRef, cfg: RunConfig) -> int | None:

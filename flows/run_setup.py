@@ -10,7 +10,7 @@ from distill.config import RunConfig, section_hash, to_yaml
 from storage.fs import exists, write_bytes
 from storage.paths import RunLayout, resolve_runs_root
 from storage.step_store import write_index
-from tasks.jobs.pipeline import Step
+from tasks.pipeline import Step
 from tasks.steps import ran_in, submit_step
 
 
@@ -40,7 +40,7 @@ def record_run(layout: RunLayout, cfg: RunConfig, steps: dict[str, Step]) -> Non
 
 @dataclass(frozen=True)
 class Run:
-    """One flow run's steps (tasks.jobs.pipeline) and where its own files go. `attempt` names one
+    """One flow run's steps (tasks.pipeline) and where its own files go. `attempt` names one
     execution of the flow (its subflows pass it on): a step whose input this attempt computed
     runs again (tasks.steps)."""
 

@@ -1,4 +1,4 @@
-"""How a flow submits each kind of step: the step's job (tasks.jobs.pipeline) and the locations of
+"""How a flow submits each kind of step: the step's job (tasks.pipeline) and the locations of
 its inputs and outputs, handed to the step's task through Run.submit (tasks.steps decides reuse).
 Nothing here reads the run's config for a step's settings: a step is given its job, nothing else.
 """
@@ -14,8 +14,8 @@ from tasks.distill_set import build_distill_set
 from tasks.evaluate import EvalJob, evaluate_model
 from tasks.generate import GenerationJob, generate_samples
 from tasks.gpu import engine_devices, on_gpus, train_devices
-from tasks.jobs.pipeline import CONTAMINATION, eval_targets, skipped_eval_sets
 from tasks.mix import mix_training_set
+from tasks.pipeline import CONTAMINATION, eval_targets, skipped_eval_sets
 from tasks.problems import freeze_problems
 from tasks.train import TrainJob, train_student_step
 from tasks.verify import verify

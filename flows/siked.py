@@ -6,7 +6,7 @@ Reads like the paper's algorithm: the teacher solves the training problems with 
 correct solutions train the student (iteration 0); then each iteration the student samples its own
 solutions, the correct ones are mixed with teacher data, and the student is trained again, starting
 from the previous student. What each step reads and where it writes is described once, in
-tasks.jobs.pipeline; a step whose outputs are complete in the step store (computed by this run or by
+tasks.pipeline; a step whose outputs are complete in the step store (computed by this run or by
 any other run that agrees on what the step reads) is reused, so rerunning a finished config executes
 nothing, a changed config executes only the steps it changes, and `siked resume` continues a killed
 run from its artifacts.
@@ -31,7 +31,7 @@ from flows.teacher import teacher_steps
 from flows.ui import publish_base, publish_iteration, publish_run_report
 from storage.fs import write_json
 from storage.paths import RunLayout
-from tasks.jobs.pipeline import eval_only_steps, pipeline_steps
+from tasks.pipeline import eval_only_steps, pipeline_steps
 
 
 @flow(name="siked-iteration", flow_run_name="iteration-{iteration:02d}")

@@ -1,7 +1,7 @@
 """`siked status RUN [--json]`: every step of a run with done / running / failed / missing and where
 its output is.
 
-The steps are the pipeline's own list (tasks.jobs.pipeline); the answer comes from the files alone
+The steps are the pipeline's own list (tasks.pipeline); the answer comes from the files alone
 (manifests and claims), never from the Prefect API: a run killed with SIGKILL stays "Running" there
 forever, while the step store says exactly what finished.
 """
@@ -17,7 +17,7 @@ from storage.mirror import mirror_dir
 from storage.paths import RunLayout
 from storage.step_store import claim_held
 from tasks.gate import incomplete
-from tasks.jobs.pipeline import Step, pipeline_steps
+from tasks.pipeline import Step, pipeline_steps
 
 
 @dataclass

@@ -14,7 +14,7 @@ from prefect import flow
 from distill.config import RunConfig
 from flows.run_setup import Run, record_run, run_layout
 from flows.run_steps import freeze_training_problems, generate, verify_and_select
-from tasks.jobs.pipeline import pipeline_steps
+from tasks.pipeline import pipeline_steps
 
 TEACHER_STEPS = ("problems/train", "iter-00/generate", "iter-00/verify", "iter-00/distill_set")
 

@@ -1,5 +1,5 @@
 """`siked train CONFIG [key=value ...]`: train one student outside the full pipeline, through the
-same steps, keys and training body as `siked run` (tasks.jobs.pipeline.train_only_steps).
+same steps, keys and training body as `siked run` (tasks.pipeline.train_only_steps).
 
     siked train configs/quickstart.yaml                        # the teacher round's distillation set
                                                                # (computed first when not done)
@@ -44,7 +44,7 @@ def train_flow_body(cfg: RunConfig, train_set: str | None, iteration: int, fresh
     from flows.run_setup import Run, record_run, run_layout
     from flows.run_steps import freeze_training_problems, generate, train, verify_and_select
     from tasks.gate import discard_outputs
-    from tasks.jobs.pipeline import train_only_steps
+    from tasks.pipeline import train_only_steps
     from tasks.train_set import freeze_train_set, has_given_rationales
 
     layout = run_layout(cfg)

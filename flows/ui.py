@@ -17,7 +17,7 @@ from flows.report import write_report
 from storage.fs import write_bytes, write_json
 from storage.paths import ExperimentLayout, RunLayout, join
 from tasks.gate import incomplete
-from tasks.jobs.pipeline import REPORT_KEY_FILE, Step
+from tasks.pipeline import REPORT_KEY_FILE, Step
 
 
 def _key(*parts: Any) -> str:

@@ -4,7 +4,7 @@
     <runs_root>/steps/<kind>/<key>/step.json what the step is and which run computed it (written last)
     <runs_root>/<run>/steps.json             the run index: every step the run uses, with its outputs
 
-A step's key (tasks.jobs.pipeline) hashes exactly what the step reads, so two runs whose configs agree
+A step's key (tasks.pipeline) hashes exactly what the step reads, so two runs whose configs agree
 on it find the same folder and the second reuses the first's outputs. The run folder keeps what is
 the run's own: config.yaml, the index, summaries and the report.
 

@@ -28,7 +28,7 @@ from storage.artifacts import incomplete_reason, read_manifest
 from storage.manifest import dir_manifest_url, find_manifest, manifest_url, parent_url
 from storage.paths import join
 from storage.step_store import LOCK_NAME, read_step_info, remove_tree
-from tasks.jobs.pipeline import REPORT_KEY_FILE, Step, summary_url_of
+from tasks.pipeline import REPORT_KEY_FILE, Step, summary_url_of
 
 
 def changed_parents(url: str) -> list[str]:

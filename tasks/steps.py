@@ -1,6 +1,6 @@
 """The rule that a finished step never runs again, in this run or in any other run sharing it.
 
-`submit_step(task, steps, name, run, **params)` runs the step `name` of tasks.jobs.pipeline:
+`submit_step(task, steps, name, run, **params)` runs the step `name` of tasks.pipeline:
 
 - reused: none of its inputs ran in this run and its outputs are complete (tasks.gate.incomplete,
   hashes included). No Prefect task runs; the step's result is read back from its files
@@ -24,7 +24,7 @@ from typing import Any
 from distill import timings
 from storage.step_store import claim_step, read_step_info, write_step_info
 from tasks.gate import discard_outputs, incomplete
-from tasks.jobs.pipeline import Step
+from tasks.pipeline import Step
 
 
 def step_task(result_from_files: Callable[..., Any], **options: Any):

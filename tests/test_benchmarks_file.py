@@ -18,7 +18,7 @@ from distill.config import BenchmarkRef, ConfigError, load_config
 from flows.cli import main
 from flows.run_setup import run_layout
 from tasks.jobs.benchmarks import load_problems
-from tasks.jobs.pipeline import pipeline_steps
+from tasks.pipeline import pipeline_steps
 
 RECORDS = [
     {"uid": "q1", "meta": {"question": "Tom has 3 apples and buys 2 more. How many now?"},

@@ -187,7 +187,7 @@ def test_two_evaluation_sets_under_one_label_are_refused_naming_both(sets, label
 
 def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_path):
     from flows.run_setup import run_id, run_layout
-    from tasks.jobs.pipeline import pipeline_steps
+    from tasks.pipeline import pipeline_steps
 
     sets = [{"name": "arith", "split": "test", "size": 3},
             {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]

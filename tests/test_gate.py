@@ -13,7 +13,7 @@ from storage.manifest import parent_url
 from storage.paths import RunLayout
 from storage.step_store import step_dir, write_index
 from tasks.gate import changed_parents, decide, discard_outputs, incomplete
-from tasks.jobs.pipeline import Output, Step
+from tasks.pipeline import Output, Step
 
 ROWS = [{"id": f"q{i}", "question": "1 + 1?", "answer": 2.0, "reference": "", "benchmark": "arith",
          "split": "train"} for i in range(4)]

@@ -24,7 +24,7 @@ from storage.folders import mark_folder_complete
 from storage.paths import RunLayout
 from storage.step_store import claim_held, claim_step, write_index
 from tasks.gate import decide
-from tasks.jobs.pipeline import pipeline_steps
+from tasks.pipeline import pipeline_steps
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "configs/quickstart.yaml").read_text()
@@ -54,7 +54,7 @@ def test_an_eval_change_moves_only_evaluations_and_the_report(tmp_path):
 
 
 def test_the_label_parser_is_part_of_an_evaluation_key_only_with_label_mode(tmp_path, monkeypatch):
-    from tasks.jobs import pipeline
+    from tasks import pipeline
 
     with_label = keys(tmp_path, "eval.modes=[rationale, label]")
     rationale_only = keys(tmp_path, "eval.modes=[rationale]")
@@ -521,7 +521,7 @@ def test_with_deterministic_sampling_the_kv_cache_share_is_part_of_the_generatio
 
 
 def test_a_step_code_version_moves_that_step_and_what_follows_it(tmp_path, monkeypatch):
-    from tasks.jobs import pipeline
+    from tasks import pipeline
 
     base = keys(tmp_path)
     monkeypatch.setitem(pipeline.STEP_CODE_VERSIONS, "verify", pipeline.STEP_CODE_VERSIONS["verify"] + "-next")
@@ -541,7 +541,7 @@ def test_an_eval_set_is_one_step_wherever_it_is_listed(tmp_path):
 def test_siked_train_runs_through_the_pipelines_steps_and_keys(tmp_path):
     """`siked train`: the teacher round's steps with the pipeline's own keys, or a frozen training set
     keyed by its file's content (not its path), then the same training step."""
-    from tasks.jobs.pipeline import train_only_steps
+    from tasks.pipeline import train_only_steps
 
     cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}"])
     full = pipeline_steps(cfg, run_layout(cfg))

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from distill.config import EXECUTION_ONLY, RunConfig, Section, load_config
 from flows.run_setup import run_layout
-from tasks.jobs.pipeline import Step, as_json, pipeline_steps
+from tasks.pipeline import Step, as_json, pipeline_steps
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "configs/quickstart.yaml").read_text()
@@ -170,7 +170,7 @@ def test_every_config_field_is_described():
 
 
 def test_a_step_list_with_an_input_that_is_no_earlier_step_is_refused():
-    from tasks.jobs.pipeline import Output, _Builder
+    from tasks.pipeline import Output, _Builder
 
     b = _Builder("/runs")
     with pytest.raises(ValueError, match="step b: its input a is no earlier step"):

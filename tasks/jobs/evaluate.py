@@ -13,7 +13,7 @@ from distill import timings
 from distill.config import EngineConfig, SamplingConfig, SelfConsistencyConfig, VerifyConfig
 from storage.artifacts import is_complete, with_manifests
 from storage.fs import exists, write_json
-from tasks.jobs.pipeline import prediction_kind, summary_url_of
+from tasks.pipeline import prediction_kind, summary_url_of
 
 
 @dataclass(frozen=True)
