@@ -107,7 +107,9 @@ def _bound(estimate: float, step: float, rejected) -> float:
         else:
             accepted, far = 0.0, step
     while not rejected(far):
-        accepted, far = far, far + step
+        if abs(far) >= 1:  # too few questions for the test to reject anything: the whole range
+            return math.copysign(1.0, step)
+        accepted, far = far, max(-1.0, min(1.0, far + step))
         step *= 2
     for _ in range(40):
         if abs(far - accepted) < 1e-5:
