@@ -10,6 +10,7 @@
     siked resume RUN                 # continue a failed or killed run from its artifacts
     siked status RUN [--json]        # done / running / failed / missing for every step of a run
     siked plan CONFIG [k=v] [--json] # every step: reuse (whose output) or run, and what runs amount to
+    siked plan EXPERIMENT --power [--pilot RESULTS.json] [--effect POINTS]  # what it can detect
     siked experiment FILE [k=v ...]  # every arm and seed of a comparison, then its paired statistics
     siked verify RUN                 # re-hash every output a run uses; name altered or missing files
     siked gc [--dry-run]             # delete step outputs no run refers to
@@ -132,6 +133,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from flows.plan import plan_cli
 
+    if args.power or args.pilot or args.effect is not None:
+        from distill.config import ConfigError
+        from flows.experiment_file import is_experiment_file
+        from flows.plan_power import check_effect, power_plan
+
+        if not is_experiment_file(args.config):
+            raise ConfigError(f"{args.config}: --power, --pilot and --effect take an experiment file")
+        check_effect(args.effect)
+        print(power_plan(args.config, args.overrides, args.pilot, args.effect))
+        return 0
     return plan_cli(args.config, args.overrides, args.json)
 
 
@@ -233,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", help="a run config or an experiment file")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     plan.add_argument("--json", action="store_true", help="a JSON list of {step, iteration, kind, action, ...}")
+    plan.add_argument("--power", action="store_true",
+                      help="for an experiment: each comparison's minimum detectable effect (80%% power, alpha 0.05)")
+    plan.add_argument("--pilot", metavar="RESULTS_JSON", help="with --power: discordance measured in this results.json")
+    plan.add_argument("--effect", type=float, metavar="POINTS", help="with --power: questions and seeds this effect needs")
     plan.set_defaults(func=_cmd_plan)
 
     experiment = sub.add_parser("experiment", help="run every arm and seed of an experiment file, then compare them")

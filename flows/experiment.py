@@ -27,9 +27,10 @@ import yaml
 from prefect import flow, get_run_logger
 
 from distill.config import RunConfig, section_hash
-from distill.significance import BOOTSTRAP_RESAMPLES, LEVEL
+from distill.significance import LEVEL, SIGN_FLIPS
 from flows.experiment_file import ArmRun, Experiment, ExperimentSpec, read_experiment
 from flows.experiment_results import (
+    FAMILIES,
     accuracy_rows,
     comparison_rows,
     oracle_rows,
@@ -113,14 +114,18 @@ def results_document(experiment: Experiment, outcomes: pd.DataFrame, missing: li
         "runs": [{"arm": r.arm, "seed": r.seed, "run_id": run_id(r.cfg), "run_dir": run_layout(r.cfg).run_dir}
                  for r in experiment.runs],
         "method": {"level": LEVEL, "accuracy_interval": "Wilson score (statsmodels)",
-                   "difference_interval": f"paired percentile bootstrap over questions, {BOOTSTRAP_RESAMPLES} "
-                                          "resamples (scipy)",
-                   "test": "exact McNemar (statsmodels); pooled over seeds: every (seed, question) pair",
+                   "test": "sign-flip test over questions of each question's difference summed over "
+                           "seeds, exact (scipy binomials); with one seed, the exact McNemar test",
+                   "difference_interval": f"the same test inverted (shifts it does not reject; {SIGN_FLIPS} "
+                                          "sign flips place the bounds): it excludes zero exactly when p < 0.05",
                    "seed_interval": "Student t over the seeds' values (scipy)",
-                   "multiple_comparisons": "Holm (statsmodels) within each stage and seed; pooled "
-                                           "comparisons form their own family per stage"},
+                   "detectable_effect": "difference found with 80% power at alpha 0.05, normal approximation "
+                                        "of the test (statsmodels NormalIndPower) on the measured spread",
+                   "holm_family": spec.holm_family,
+                   "multiple_comparisons": f"Holm (statsmodels) over {FAMILIES[spec.holm_family]}; pooled "
+                                           "and per-seed comparisons adjusted apart"},
         "accuracy": accuracy_rows(outcomes) if len(outcomes) else [],
-        "comparisons": comparison_rows(outcomes, spec.baseline) if len(outcomes) else [],
+        "comparisons": comparison_rows(outcomes, spec.baseline, spec.holm_family) if len(outcomes) else [],
         "missing": missing,
     })
 

@@ -5,6 +5,7 @@
     overrides: [siked.iterations=2]        # applied to every arm
     seeds: [1, 2, 3]                       # each sets the run's `seed`
     baseline: adaptive
+    holm_family: final                     # which comparisons one Holm correction covers (optional)
     arms:
       adaptive: [siked.mixing=adaptive]
       all: [siked.mixing=all]
@@ -48,6 +49,19 @@ class ExperimentSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     baseline: str
     arms: dict[str, list[str]] = Field(min_length=1)
+    holm_family: str = "final"
+    """Which comparisons one Holm correction covers: `final` (every comparison at the final stage,
+    across arms, benchmarks and modes), `stage` (each stage apart) or `all` (every stage together);
+    flows.experiment_results.FAMILIES. Pooled and per-seed comparisons are adjusted apart."""
+
+    @field_validator("holm_family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        from flows.experiment_results import FAMILIES
+
+        if value not in FAMILIES:
+            raise ValueError(f"unknown family {value!r} (known: {', '.join(FAMILIES)})")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -1,9 +1,11 @@
 """An experiment's report: `report.md` and `accuracy.png` beside its results.json, drawn from it alone.
 
-The accuracy table gives every (arm, seed) with its Wilson interval and, with several seeds, the mean
-over seeds with its t interval; the comparison table gives each arm against the baseline: the
-difference, its paired bootstrap interval, the exact McNemar p-value and its Holm adjustment, and
-says in words which differences are significant at the 5% level after the adjustment.
+The accuracy table gives every (arm, seed) with its Wilson interval, the strict accuracy beside it,
+and, with several seeds, the mean over seeds with its t interval; the comparison table gives each
+arm against the baseline: the difference, the interval and p-value of one test (sign flips over
+questions), the Holm adjustment over the declared family and the minimum detectable effect. The
+verdict says in words which differences are significant at the 5% level after the adjustment, and
+for the others which effects the experiment could have seen.
 """
 
 from __future__ import annotations
@@ -66,29 +68,48 @@ def comparison_table(document: dict[str, Any]) -> str:
     for c in document["comparisons"]:
         rows.append([f"{c['arm']} − {c['baseline']}", "pooled" if c["seed"] is None else c["seed"], c["benchmark"],
                      c["mode"], c["stage"], c["n"], f"{100 * c['diff']:+.1f}", _interval(c["ci_low"], c["ci_high"]),
-                     f"{c['arm_only']}/{c['baseline_only']}", _p(c["p_mcnemar"]), _p(c.get("p_holm")),
-                     "yes" if significant(c) else "no"])
-    return markdown_table(["Comparison", "Seed", "Benchmark", "Mode", "Stage", "n", "Δ pp", "95% CI (paired bootstrap)",
-                   "Only arm / only baseline", "McNemar p", "Holm p", "Significant"], rows)
+                     f"{c['arm_only']}/{c['baseline_only']}", _p(c["p_value"]), _p(c.get("p_holm")),
+                     c.get("family") or "none (unadjusted)", _pct(c.get("mde")), "yes" if significant(c) else "no"])
+    return markdown_table(["Comparison", "Seed", "Benchmark", "Mode", "Stage", "n", "Δ pp", "95% CI (inverted test)",
+                           "Only arm / only baseline", "p (sign flips)", "Holm p", "Holm family", "MDE pp",
+                           "Significant"], rows)
 
 
 def significant(c: dict[str, Any], alpha: float = 0.05) -> bool:
+    """Below alpha after Holm; a comparison outside the declared family is never significant."""
     p = c.get("p_holm")
     return isinstance(p, (int, float)) and p < alpha
 
 
+def _finding(c: dict[str, Any]) -> str:
+    """What a verdict may claim: significant, or which effects the experiment could have found."""
+    if significant(c):
+        return "significant"
+    reach = f"it had 80% power only for effects of {_pct(c['mde'])} points or more" if isinstance(
+        c.get("mde"), (int, float)) else "the two never disagree, so it could size no effect"
+    bounds = f"its interval rules out effects below {_pct(c['ci_low'])} and beyond {_pct(c['ci_high'])} points"
+    return f"not significant; {bounds}, and {reach}"
+
+
 def verdict_lines(document: dict[str, Any]) -> list[str]:
     """One sentence per headline comparison (pooled, or the only seed) at the final stage."""
-    several = len(document.get("seeds", [])) > 1
+    seeds = document.get("seeds", [])
+    several = len(seeds) > 1
     lines = []
     for c in document["comparisons"]:
         if c["stage"] != "final" or (c["seed"] is None) != several:
             continue
-        word = "significant" if significant(c) else "not significant"
         lines.append(f"- {c['arm']} vs {c['baseline']}, {c['benchmark']} {c['mode']}: "
                      f"{100 * c['diff']:+.1f} points [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}], "
-                     f"Holm p {_p(c.get('p_holm'))}: {word} (n = {c['n']}).")
-    return lines or ["- No comparison at the final stage (runs missing, or arms sharing every evaluation)."]
+                     f"Holm p {_p(c.get('p_holm'))} ({c.get('family') or 'no family'}): {_finding(c)} "
+                     f"(n = {c['n']}).")
+    if not lines:
+        return ["- No comparison at the final stage (runs missing, or arms sharing every evaluation)."]
+    if not several:
+        lines.insert(0, f"One seed ({seeds[0] if seeds else '?'}): each comparison is between one trained model "
+                        "per arm, not between the procedures; another seed's models may differ by more "
+                        "(run several seeds to compare procedures).\n")
+    return lines
 
 
 def accuracy_plot(document: dict[str, Any]) -> bytes | None:
@@ -143,9 +164,10 @@ def render(document: dict[str, Any], plot: str | None) -> str:
         "## Accuracy\n\n" + accuracy_table(document) + (f"\n\n![Accuracy per stage]({plot})" if plot else ""),
         "## Comparisons against the baseline\n\n" + comparison_table(document) + "\n\n"
         f"Differences in percentage points on the same questions; {method['difference_interval']}; "
-        f"{method['test']}. Multiple comparisons: {method['multiple_comparisons']}; a difference is "
-        "called significant when its Holm-adjusted p-value is below 0.05. `final` compares each run's "
-        "last stage. Stages where the arm and the baseline share one evaluation step are not compared.",
+        f"test: {method['test']}. Multiple comparisons: {method['multiple_comparisons']}; a difference "
+        "is called significant when its Holm-adjusted p-value is below 0.05. MDE: the "
+        f"{method.get('detectable_effect', 'not recorded')}. `final` compares each run's last stage. Stages where the arm "
+        "and the baseline share one evaluation step are not compared.",
     ]
     if len(document.get("seeds", [])) > 1:
         parts.append("## Per seed\n\n" + per_seed_table(document))

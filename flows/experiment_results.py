@@ -8,9 +8,12 @@ Comparisons pair an arm's and the baseline's outcomes on the same questions: per
 in both arms) and pooled over seeds (`seed` None). They are made at every stage both runs have, and at
 `final` (each run's last stage, so SIKeD's iteration 3 meets one-pass distillation's iteration 0).
 A stage where the arm and the baseline used the same evaluation step (one step key: the same model
-evaluated the same way) is not compared; the difference would be zero by construction. Holm's
-correction runs over the comparisons of one stage and one seed (or the pooled ones): the arms,
-benchmarks and modes an experiment compares there.
+evaluated the same way) is not compared; the difference would be zero by construction.
+
+Holm's correction runs over a declared family (the experiment file's `holm_family`, FAMILIES):
+by default every comparison at `final`, across arms, benchmarks and modes, once for the pooled
+comparisons and once per seed. Comparisons outside the family keep their p-value, unadjusted, and
+are never called significant.
 """
 
 from __future__ import annotations
@@ -132,8 +135,8 @@ def _entry(arm: str, baseline: str, seed: int | None, benchmark: str, mode: str,
             "stage": stage, **result}
 
 
-def comparison_rows(outcomes: pd.DataFrame, baseline: str) -> list[dict[str, Any]]:
-    """Every arm against `baseline` (results.json's `comparisons`), Holm-adjusted per stage and seed."""
+def comparison_rows(outcomes: pd.DataFrame, baseline: str, family: str = "final") -> list[dict[str, Any]]:
+    """Every arm against `baseline` (results.json's `comparisons`), Holm-adjusted over `family`."""
     out: list[dict[str, Any]] = []
     arms = [a for a in dict.fromkeys(outcomes["arm"]) if a != baseline]
     for arm in arms:
@@ -151,7 +154,7 @@ def comparison_rows(outcomes: pd.DataFrame, baseline: str) -> list[dict[str, Any
                     out.append(_entry(arm, baseline, int(seed), benchmark, mode, stage, c.as_dict()))
                 if len(seeds) > 1:
                     out.append(_entry(arm, baseline, None, benchmark, mode, stage, _pooled(pairs, seeds)))
-    _adjust(out)
+    _adjust(out, family)
     return out
 
 
@@ -163,17 +166,38 @@ def _pooled(pairs: pd.DataFrame, seeds: list) -> dict[str, Any]:
     c = pooled_comparison(wide_arm.to_numpy(dtype=int), wide_base.to_numpy(dtype=int)).as_dict()
     per_seed = (wide_arm.to_numpy(dtype=int) - wide_base.to_numpy(dtype=int)).mean(axis=1)
     spread = across_seeds(per_seed.tolist())
-    return {**c, "seeds": len(seeds), "diff_sd": _finite(spread["sd"]),
-            "diff_seed_ci_low": _finite(spread["ci_low"]), "diff_seed_ci_high": _finite(spread["ci_high"])}
+    return {**c, "diff_sd": _finite(spread["sd"]), "diff_seed_ci_low": _finite(spread["ci_low"]),
+            "diff_seed_ci_high": _finite(spread["ci_high"])}
 
 
-def _adjust(rows: list[dict[str, Any]]) -> None:
-    """Holm over each family: the comparisons of one stage and one seed (or the pooled ones)."""
-    families: dict[tuple, list[int]] = {}
+# Which comparisons one Holm correction covers; each family is split by seed (pooled apart).
+FAMILIES = {
+    "final": "every comparison at the final stage, across arms, benchmarks and modes",
+    "stage": "the comparisons of each stage, across arms, benchmarks and modes",
+    "all": "every comparison at every stage, across arms, benchmarks and modes",
+}
+
+
+def _family_of(row: dict[str, Any], family: str) -> str | None:
+    """The family's label for one comparison, or None when the declared family leaves it out."""
+    if family == "final" and row["stage"] != "final":
+        return None
+    scope = f"stage {row['stage']}" if family == "stage" else family
+    return f"{scope}, {'pooled' if row['seed'] is None else 'seed ' + str(row['seed'])}"
+
+
+def _adjust(rows: list[dict[str, Any]], family: str) -> None:
+    """Holm over each family; rows outside every family get `p_holm` None and `family` None."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown Holm family {family!r} (known: {', '.join(FAMILIES)})")
+    families: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        families.setdefault((r["stage"], r["seed"]), []).append(i)
-    for members in families.values():
-        adjusted = holm([rows[i]["p_mcnemar"] for i in members])
+        label = _family_of(r, family)
+        r["family"], r["p_holm"], r["family_size"] = label, None, None
+        if label is not None:
+            families.setdefault(label, []).append(i)
+    for label, members in families.items():
+        adjusted = holm([rows[i]["p_value"] for i in members])
         for i, p in zip(members, adjusted, strict=True):
             rows[i]["p_holm"] = p
             rows[i]["family_size"] = len(members)

@@ -97,7 +97,7 @@ def publish_experiment(layout: ExperimentLayout, document: dict) -> None:
     create_markdown_artifact(read_bytes(layout.report).decode("utf-8"), key=_key("experiment", layout.name),
                              description=f"Experiment {document['experiment']}")
     rows = [{k: c.get(k) for k in ("arm", "baseline", "seed", "benchmark", "mode", "stage", "n", "diff", "ci_low",
-                                   "ci_high", "p_mcnemar", "p_holm")} for c in document["comparisons"]]
+                                   "ci_high", "p_value", "p_holm", "mde")} for c in document["comparisons"]]
     if rows:
         create_table_artifact(rows, key=_key("experiment", layout.name, "comparisons"),
                               description=f"Experiment {document['experiment']}: arms against {document['baseline']}")

@@ -14,6 +14,7 @@ import yaml
 from scipy.stats import binomtest
 
 from distill.config import ConfigError
+from distill.significance import sign_flip_p
 from flows.cli import main
 from flows.experiment_file import read_experiment
 from flows.experiment_results import accuracy_rows, comparison_rows
@@ -41,6 +42,7 @@ def write_experiment(folder: Path, arms: dict, overrides: list[str], seeds=(1,),
     ({"arms": {"short": ["train.lr=-1"]}}, "arm 'short' (seed 1)"),
     ({"seeds": [1, 1]}, "seeds repeat"),
     ({"colour": "red"}, "colour"),
+    ({"holm_family": "first"}, "holm_family: Value error, unknown family 'first' (known: final, stage, all)"),
 ])
 def test_bad_experiment_files_are_refused_naming_the_problem(tmp_path, change, message):
     path = tmp_path / "e.yaml"
@@ -107,23 +109,55 @@ def test_comparisons_are_the_paired_tests_of_the_outcomes():
         only_a = int((merged.correct_x & ~merged.correct_y).sum())
         only_b = int((~merged.correct_x & merged.correct_y).sum())
         assert r["diff"] == pytest.approx(merged.correct_x.mean() - merged.correct_y.mean())
-        assert r["p_mcnemar"] == pytest.approx(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+        if r["seed"] is not None:  # one seed: the exact McNemar test
+            assert r["p_value"] == pytest.approx(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
         assert r["ci_low"] <= r["diff"] <= r["ci_high"]
-        assert r["n"] == 40
+        assert (r["ci_low"] > 0 or r["ci_high"] < 0) == (r["p_value"] < 0.05)
+        assert r["n"] == 40 and r["mde"] > 0
     pooled = next(r for r in rows if r["seed"] is None)
     per_seed = [r["diff"] for r in rows if r["seed"] is not None]
     assert pooled["diff_sd"] == pytest.approx(np.std(per_seed, ddof=1))
-    # one family per (stage, seed): a single comparison is not adjusted
-    assert all(r["p_holm"] == pytest.approx(r["p_mcnemar"]) for r in rows)
+    # pooled: the question is the unit, each question's difference summed over the two seeds
+    wide = {arm: outcomes[outcomes.arm == arm].pivot(index="seed", columns="question_id", values="correct")
+            for arm in ("siked", "one")}
+    assert pooled["p_value"] == pytest.approx(sign_flip_p((wide["siked"].astype(int) - wide["one"].astype(int)).sum()))
+    assert pooled["seeds"] == 2
+    # the default family, the final stage: one comparison per seed (and pooled), so nothing to adjust
+    assert all(r["p_holm"] == pytest.approx(r["p_value"]) and r["family"].startswith("final") for r in rows)
 
 
-def test_holm_family_is_every_arm_benchmark_and_mode_of_one_stage_and_seed():
+def _two_stage_outcomes() -> pd.DataFrame:
+    """synthetic_outcomes plus the arm's own iter-00, compared with the baseline's there too."""
     outcomes = synthetic_outcomes()
+    early = outcomes[outcomes.arm == "siked"].assign(stage="iter-00", final=False,
+                                                     step_key=lambda f: f["step_key"] + "early")
+    early = early.assign(correct=np.roll(early["correct"].to_numpy(), 3))
+    return pd.concat([outcomes, early], ignore_index=True)
+
+
+def test_holm_family_is_declared_final_stage_all_or_each_stage():
+    outcomes = _two_stage_outcomes()
     second = outcomes[outcomes.arm == "siked"].assign(arm="other")
-    rows = comparison_rows(pd.concat([outcomes, second]), baseline="one")
-    seed1 = [r for r in rows if r["seed"] == 1]
-    assert len(seed1) == 2 and all(r["family_size"] == 2 for r in seed1)
-    assert all(r["p_holm"] == pytest.approx(min(1.0, 2 * r["p_mcnemar"])) for r in seed1)  # equal p-values
+    both = pd.concat([outcomes, second])
+    final = comparison_rows(both, baseline="one")
+    seed1 = [r for r in final if r["seed"] == 1 and r["stage"] == "final"]
+    assert len(seed1) == 2 and all(r["family_size"] == 2 and r["family"] == "final, seed 1" for r in seed1)
+    assert all(r["p_holm"] == pytest.approx(min(1.0, 2 * r["p_value"])) for r in seed1)  # equal p-values
+    early = [r for r in final if r["stage"] == "iter-00"]
+    assert early and all(r["p_holm"] is None and r["family"] is None for r in early)  # outside: never significant
+    every = comparison_rows(both, baseline="one", family="all")
+    assert {r["family_size"] for r in every if r["seed"] == 1} == {4}
+    per_stage = comparison_rows(both, baseline="one", family="stage")
+    assert {r["family"] for r in per_stage if r["seed"] is None} == {"stage iter-00, pooled", "stage final, pooled"}
+    with pytest.raises(ValueError, match="unknown Holm family 'first'"):
+        comparison_rows(both, baseline="one", family="first")
+
+
+def test_an_unknown_family_is_one_line_and_exit_2(tmp_path, capsys):
+    path = write_experiment(tmp_path, {"short": [], "long": []}, [], holm_family="first")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holm_family" in err and "'first'" in err
 
 
 def test_a_shared_evaluation_is_not_compared():
@@ -207,7 +241,7 @@ def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny
     assert results["code_version"]  # the commit behind the figures (docs/results.md cites it)
     for entry in results["comparisons"]:
         assert {"arm", "baseline", "seed", "benchmark", "mode", "stage", "n", "diff", "ci_low", "ci_high",
-                "p_mcnemar"} <= set(entry)
+                "p_value", "p_holm", "family", "mde"} <= set(entry)
     recomputed = json.loads(json.dumps(comparison_rows(outcomes, "short"), allow_nan=True).replace("NaN", "null"))
     assert recomputed == results["comparisons"]
     report = (folder / "report.md").read_text()
@@ -249,6 +283,48 @@ def test_report_draws_intervals_of_a_zero_accuracy(tmp_path):
     markdown = write_experiment_report(layout, document)
     assert (tmp_path / "experiments/tiny/accuracy.png").is_file()
     assert "not significant" in markdown
+
+
+def _document(outcomes: pd.DataFrame, seeds: list[int]) -> dict:
+    return {"experiment": "tiny", "file": "e.yaml", "baseline": "one", "seeds": seeds,
+            "arms": {"one": [], "siked": []}, "overrides": [], "runs": [], "missing": [],
+            "method": {"difference_interval": "inverted test", "test": "sign flips", "multiple_comparisons": "Holm",
+                       "detectable_effect": "80% power"},
+            "accuracy": accuracy_rows(outcomes), "comparisons": comparison_rows(outcomes, "one")}
+
+
+def test_report_words_follow_the_detectable_effect_and_name_one_seed_comparisons():
+    from flows.experiment_report import accuracy_table, render
+
+    one_seed = synthetic_outcomes().query("seed == 1").copy()
+    base = one_seed.loc[one_seed.arm == "one", "correct"].to_numpy()
+    one_seed.loc[one_seed.arm == "siked", "correct"] = np.r_[~base[:3], base[3:]]  # 3 questions apart
+    markdown = render(_document(one_seed, [1]), None)
+    c = comparison_rows(one_seed, "one")[0]
+    assert c["p_holm"] >= 0.05 and "not significant" in markdown
+    assert f"had 80% power only for effects of {100 * c['mde']:.1f} points or more" in markdown
+    assert "rules out effects below" in markdown
+    assert "one trained model per arm, not between the procedures" in markdown
+    several = render(_document(synthetic_outcomes(), [1, 2]), None)
+    assert "one trained model per arm" not in several
+    # strict accuracy beside the lenient one, for every arm
+    table = accuracy_table(_document(synthetic_outcomes(), [1, 2]))
+    assert "Strict %" in table and table.count("| one ") == table.count("| siked ") == 1
+
+
+def test_plan_power_gives_each_comparisons_detectable_effect_and_says_what_it_assumed(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    assert main(["plan", str(REPO / "experiments/mixing.yaml"), "--power"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed discordance: 25.0%" in out and "one seed" in out
+    assert out.count("minimum detectable effect 8.1 points") == 4  # 300 questions, 4 arms against adaptive
+    assert main(["plan", str(REPO / "experiments/mixing.yaml"), "--power", "--effect", "3"]) == 0
+    assert "a 3-point effect needs 2,181 questions at 1 seed" in capsys.readouterr().out
+    pilot = tmp_path / "results.json"
+    pilot.write_text(json.dumps({"comparisons": comparison_rows(synthetic_outcomes(), "one")}))
+    assert main(["plan", str(REPO / "experiments/siked_vs_single_pass.yaml"), "--power", "--pilot", str(pilot)]) == 0
+    assert "measured in" in capsys.readouterr().out
+    assert main(["plan", str(REPO / "configs/quickstart.yaml"), "--power"]) == 2
 
 
 def test_oracle_counts_a_question_solved_by_any_forced_strategy():
