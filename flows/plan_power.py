@@ -50,7 +50,7 @@ def _comparisons(path: str, overrides: list[str]) -> tuple[Any, list[tuple[str, 
     from flows.experiment_file import read_experiment
     from flows.plan import problem_count
     from flows.run_setup import run_layout
-    from tasks.jobs.pipeline import eval_set_label, pipeline_steps
+    from tasks.pipeline import eval_set_label, pipeline_steps
 
     experiment = read_experiment(path, overrides)
     out = []
