@@ -45,10 +45,10 @@ test-fast: install
 
 # A Prefect server on PostgreSQL (Debian's postgresql) and a worker for the pool `siked` (docs/deployment.md).
 prefect-server: model
-	$(BIN)/python -m flows.local_server start
+	$(BIN)/python -m flows.server.local_server start
 
 prefect-server-stop:
-	$(BIN)/python -m flows.local_server stop
+	$(BIN)/python -m flows.server.local_server stop
 
 lint: install
 	$(BIN)/ruff check .

@@ -92,7 +92,7 @@ def recorded_run(flow_run_id: str) -> tuple[float, str]:
 
 def main(argv: list[str]) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
 
     existing = None
     if argv[:1] == ["--flow-run"]:

@@ -169,7 +169,7 @@ def main() -> None:
     from distill.config import SamplingConfig
     from distill.engines.child import run_in_child
     from distill.models import resolve_model
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
     from storage.artifacts import write_artifact
     from storage.paths import models_dir
     from tasks.jobs.generate import GenerationJob

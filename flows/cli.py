@@ -39,10 +39,10 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from flows.data_listing import list_benchmarks, list_config_benchmarks
+    from flows.commands.data_listing import list_benchmarks, list_config_benchmarks
 
     if args.config:
-        from flows.config_files import read_config
+        from flows.commands.config_files import read_config
 
         report = list_config_benchmarks(read_config(args.config, args.overrides))
     else:
@@ -64,7 +64,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from distill.config import to_yaml
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
 
     print(to_yaml(read_config(args.config, args.overrides)), end="")
     return 0
@@ -87,20 +87,20 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from flows.train_cli import run_train_cli
+    from flows.commands.train_cli import run_train_cli
 
     return run_train_cli(args.config, args.overrides)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows.serve import serve_cli
+    from flows.server.serve import serve_cli
 
     return serve_cli(args.config, args.overrides, cron=args.cron, timezone=args.timezone, name=args.name,
                      stage=args.stage, dry_run=args.dry_run)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from flows.report import RunNotFound, write_report
+    from flows.reports.report import RunNotFound, write_report
     from storage.paths import layout_for_run_dir
 
     try:
@@ -113,30 +113,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.run_cli import run_cli
+    from flows.commands.run_cli import run_cli
 
     return run_cli(args.config, args.overrides)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from flows.run_cli import resume_cli
+    from flows.commands.run_cli import resume_cli
 
     return resume_cli(args.run)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from flows.run_cli import status_cli
+    from flows.commands.run_cli import status_cli
 
     return status_cli(args.run, args.json)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from flows.plan import plan_cli
+    from flows.commands.plan import plan_cli
 
     if args.power or args.pilot or args.effect is not None:
         from distill.config import ConfigError
+        from flows.commands.plan_power import check_effect, power_plan
         from flows.experiment_file import is_experiment_file
-        from flows.plan_power import check_effect, power_plan
 
         if not is_experiment_file(args.config):
             raise ConfigError(f"{args.config}: --power, --pilot and --effect take an experiment file")
@@ -153,19 +153,19 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from flows.store_cli import verify_cli
+    from flows.commands.store_cli import verify_cli
 
     return verify_cli(args.run)
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from flows.store_cli import gc_cli
+    from flows.commands.store_cli import gc_cli
 
     return gc_cli(args.runs_root, args.dry_run)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from flows.export import ExportDamaged, ExportError, export_student
+    from flows.commands.export import ExportDamaged, ExportError, export_student
     from storage.fs import ArtifactError, ArtifactMissing
 
     try:
@@ -177,7 +177,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"siked: {exc}", file=sys.stderr)
         return 1
     if args.push_to_hub:
-        from flows.export import push_to_hub
+        from flows.commands.export import push_to_hub
 
         try:
             print(f"pushed to {push_to_hub(path, args.push_to_hub, args.private)}", file=sys.stderr)
@@ -190,7 +190,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from flows.run_cli import eval_cli
+    from flows.commands.run_cli import eval_cli
 
     return eval_cli(args.model, args.overrides, args.config)
 

@@ -12,7 +12,7 @@ experiment then reports what finished and exits non-zero.
 Then, from the runs' per-question predictions, the experiment folder
 `<runs_root>/experiments/<name>-<hash>/` receives `outcomes.parquet` (OUTCOMES: one row per arm,
 seed, benchmark, mode, stage and question), `results.json` (accuracies with intervals and the paired
-comparisons, computed from exactly those outcomes by flows.experiment_results), `report.md` with its
+comparisons, computed from exactly those outcomes by flows.reports.experiment_results), `report.md` with its
 plots, and the same tables as Prefect artifacts. The folder is the last line of standard output.
 """
 
@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger
 from distill.config import RunConfig, section_hash
 from distill.significance import LEVEL, SIGN_FLIPS
 from flows.experiment_file import ArmRun, Experiment, ExperimentSpec, read_experiment
-from flows.experiment_results import (
+from flows.reports.experiment_results import (
     FAMILIES,
     accuracy_rows,
     comparison_rows,
@@ -132,7 +132,7 @@ def results_document(experiment: Experiment, outcomes: pd.DataFrame, missing: li
 
 def write_results(experiment: Experiment, layout: ExperimentLayout) -> dict[str, Any]:
     """outcomes.parquet, results.json, runs.json, experiment.yaml and the report, from the runs' files."""
-    from flows.experiment_report import write_experiment_report
+    from flows.reports.experiment_report import write_experiment_report
 
     outcomes, parents, missing = collect_outcomes(experiment)
     write_bytes(layout.spec, yaml.safe_dump(experiment.spec.model_dump(mode="json"), sort_keys=False).encode())
@@ -149,8 +149,8 @@ def write_results(experiment: Experiment, layout: ExperimentLayout) -> dict[str,
 @flow(name="siked-experiment", flow_run_name="{spec.name}")
 def experiment_flow(spec: ExperimentSpec, source: str, configs: list[RunConfig]) -> dict[str, Any]:
     """Each (arm, seed) as a `siked` subflow, one after another; then outcomes, results and report."""
+    from flows.reports.ui import publish_experiment
     from flows.siked import siked_flow
-    from flows.ui import publish_experiment
 
     pairs = [(arm, seed) for arm in spec.arms for seed in spec.seeds]
     experiment = Experiment(spec, source, tuple(ArmRun(a, s, c) for (a, s), c in zip(pairs, configs, strict=True)))
@@ -175,7 +175,7 @@ def experiment_cli(path: str, overrides: list[str], collect: bool = False) -> in
     """`siked experiment FILE`; with `collect`, no run starts: outcomes, results and report are
     written from the evaluations finished so far (results.json lists what is missing), for a look
     at an experiment that is still running or was interrupted."""
-    from flows.preflight import preflight
+    from flows.commands.preflight import preflight
 
     experiment = read_experiment(path, overrides)
     if collect:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.config import ConfigError, RunConfig, section_hash
 from distill.strict_yaml import load_yaml, yaml_problem
-from flows.config_files import read_config
+from flows.commands.config_files import read_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME_RULE = "letters, digits, '_' and '-'"
@@ -52,12 +52,12 @@ class ExperimentSpec(BaseModel):
     holm_family: str = "final"
     """Which comparisons one Holm correction covers: `final` (every comparison at the final stage,
     across arms, benchmarks and modes), `stage` (each stage apart) or `all` (every stage together);
-    flows.experiment_results.FAMILIES. Pooled and per-seed comparisons are adjusted apart."""
+    flows.reports.experiment_results.FAMILIES. Pooled and per-seed comparisons are adjusted apart."""
 
     @field_validator("holm_family")
     @classmethod
     def _known_family(cls, value: str) -> str:
-        from flows.experiment_results import FAMILIES
+        from flows.reports.experiment_results import FAMILIES
 
         if value not in FAMILIES:
             raise ValueError(f"unknown family {value!r} (known: {', '.join(FAMILIES)})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from prefect import flow
 
 from distill.config import RunConfig
+from flows.reports.ui import publish_base, publish_iteration, publish_run_report
 from flows.run_setup import Run, record_run, run_layout
 from flows.run_steps import (
     check_contamination,
@@ -28,7 +29,6 @@ from flows.run_steps import (
     verify_and_select,
 )
 from flows.teacher import teacher_steps
-from flows.ui import publish_base, publish_iteration, publish_run_report
 from storage.fs import write_json
 from storage.paths import RunLayout
 from tasks.pipeline import eval_only_steps, pipeline_steps

@@ -47,7 +47,7 @@ def format_summary(summary: dict) -> str:
 
 
 def run_teacher_cli(config_path: str, overrides: list[str]) -> int:
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
 
     cfg = read_config(config_path, overrides)
     refs = teacher_flow(cfg)

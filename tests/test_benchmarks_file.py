@@ -382,7 +382,7 @@ def test_a_file_with_no_usable_record_says_why(tmp_path, name, text, mapping, wh
 
 
 def test_preflight_reads_a_file_benchmark_and_names_its_set(tmp_path):
-    from flows.preflight import preflight
+    from flows.commands.preflight import preflight
 
     path = write_jsonl(tmp_path / "mine.jsonl", RECORDS)
     sets = (f"eval.benchmarks=[{{name: arith, size: 3}}, {{name: file, path: {path}, question: meta.question, "

@@ -75,7 +75,7 @@ def test_resolved_yaml_round_trips():
 
 
 def test_every_shipped_config_validates():
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
 
     configs = sorted((REPO / "configs").glob("*.yaml"))
     assert configs, "configs/ should hold at least the quickstart"
@@ -93,8 +93,8 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 def test_every_shipped_config_passes_preflight(data_dir):
     """Paper-scale GPU configs validate here too (model names are Hub ids, data from the data folder)."""
-    from flows.config_files import read_config
-    from flows.preflight import preflight
+    from flows.commands.config_files import read_config
+    from flows.commands.preflight import preflight
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         preflight(read_config(path))
@@ -114,7 +114,7 @@ def test_tensorboard_option_without_the_package_fails_before_training(monkeypatc
     import importlib.util
 
     from distill.config import ConfigError
-    from flows.train_cli import run_train_cli
+    from flows.commands.train_cli import run_train_cli
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -129,8 +129,8 @@ def test_tensorboard_option_without_the_package_fails_before_training(monkeypatc
 
 def test_replicas_of_a_remote_or_file_engine_are_refused_up_front(tmp_path):
     from distill.config import ConfigError
-    from flows.config_files import read_config
-    from flows.preflight import preflight
+    from flows.commands.config_files import read_config
+    from flows.commands.preflight import preflight
 
     config = REPO / "configs" / "quickstart.yaml"
     cfg = read_config(config, ["teacher.engine.kind=openai", "teacher.engine.base_url=http://127.0.0.1:9/v1",

@@ -17,7 +17,7 @@ from distill.config import ConfigError
 from distill.significance import sign_flip_p
 from flows.cli import main
 from flows.experiment_file import read_experiment
-from flows.experiment_results import accuracy_rows, comparison_rows
+from flows.reports.experiment_results import accuracy_rows, comparison_rows
 from storage.artifacts import read_artifact
 from tests.test_flow import tiny_run_overrides
 
@@ -270,7 +270,7 @@ def test_collect_before_any_run_lists_every_evaluation_as_missing(tmp_path, tiny
 
 
 def test_report_draws_intervals_of_a_zero_accuracy(tmp_path):
-    from flows.experiment_report import write_experiment_report
+    from flows.reports.experiment_report import write_experiment_report
     from storage.paths import ExperimentLayout
 
     outcomes = synthetic_outcomes().query("seed == 1 and question_id in ['q0', 'q1', 'q2']")
@@ -294,7 +294,7 @@ def _document(outcomes: pd.DataFrame, seeds: list[int]) -> dict:
 
 
 def test_report_words_follow_the_detectable_effect_and_name_one_seed_comparisons():
-    from flows.experiment_report import accuracy_table, render
+    from flows.reports.experiment_report import accuracy_table, render
 
     one_seed = synthetic_outcomes().query("seed == 1").copy()
     base = one_seed.loc[one_seed.arm == "one", "correct"].to_numpy()
@@ -328,7 +328,7 @@ def test_plan_power_gives_each_comparisons_detectable_effect_and_says_what_it_as
 
 
 def test_oracle_counts_a_question_solved_by_any_forced_strategy():
-    from flows.experiment_results import oracle_rows
+    from flows.reports.experiment_results import oracle_rows
 
     base = synthetic_outcomes().query("seed == 1 and arm == 'one' and question_id in ['q0', 'q1', 'q2']")
     solved = {"forced_cot": [True, False, False], "forced_l2m": [False, False, False],
@@ -341,7 +341,7 @@ def test_oracle_counts_a_question_solved_by_any_forced_strategy():
 
 
 def test_sampled_predictions_become_maj_and_pass_outcomes_per_question():
-    from flows.experiment_results import outcome_frame, sampled_predictions_as_outcomes
+    from flows.reports.experiment_results import outcome_frame, sampled_predictions_as_outcomes
 
     said = {"q1": [7, 5, 5], "q2": [4, 4, 9]}
     gold = {"q1": 7.0, "q2": 4.0}

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flows.cli import main
-from flows.export import ExportError, export_student
+from flows.commands.export import ExportError, export_student
 
 
 def fake_run(tmp_path, finished: bool):
@@ -59,7 +59,7 @@ def with_weights(run, tmp_path):
 
 
 def test_a_damaged_student_is_refused_naming_the_file(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("flows.export.model_card", lambda steps, train, config: "card\n")
+    monkeypatch.setattr("flows.commands.export.model_card", lambda steps, train, config: "card\n")
     run = fake_run(tmp_path, finished=True)
     weights = with_weights(run, tmp_path)
     data = bytearray(weights.read_bytes())
@@ -76,7 +76,7 @@ def test_a_damaged_student_is_refused_naming_the_file(tmp_path, capsys, monkeypa
 
 
 def test_only_the_files_the_manifest_lists_are_exported(tmp_path, monkeypatch):
-    monkeypatch.setattr("flows.export.model_card", lambda steps, train, config: "card\n")
+    monkeypatch.setattr("flows.commands.export.model_card", lambda steps, train, config: "card\n")
     run = fake_run(tmp_path, finished=True)
     weights = with_weights(run, tmp_path)
     (weights.parent / "added-later.txt").write_text("not part of the student")
@@ -105,7 +105,7 @@ def test_push_to_hub_uploads_the_exported_folder(tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     run = fake_run(tmp_path, finished=True)
-    monkeypatch.setattr("flows.export.model_card", lambda steps, train, config: "card\n")
+    monkeypatch.setattr("flows.commands.export.model_card", lambda steps, train, config: "card\n")
     LocalHub.root = tmp_path / "hub"
     monkeypatch.setattr(huggingface_hub, "HfApi", LocalHub)
     assert main(["export", str(run), "--to", str(tmp_path / "out"), "--push-to-hub", "me/student"]) == 0

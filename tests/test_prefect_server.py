@@ -1,5 +1,5 @@
 """The pipeline on a real Prefect server: PostgreSQL on loopback, `prefect server start` and a
-process worker (flows/local_server.py, as `make prefect-server` starts them), in temporary folders
+process worker (flows/server/local_server.py, as `make prefect-server` starts them), in temporary folders
 on free ports. The `quickstart` deployment of prefect.yaml is deployed with `prefect deploy`, a
 tiny run of it is started through the API, and the run, its table artifacts and the Parquet files
 its link artifacts point to are read back."""
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from flows import local_postgres, local_server
+from flows.server import local_postgres, local_server
 from tests.test_flow import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-TABLE_COLUMNS = {"benchmark", "mode", "accuracy", "n"}  # flows/ui.py: publish_iteration
+TABLE_COLUMNS = {"benchmark", "mode", "accuracy", "n"}  # flows/reports/ui.py: publish_iteration
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from distill.config import load_config, to_yaml
 from flows.cli import main
-from flows.report import RunNotFound, accuracy_rows, load_run, write_report
+from flows.reports.report import RunNotFound, accuracy_rows, load_run, write_report
 from storage.fs import exists, read_bytes, write_bytes, write_json
 from storage.paths import RunLayout, join, layout_for_run_dir
 

@@ -308,7 +308,7 @@ def test_steps_load_a_remote_student_from_the_mirror(root, home, tmp_path):
     """Generation resolves a student URL to this machine's mirror; preflight accepts a complete
     remote model folder and names the problem of an incomplete one."""
     from distill.config import ConfigError, EngineConfig, SamplingConfig, TrainConfig
-    from flows.preflight import check_train
+    from flows.commands.preflight import check_train
     from tasks.jobs.generate import GenerationJob, model_path_of
 
     url = join(root, "iter-00", "student")
@@ -385,7 +385,7 @@ def test_tiny_run_with_its_run_root_on_s3(s3_endpoint, tmp_path, tiny_model_path
 def test_siked_train_cli_uploads_the_student(s3_endpoint, tiny_model_path, tmp_path, home, capsys):
     """`siked train` with a remote run root trains in the local mirror and uploads the student,
     its folder manifest last; the checkpoints stay local."""
-    from flows.train_cli import run_train_cli
+    from flows.commands.train_cli import run_train_cli
     from tests.test_training_data import make_rows
 
     train_set = f"s3://{BUCKET}/sets-{uuid.uuid4().hex[:8]}/set.parquet"

@@ -19,7 +19,7 @@ import yaml
 
 from distill.config import ConfigError, EngineConfig, RunConfig, TrainConfig
 from flows.cli import main
-from flows.config_files import read_config
+from flows.commands.config_files import read_config
 from flows.run_setup import run_id
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,14 +86,14 @@ def test_bad_options_fail_before_serving(no_serving, capsys, option, args):
 
 
 def test_serving_needs_a_server(no_serving, monkeypatch, capsys):
-    monkeypatch.setattr("flows.serve.api_url", lambda: None)
+    monkeypatch.setattr("flows.server.serve.api_url", lambda: None)
     assert main(["serve", str(QUICKSTART), "--cron", "0 3 * * *"]) == 1
     assert "PREFECT_API_URL" in capsys.readouterr().err
     assert no_serving == []
 
 
 def test_serve_serves_the_built_deployment(no_serving, monkeypatch):
-    monkeypatch.setattr("flows.serve.api_url", lambda: "http://127.0.0.1:4200/api")
+    monkeypatch.setattr("flows.server.serve.api_url", lambda: "http://127.0.0.1:4200/api")
     assert main(["serve", str(QUICKSTART), "teacher.sampling.n=2", "--cron", "0 3 * * *"]) == 0
     (deployment,), options = no_serving[0]
     assert deployment.schedules[0].schedule.cron == "0 3 * * *"
@@ -102,8 +102,8 @@ def test_serve_serves_the_built_deployment(no_serving, monkeypatch):
 
 
 def test_deployment_embeds_the_resolved_config_and_the_cron():
-    from flows.deploy import DEFAULT_STAGE, load_flow
-    from flows.serve import build_deployment
+    from flows.server.deploy import DEFAULT_STAGE, load_flow
+    from flows.server.serve import build_deployment
 
     cfg = read_config(QUICKSTART, ["teacher.sampling.n=3", "name=nightly"])
     deployment = build_deployment(cfg, cron="30 2 * * 1-5", timezone="Europe/Paris")
@@ -127,7 +127,7 @@ def test_the_server_accepts_the_embedded_config():
     that drops every key named "required" from the schema (BenchmarkRef has such a field)."""
     from prefect._internal.schemas.validators import validate_values_conform_to_schema
 
-    from flows.serve import build_deployment
+    from flows.server.serve import build_deployment
 
     deployment = build_deployment(read_config(QUICKSTART), cron="0 3 * * *")
     if deployment.enforce_parameter_schema:
@@ -138,7 +138,7 @@ def test_the_server_accepts_the_embedded_config():
 def test_deployment_entrypoint_loads_the_flow_from_anywhere(tmp_path, monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.serve import build_deployment
+    from flows.server.serve import build_deployment
 
     deployment = build_deployment(read_config(QUICKSTART), cron="0 3 * * *")
     monkeypatch.chdir(tmp_path)  # the runner's working directory does not matter
@@ -146,13 +146,13 @@ def test_deployment_entrypoint_loads_the_flow_from_anywhere(tmp_path, monkeypatc
 
 
 def test_no_cron_means_no_schedule():
-    from flows.serve import build_deployment
+    from flows.server.serve import build_deployment
 
     assert build_deployment(read_config(QUICKSTART)).schedules == []
 
 
 def test_dry_run_prints_the_deployment_without_a_server(no_serving, monkeypatch, capsys):
-    monkeypatch.setattr("flows.serve.api_url", lambda: None)
+    monkeypatch.setattr("flows.server.serve.api_url", lambda: None)
     assert main(["serve", str(QUICKSTART), "--cron", "0 3 * * *", "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["schedules"][0]["cron"] == "0 3 * * *"
@@ -161,7 +161,7 @@ def test_dry_run_prints_the_deployment_without_a_server(no_serving, monkeypatch,
 
 
 def test_cron_schedule_names_the_bad_option():
-    from flows.serve import cron_schedule
+    from flows.server.serve import cron_schedule
 
     with pytest.raises(ConfigError, match="--cron '61 \\* \\* \\* \\*'"):
         cron_schedule("61 * * * *")
@@ -174,7 +174,7 @@ def test_cron_schedule_names_the_bad_option():
 
 
 def test_stages_match_the_flow_table():
-    from flows.deploy import DEFAULT_STAGE, FLOWS, Stage
+    from flows.server.deploy import DEFAULT_STAGE, FLOWS, Stage
 
     assert set(get_args(Stage)) == set(FLOWS)
     assert DEFAULT_STAGE in FLOWS
@@ -184,7 +184,7 @@ def test_stages_match_the_flow_table():
 def test_each_stage_is_a_flow_taking_a_config(stage):
     from prefect import Flow
 
-    from flows.deploy import FLOWS, load_flow
+    from flows.server.deploy import FLOWS, load_flow
 
     module = FLOWS[stage].partition(":")[0]
     if importlib.util.find_spec(module) is None:
@@ -195,7 +195,7 @@ def test_each_stage_is_a_flow_taking_a_config(stage):
 
 
 def test_siked_from_file_refuses_a_bad_config(tmp_path):
-    from flows.deploy import siked_from_file
+    from flows.server.deploy import siked_from_file
 
     with pytest.raises(ConfigError, match="does not exist"):
         siked_from_file.fn(str(tmp_path / "missing.yaml"))
@@ -224,7 +224,7 @@ def test_prefect_yaml_deployments_load_and_validate(monkeypatch):
         cfg = read_config(params["config_path"], params["overrides"])
         assert cfg.name == "quickstart"
         for schedule in deployment.get("schedules", []):
-            from flows.serve import cron_schedule
+            from flows.server.serve import cron_schedule
 
             cron_schedule(schedule["cron"], schedule.get("timezone", "UTC"))
 
@@ -386,7 +386,7 @@ def test_gpu_tag_limit_runs_one_step_per_device_at_a_time():
 
 @pytest.mark.slow
 def test_siked_from_file_runs_the_stage_on_the_file(monkeypatch):
-    from flows import deploy
+    from flows.server import deploy
 
     monkeypatch.setattr(deploy, "load_flow", lambda stage: _echo_stage())
     result = deploy.siked_from_file(str(QUICKSTART), ["teacher.sampling.n=1"])

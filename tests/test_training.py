@@ -230,7 +230,7 @@ def test_infonce_gathers_negatives_from_every_process(tiny_model_path, tmp_path)
 
 @pytest.mark.slow
 def test_siked_train_cli_from_a_parquet_set(tiny_model_path, tmp_path, capsys):
-    from flows.train_cli import run_train_cli
+    from flows.commands.train_cli import run_train_cli
     from storage.artifacts import read_artifact, write_artifact
 
     train_set = str(tmp_path / "set.parquet")
@@ -253,7 +253,7 @@ def test_siked_train_cli_from_a_parquet_set(tiny_model_path, tmp_path, capsys):
 
 
 def test_dss_svamp_config_gives_training_rows(data_dir):
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
     from tasks.train_set import given_rationale_rows
 
     cfg = read_config(Path(__file__).resolve().parents[1] / "configs" / "dss_svamp.yaml")

@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from distill.config import BenchmarkRef, RunConfig
-from flows.config_files import read_config
-from flows.preflight import check_sets
+from flows.commands.config_files import read_config
+from flows.commands.preflight import check_sets
 from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
 from storage.fs import ArtifactError

@@ -1,12 +1,12 @@
 """A Prefect server on PostgreSQL on this machine, and a worker for the process work pool `siked`.
 
-    python -m flows.local_server start     # make prefect-server: prints the UI's URL
-    python -m flows.local_server status
-    python -m flows.local_server stop      # make prefect-server-stop
+    python -m flows.server.local_server start     # make prefect-server: prints the UI's URL
+    python -m flows.server.local_server status
+    python -m flows.server.local_server stop      # make prefect-server-stop
 
 Options (each also read from the environment): --dir (SIKED_PREFECT_DIR, default
 `$SIKED_HOME/prefect-server`), --port (SIKED_PREFECT_PORT, 4200), --pg-port (SIKED_PG_PORT, 5499),
---pg-dir (SIKED_PG_DIR, see flows/local_postgres.py). Everything listens on 127.0.0.1 only.
+--pg-dir (SIKED_PG_DIR, see flows/server/local_postgres.py). Everything listens on 127.0.0.1 only.
 
 The state folder holds `state.json` (ports, process ids, where the cluster is), `db-password`,
 `prefect-home/` (the server's PREFECT_HOME), `server.log` and `worker.log`. The database keeps
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import httpx
 
-from flows.local_postgres import Cluster, PostgresError, default_cluster_dir
+from flows.server.local_postgres import Cluster, PostgresError, default_cluster_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 POOL = "siked"
 
 
@@ -254,7 +254,7 @@ def _default_folder() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.local_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.server.local_server", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--port", type=int, default=int(os.environ.get("SIKED_PREFECT_PORT", "4200")))

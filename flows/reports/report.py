@@ -3,7 +3,7 @@
     siked report RUN            # RUN: a run folder, local or an fsspec URL
 
 Reads only what the flow leaves in the run folder: `config.yaml`, `base/summary.json` and
-`iter-XX/summary.json` (shapes in flows/ui.py). A run killed mid-way is reported as far as it got,
+`iter-XX/summary.json` (shapes in flows/reports/ui.py). A run killed mid-way is reported as far as it got,
 and the report says which stages are missing. Everything is written through storage, so runs on
 memory:// or s3:// report the same way.
 """
@@ -19,7 +19,7 @@ import yaml
 from distill.significance import wilson_interval
 from distill.strict_yaml import load_yaml
 from distill.verify import VERDICTS
-from flows.plots import BASE_X, accuracy_plot, strategy_mix_plot
+from flows.reports.plots import BASE_X, accuracy_plot, strategy_mix_plot
 from storage.fs import ArtifactCorrupt, exists, read_bytes, read_json, remove, write_bytes
 from storage.paths import RunLayout, join
 

@@ -2,7 +2,7 @@
 
     prefect deploy --all        # the deployments of prefect.yaml (docs/deployment.md)
 
-`siked serve` embeds a resolved RunConfig in its deployment (flows/serve.py). Deployments written
+`siked serve` embeds a resolved RunConfig in its deployment (flows/server/serve.py). Deployments written
 in prefect.yaml name a config file instead: `siked_from_file` reads and validates it when the run
 starts, relative to the working directory that the deployment's pull step sets (the project), so
 the YAML file stays the one place a config is written.
@@ -43,7 +43,7 @@ def siked_from_file(config_path: str, overrides: list[str] | None = None,
     A bad config fails this run before any step, with the offending key in the error."""
     from pathlib import Path
 
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
 
     cfg = read_config(config_path, list(overrides or []))
     get_run_logger().info("config %s (%d overrides), stage %s", Path(config_path).resolve(),

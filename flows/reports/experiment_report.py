@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.plots import png_bytes
-from flows.report import markdown_table, table_cell
+from flows.reports.plots import png_bytes
+from flows.reports.report import markdown_table, table_cell
 from storage.fs import write_bytes
 from storage.paths import ExperimentLayout, join
 

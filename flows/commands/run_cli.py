@@ -10,8 +10,8 @@ import yaml
 
 from distill.config import ConfigError, RunConfig, load_config
 from distill.strict_yaml import load_yaml, yaml_problem
-from flows.config_files import read_config
-from flows.preflight import preflight
+from flows.commands.config_files import read_config
+from flows.commands.preflight import preflight
 from flows.run_setup import run_layout
 from storage.fs import ArtifactMissing, exists, read_bytes
 from storage.paths import RunLayout, layout_for_run_dir
@@ -79,8 +79,8 @@ def resume_cli(run: str) -> int:
 
 
 def status_cli(run: str, as_json: bool) -> int:
-    from flows.status import as_json as status_json
-    from flows.status import format_status, run_status
+    from flows.commands.status import as_json as status_json
+    from flows.commands.status import format_status, run_status
 
     cfg, layout = load_run(run)
     statuses = run_status(cfg, layout)

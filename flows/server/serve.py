@@ -20,7 +20,7 @@ from typing import Any
 from distill.config import ConfigError, RunConfig
 from flows.run_setup import run_id
 
-# Prefect (and through flows.deploy the pipeline's flows) is imported only once the config is
+# Prefect (and through flows.server.deploy the pipeline's flows) is imported only once the config is
 # valid: a mistyped key fails in a fraction of a second.
 
 
@@ -46,7 +46,7 @@ def build_deployment(cfg: RunConfig, cron: str | None = None, timezone: str = "U
     Returns a prefect RunnerDeployment; nothing is sent to the API until it is served."""
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.deploy import DEFAULT_STAGE, load_flow
+    from flows.server.deploy import DEFAULT_STAGE, load_flow
 
     stage = stage or DEFAULT_STAGE
     flow = load_flow(stage)
@@ -95,7 +95,7 @@ def api_url() -> str | None:
 def serve_cli(config_path: str, overrides: list[str], cron: str | None, timezone: str = "UTC",
               name: str | None = None, stage: str | None = None, dry_run: bool = False) -> int:
     """`siked serve`: validate everything, then serve until interrupted (Ctrl-C pauses the schedule)."""
-    from flows.config_files import read_config
+    from flows.commands.config_files import read_config
 
     cfg = read_config(config_path, overrides)
     deployment = build_deployment(cfg, cron=cron, timezone=timezone, name=name, stage=stage)

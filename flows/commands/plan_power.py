@@ -47,8 +47,8 @@ def pilot_rates(path: str) -> tuple[float, float | None]:
 
 def _comparisons(path: str, overrides: list[str]) -> tuple[Any, list[tuple[str, str, str, int | None]]]:
     """The experiment, and (arm, benchmark, mode, questions) of each planned final comparison."""
+    from flows.commands.plan import problem_count
     from flows.experiment_file import read_experiment
-    from flows.plan import problem_count
     from flows.run_setup import run_layout
     from tasks.pipeline import eval_set_label, pipeline_steps
 

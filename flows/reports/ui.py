@@ -13,7 +13,7 @@ from typing import Any
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from distill import timings
-from flows.report import write_report
+from flows.reports.report import write_report
 from storage.fs import write_bytes, write_json
 from storage.paths import ExperimentLayout, RunLayout, join
 from tasks.gate import incomplete

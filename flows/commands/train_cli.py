@@ -69,8 +69,8 @@ def train_flow_body(cfg: RunConfig, train_set: str | None, iteration: int, fresh
 def run_train_cli(config_path: str, overrides: list[str]) -> int:
     from prefect import flow
 
-    from flows.config_files import read_config
-    from flows.preflight import check_train
+    from flows.commands.config_files import read_config
+    from flows.commands.preflight import check_train
     from storage.fs import is_remote_url
     from storage.mirror import mirror_dir
 

@@ -1,0 +1,1 @@
+"""Server operations: deployments, schedules, a local Prefect server on PostgreSQL."""
