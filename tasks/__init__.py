@@ -1,1 +1,3 @@
-"""Thin Prefect tasks: cache key, skip when done, one distill call, write through storage."""
+"""The steps: their list (pipeline.py), whether each is done (gate.py), run or reuse (steps.py), and one
+thin Prefect task per step kind: one `distill` call, written through `storage`, never deciding for
+itself whether it is done."""
