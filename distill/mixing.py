@@ -48,6 +48,7 @@ class MixResult:
     p_train: dict[str, float]  # P_train
     kl_train_vs_student: float  # KL(P_train || P_SM)
     notes: list[str] = field(default_factory=list)
+    biased: str | None = None  # the mixture kept one row per question by this strategy's priority
 
     def stats(self) -> dict[str, Any]:
         """Everything but the rows, for the iteration's record."""
@@ -106,8 +107,11 @@ def _alpha_mix(student: list[dict], teacher: list[dict], target: float, rng: ran
 def mix(self_rows: Iterable[Mapping[str, Any]], teacher_rows: Iterable[Mapping[str, Any]],
         student_sample_strategies: Iterable[str], rule: str, *, target_alpha: float | None = None,
         solved_questions: Iterable[str] | None = None,
-        solved_pairs: Iterable[tuple[str, str]] | None = None, seed: int = 0) -> MixResult:
-    """The next training set under `rule`.
+        solved_pairs: Iterable[tuple[str, str]] | None = None, seed: int = 0,
+        biased: str | None = None) -> MixResult:
+    """The next training set under `rule`; with `biased`, the mixture then keeps one row per
+    question by that strategy's priority (SIKeD's biased chains: the reference mixes first and then
+    biases the mixture, `create-mixed-data.py`; a student row wins a tie with a teacher row).
 
     `self_rows`: D_self (correct student rows); `teacher_rows`: the teacher distillation set;
     `student_sample_strategies`: the strategy of every student sample generated this iteration
@@ -136,6 +140,12 @@ def mix(self_rows: Iterable[Mapping[str, Any]], teacher_rows: Iterable[Mapping[s
             raise ValueError(f"alpha mixing needs a target teacher fraction in [0, 1], got {target_alpha}")
         student, teacher = _alpha_mix(student, teacher, target_alpha, random.Random(seed), notes)
     rows = student + teacher
+    if biased:
+        from distill.distill_set import bias
+
+        rows = bias(rows, biased)
+        student = [r for r in rows if r.get("source") != "teacher"]
+        teacher = [r for r in rows if r.get("source") == "teacher"]
     p_student = distribution(student_sample_strategies)
     p_train = distribution(r["strategy"] for r in rows)
     return MixResult(
@@ -143,6 +153,6 @@ def mix(self_rows: Iterable[Mapping[str, Any]], teacher_rows: Iterable[Mapping[s
         alpha=len(teacher) / len(rows) if rows else 0.0, teacher_rows=len(teacher), student_rows=len(student),
         p_teacher=distribution(r["strategy"] for r in all_teacher),
         p_student_samples=p_student, p_train=p_train,
-        kl_train_vs_student=kl_divergence(p_train, p_student) if rows else 0.0, notes=notes,
+        kl_train_vs_student=kl_divergence(p_train, p_student) if rows else 0.0, notes=notes, biased=biased,
     )
 

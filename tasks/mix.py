@@ -19,7 +19,8 @@ def mix_result(output: str, **_: object) -> dict:
 
 @step_task(mix_result, name="mix", task_run_name="iter-{iteration:02d}-mix")
 def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str, output: str, key: str,
-                     iteration: int, rule: str, target_alpha: float | None, seed: int) -> dict:
+                     iteration: int, rule: str, target_alpha: float | None, seed: int,
+                     biased: str | None = None) -> dict:
     """TRAIN_EXAMPLES rows at `output` under `rule`; the realised alpha, strategy distributions and
     KL(P_train || P_SM) beside it."""
     from distill.mixing import mix
@@ -30,7 +31,8 @@ def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str,
     correct = [(q, s) for q, s, v in zip(verified["question_id"], verified["strategy"], verified["verdict"],
                                          strict=True) if v == "correct"]
     result = mix(self_rows, teacher_rows, verified["strategy"], rule, target_alpha=target_alpha,
-                 solved_questions={q for q, _ in correct}, solved_pairs=set(correct), seed=seed + iteration)
+                 solved_questions={q for q, _ in correct}, solved_pairs=set(correct), seed=seed + iteration,
+                 biased=biased)
     stats = result.stats()
     write_json(stats_url(output), stats)
     write_artifact(output, result.rows, "train_examples", config_hash=key,

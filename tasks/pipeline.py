@@ -241,8 +241,9 @@ def _verify_and_select(b: _Builder, cfg: RunConfig, iteration: int) -> None:
     b.add(f"{stage}/verify", "verify", iteration, {"cfg": cfg.verify},
           {"samples": f"{stage}/generate", "problems": "problems/train"},
           {"verified": Output("verified.parquet", "verified")})
-    # A biased chain biases every round's set (SIKeD's CoT-, L2M- and PoT-biased runs).
-    b.add(f"{stage}/distill_set", "distill_set", iteration, {"biased": cfg.teacher.biased},
+    # A biased chain (SIKeD's CoT-, L2M- and PoT-biased runs) biases the teacher's set, the round-0
+    # training set; later rounds bias their mixture (the mix step), as the reference does.
+    b.add(f"{stage}/distill_set", "distill_set", iteration, {"biased": cfg.teacher.biased if iteration == 0 else None},
           {"verified": f"{stage}/verify", "problems": "problems/train"},
           {"distill_set": Output("distill_set.parquet", "train_examples")})
 
@@ -287,7 +288,8 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
         _generate(b, cfg, iteration, student)
         _verify_and_select(b, cfg, iteration)
         target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
-        b.add(f"{stage}/mix", "mix", iteration, {"rule": cfg.siked.mixing, "seed": cfg.seed, "target_alpha": target},
+        b.add(f"{stage}/mix", "mix", iteration, {"rule": cfg.siked.mixing, "seed": cfg.seed, "target_alpha": target,
+                                                 "biased": cfg.teacher.biased},
               {"self_set": f"{stage}/distill_set", "verified": f"{stage}/verify", "teacher_set": "iter-00/distill_set"},
               {"train_set": Output("train_set.parquet", "train_examples")})
         student = _train(b, cfg, iteration, f"{stage}/mix")

@@ -241,12 +241,17 @@ def test_a_biased_chain_keeps_one_row_per_question_in_the_students_sets_too(tmp_
     overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{"teacher.biased": "cot"})
     assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    for stage in ("iter-00", "iter-01"):
-        url = output_of(run, f"{stage}/distill_set", "distill_set")
+    # The teacher's set is biased, and each later round's mixture (as the reference biases it).
+    for step, role in (("iter-00/distill_set", "distill_set"), ("iter-01/mix", "train_set")):
+        url = output_of(run, step, role)
         rows = read_artifact(url, "train_examples").to_pylist()
         questions = [r["question_id"] for r in rows]
-        assert len(questions) == len(set(questions)), stage
-        assert json.loads(Path(url.removesuffix(".parquet") + ".summary.json").read_text())["biased"] == "cot", stage
+        assert len(questions) == len(set(questions)), step
+    summary = json.loads(Path(output_of(run, "iter-00/distill_set", "distill_set").removesuffix(".parquet")
+                              + ".summary.json").read_text())
+    assert summary["biased"] == "cot"
+    mixed = json.loads(Path(output_of(run, "iter-01/mix", "train_set").removesuffix(".parquet") + ".mix.json").read_text())
+    assert mixed["biased"] == "cot"
     teacher_rows = read_artifact(output_of(run, "iter-00/distill_set", "distill_set"), "train_examples").to_pylist()
     assert teacher_rows and {r["strategy"] for r in teacher_rows} == {"cot"}
 

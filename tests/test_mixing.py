@@ -104,3 +104,18 @@ def test_teacher_rule_is_off_policy_teacher_rows_only():
     result = mix(SELF, TEACHER, SAMPLES, "teacher")
     assert result.student_rows == 0 and result.alpha == 1.0
     assert result.rows == [dict(r) for r in TEACHER]
+
+
+def test_a_biased_mixture_keeps_one_row_per_question_by_the_priority_student_first_on_a_tie():
+    """The reference mixes first and then biases the mixture: a question whose student solved it with
+    l2m and whose teacher row is cot keeps only the cot row under a cot bias; a tie keeps the
+    student's row."""
+    student = rows("q1:l2m q2:cot q3:pot", "student")
+    teacher = rows("q1:cot q2:cot q3:l2m q4:pot", "teacher")
+    result = mix(student, teacher, ["l2m", "cot", "pot"], "all", biased="cot")
+    kept = {(r["question_id"], r["strategy"], r["source"]) for r in result.rows}
+    assert kept == {("q1", "cot", "teacher"), ("q2", "cot", "student"), ("q3", "pot", "student"),
+                    ("q4", "pot", "teacher")}
+    assert (result.student_rows, result.teacher_rows, result.biased) == (2, 2, "cot")
+    unbiased = mix(student, teacher, ["l2m", "cot", "pot"], "all")
+    assert len(unbiased.rows) == 7 and unbiased.biased is None

@@ -82,10 +82,11 @@ def test_the_dss_format_reads_the_datasets_labels_and_trains_one_pass(tmp_path):
 def test_a_biased_chain_biases_every_iterations_set(tmp_path):
     base = keys(tmp_path)
     moved = changed(base, keys(tmp_path, "teacher.biased=cot"))
-    assert {"iter-00/distill_set", "iter-01/distill_set", "iter-02/distill_set"} <= moved
+    assert {"iter-00/distill_set", "iter-01/mix", "iter-02/mix"} <= moved
     cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", "teacher.biased=pot"])
     steps = pipeline_steps(cfg, run_layout(cfg))
-    assert steps["iter-02/distill_set"].job == {"biased": "pot"}
+    assert steps["iter-00/distill_set"].job == {"biased": "pot"}
+    assert steps["iter-02/distill_set"].job == {"biased": None} and steps["iter-02/mix"].job["biased"] == "pot"
 
 
 def test_the_seed_moves_the_students_steps_not_the_teachers_nor_the_base_evaluation(tmp_path):
