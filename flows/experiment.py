@@ -109,7 +109,7 @@ def results_document(experiment: Experiment, outcomes: pd.DataFrame, missing: li
     spec = experiment.spec
     return _json_safe({
         "experiment": spec.name, "file": experiment.source, "code_version": code_version(),
-        "baseline": spec.baseline, "seeds": spec.seeds,
+        "baseline": spec.baseline, "seeds": spec.seeds, "teacher_seed": spec.teacher_seed,
         "arms": spec.arms, "overrides": spec.overrides,
         "runs": [{"arm": r.arm, "seed": r.seed, "run_id": run_id(r.cfg), "run_dir": run_layout(r.cfg).run_dir}
                  for r in experiment.runs],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,6 +50,12 @@ class ExperimentSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     baseline: str
     arms: dict[str, list[str]] = Field(min_length=1)
+    teacher_seed: Literal["shared", "per_seed"] = "shared"
+    """`shared`: every seed trains on one set of teacher samples (the teacher's `teacher.engine.seed`
+    stays the base config's), as the papers compare; the comparison then leaves the teacher's
+    sampling variance out. `per_seed`: the teacher samples again under each seed
+    (`teacher.engine.seed` = the seed), so that variance enters the comparison, at one teacher
+    generation per seed."""
     holm_family: str = "final"
     """Which comparisons one Holm correction covers: `final` (every comparison at the final stage,
     across arms, benchmarks and modes), `stage` (each stage apart) or `all` (every stage together);
@@ -131,6 +138,8 @@ def base_path(base: str, experiment_file: Path) -> Path:
 
 def arm_config(spec: ExperimentSpec, base: Path, arm: str, seed: int, source: str) -> RunConfig:
     overrides = [*spec.overrides, *spec.arms[arm], f"seed={seed}", f"name={spec.name}-{arm}-s{seed}"]
+    if spec.teacher_seed == "per_seed":
+        overrides.append(f"teacher.engine.seed={seed}")
     try:
         return read_config(base, overrides)
     except ConfigError as exc:

@@ -354,3 +354,24 @@ def test_sampled_predictions_become_maj_and_pass_outcomes_per_question():
     got = {(f["mode"].iloc[0], q): c for f in frames for q, c in zip(f["question_id"], f["correct"])}
     assert got == {("sampled_maj", "q1"): False, ("sampled_maj", "q2"): True,
                    ("sampled_pass", "q1"): True, ("sampled_pass", "q2"): True}
+
+
+def test_a_teacher_seed_per_seed_moves_the_teacher_steps_key_only_when_set(tmp_path):
+    """Shared by default: two seeds share one teacher step. `teacher_seed: per_seed` resamples the
+    teacher under each seed (its key moves with the seed), and leaves the problems' keys alone."""
+    from flows.experiment_file import read_experiment
+    from flows.run_setup import run_layout
+    from tasks.pipeline import pipeline_steps
+
+    def teacher_keys(**extra) -> list[str]:
+        path = write_experiment(tmp_path, {"short": []}, [f"runs_root={tmp_path / 'runs'}"], seeds=(1, 2), **extra)
+        runs = read_experiment(path).runs
+        steps = [pipeline_steps(r.cfg, run_layout(r.cfg)) for r in runs]
+        assert steps[0]["problems/train"].key == steps[1]["problems/train"].key
+        return [s["iter-00/generate"].key for s in steps]
+
+    shared = teacher_keys()
+    assert shared[0] == shared[1]
+    assert teacher_keys(teacher_seed="shared") == shared
+    per_seed = teacher_keys(teacher_seed="per_seed")
+    assert per_seed[0] != per_seed[1]

@@ -158,7 +158,12 @@ def render(document: dict[str, Any], plot: str | None) -> str:
     parts = [
         f"# Experiment `{document['experiment']}`",
         (f"File: `{document['file']}`; baseline `{document['baseline']}`; seeds {document['seeds']}; "
-        f"common overrides: {' '.join(document['overrides']) or '(none)'}."),
+        f"common overrides: {' '.join(document['overrides']) or '(none)'}. "
+        + ("The teacher samples again under each seed (`teacher_seed: per_seed`): its sampling variance is "
+           "part of the comparison." if document.get("teacher_seed") == "per_seed" else
+           "Every seed trains on one set of teacher samples (`teacher_seed: shared`): the seeds vary the "
+           "student's order, dropout and sampling, not the teacher's; the comparison leaves the teacher's "
+           "sampling variance out.")),
         "## Arms\n\n" + arms,
         "## Verdict\n\n" + "\n".join(verdict_lines(document)),
         "## Accuracy\n\n" + accuracy_table(document) + (f"\n\n![Accuracy per stage]({plot})" if plot else ""),
