@@ -375,3 +375,19 @@ def test_a_teacher_seed_per_seed_moves_the_teacher_steps_key_only_when_set(tmp_p
     assert teacher_keys(teacher_seed="shared") == shared
     per_seed = teacher_keys(teacher_seed="per_seed")
     assert per_seed[0] != per_seed[1]
+
+
+@pytest.mark.parametrize("path", ["experiments/siked_vs_single_pass.yaml", "experiments/gpu/siked_vs_single_pass.yaml"])
+def test_the_off_policy_arm_plans_and_shares_the_first_round_with_siked(path, tmp_path, monkeypatch):
+    """SIKeD's structure on the teacher's data alone: its first round is SIKeD's very steps."""
+    from flows.experiment_file import read_experiment
+    from flows.run_setup import run_layout
+    from tasks.pipeline import pipeline_steps
+
+    monkeypatch.delenv("SIKED_DATA_DIR", raising=False)  # the GPU file's GSM8K sets are skipped, not needed
+    runs = {(r.arm, r.seed): r.cfg for r in read_experiment(REPO / path, [f"runs_root={tmp_path}",
+                                                                          "eval.benchmarks=[]"]).runs}
+    siked, off = (pipeline_steps(runs[(arm, 1)], run_layout(runs[(arm, 1)])) for arm in ("siked", "off_policy"))
+    assert siked.keys() == off.keys()
+    assert all(siked[n].key == off[n].key for n in siked if n.startswith(("problems/", "iter-00/")))
+    assert off["iter-01/mix"].job["rule"] == "teacher" and siked["iter-01/mix"].key != off["iter-01/mix"].key
