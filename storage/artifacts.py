@@ -122,7 +122,7 @@ def artifact_problems(url: str) -> list[str]:
     """Every file of the artifact at `url` that is missing or altered, each sentence naming it: the
     whole check (sha256 of every file, every shard, every file of a marked folder), for `siked verify`."""
     if fs.exists(manifest_url(url)):
-        problem = file_problem(url, verify_hash=True)
+        problem = file_problem(url, verify_hash=True, reread=True)
         return [problem] if problem else []
     if fs.exists(dir_manifest_url(url)):
         try:

@@ -106,6 +106,6 @@ def folder_problems(folder_url: str) -> list[str]:
         if entry["path"] not in present:
             problems.append(f"{url} is listed in the folder manifest but missing")
         elif present[entry["path"]] != entry["size"] or (
-                entry.get("sha256") and fs.sha256_file(url) != entry["sha256"]):
+                entry.get("sha256") and fs.sha256_file_read(url) != entry["sha256"]):
             problems.append(f"{url} does not match the size or sha256 in the folder manifest")
     return problems

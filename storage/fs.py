@@ -104,29 +104,74 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# sha256 of large local files, by (path, inode, size, mtime, ctime): completion checks hash every
-# output a run reuses, and a process asking twice about an unchanged weights file pays once. Small
-# files are hashed every time (cheap, and a rewrite within one timestamp tick cannot fool it).
+# sha256 of large local files, remembered by the file's identity (real path, inode, size, mtime and
+# ctime, in nanoseconds): completion checks hash every output a run reuses, and a student's weights
+# unchanged since they were last hashed, in this process or an earlier one of this home, are not
+# read again. Any write through the file system moves mtime or ctime (ctime cannot be set back), so a
+# changed file is always hashed again; what no write explains (a disk's bit rot) is left to
+# `siked verify`, which reads every byte. Small files are hashed every time.
 _MEMO_MIN_BYTES = 1 << 20
 _hash_memo: dict[tuple, str] = {}
+
+
+def _hash_store() -> str:
+    from storage.paths import siked_home
+
+    return str(siked_home() / "cache" / "sha256.sqlite")
+
+
+def _stored_hash(identity: tuple) -> str | None:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(_hash_store(), timeout=5) as db:
+            row = db.execute("SELECT sha256 FROM files WHERE identity = ?", (json.dumps(identity),)).fetchone()
+    except sqlite3.Error:  # no store yet, or busy: hash the file
+        return None
+    return row[0] if row else None
+
+
+def _store_hash(identity: tuple, digest: str) -> None:
+    import sqlite3
+
+    try:
+        os.makedirs(os.path.dirname(_hash_store()), exist_ok=True)
+        with sqlite3.connect(_hash_store(), timeout=5) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS files (identity TEXT PRIMARY KEY, sha256 TEXT NOT NULL)")
+            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (json.dumps(identity), digest))
+    except (OSError, sqlite3.Error):  # a memo only: the next check hashes the file again
+        pass
 
 
 def sha256_file(url: str) -> str:
     """sha256 of a file's bytes, read in chunks (for files too big to hold in memory)."""
     fs, path = resolve(url)
-    memo_key = None
+    identity = None
     if is_local(fs):
         st = os.stat(path)
         if st.st_size >= _MEMO_MIN_BYTES:
-            memo_key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if memo_key in _hash_memo:
-                return _hash_memo[memo_key]
+            identity = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = _hash_memo.get(identity) or _stored_hash(identity)
+            if known:
+                _hash_memo[identity] = known
+                return known
     digest = hashlib.sha256()
     with fs.open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
-    if memo_key is not None:
-        _hash_memo[memo_key] = digest.hexdigest()
+    if identity is not None:
+        _hash_memo[identity] = digest.hexdigest()
+        _store_hash(identity, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def sha256_file_read(url: str) -> str:
+    """sha256 of every byte of a file, read now whatever was remembered (`siked verify`, export)."""
+    fs, path = resolve(url)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

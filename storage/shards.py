@@ -200,7 +200,8 @@ def sharded_problems(url: str) -> list[str]:
     problems = []
     for entry in manifest["shards"]:
         try:
-            problem = file_problem(join(url, entry["file"]), verify_hash=True, manifest=_shard_manifest(url, entry))
+            problem = file_problem(join(url, entry["file"]), verify_hash=True, manifest=_shard_manifest(url, entry),
+                                   reread=True)
         except (ArtifactMissing, ArtifactCorrupt) as e:
             problem = str(e)
         if problem:

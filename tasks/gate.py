@@ -6,7 +6,8 @@ A step is done when every output
 - has its manifest, written under the step's key, of the kind and schema the step writes;
 - matches its manifest byte for byte (sha256, every shard and every file of a student folder:
   hashes are checked on every reuse, so a damaged output is recomputed, never read; a large file
-  unchanged since it was last hashed in this process is not hashed again, storage.fs);
+  whose identity (inode, size, mtime, ctime) is unchanged since this home last hashed it is not
+  read again, storage.fs; `siked verify` reads every byte);
 - was made from the inputs as they are now (each parent recorded in its manifest, models
   included, still has the content hash recorded).
 

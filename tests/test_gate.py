@@ -116,3 +116,27 @@ def test_the_run_index_travels_with_a_copied_runs_root(tmp_path, capsys):
     flip_byte(steps["a"].output("t"))  # damage in the original only
     assert main(["verify", str(tmp_path / "two/run-a")]) == 0
     assert main(["verify", str(tmp_path / "one/run-a")]) == 1
+
+
+def test_a_large_file_is_hashed_once_per_identity_and_again_after_any_write(tmp_path, monkeypatch):
+    """The remembered hashes (storage.fs) are keyed by inode, size, mtime and ctime: a later process of
+    the same home reads them back, and a byte flipped in place, same size, is hashed again."""
+    from storage import fs
+
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path / "home"))
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"\x01" * (2 << 20))
+    first = fs.sha256_file(str(weights))
+    fs._hash_memo.clear()  # as a new process would start
+    reads = []
+    original_open = fs.LocalFileSystem.open
+
+    def counting_open(self, path, *args, **kwargs):
+        reads.append(path)
+        return original_open(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(fs.LocalFileSystem, "open", counting_open)
+    assert fs.sha256_file(str(weights)) == first and reads == []  # remembered by this home
+    flip_byte(str(weights), offset=12345)
+    changed = fs.sha256_file(str(weights))
+    assert changed != first and changed == fs.sha256_file_read(str(weights)) and reads
