@@ -396,7 +396,7 @@ def test_siked_train_cli_uploads_the_student(s3_endpoint, tiny_model_path, tmp_p
     assert run_train_cli(str(config), [f"train_set={train_set}", f"runs_root={runs_root}",
                                        f"train.model={tiny_model_path}"]) == 0
     student = capsys.readouterr().out.strip().splitlines()[-1]
-    assert student.startswith(runs_root) and student.endswith("/iter-00/student")
+    assert student.startswith(f"{runs_root}/steps/train/") and student.endswith("/student")  # the step store
     assert is_folder_complete(student, verify_hashes=True)
     assert "config.json" in fs.list_files(student)
     assert mirror_problem(student) is None  # the local copy training wrote is the uploaded version
