@@ -70,14 +70,14 @@ def test_a_rewritten_teacher_output_reruns_what_the_plan_lists_and_a_damaged_out
     verdicts = read_artifact(output_of(run, "iter-00/verify", "verified"), "verified").to_pylist()
     assert any(v["text"].endswith("12345") for v in verdicts)  # the verdicts judge the samples that exist
 
-    # A flipped byte in a finished distillation set: the plan and the next run recompute it, say
-    # so, and end with it whole; nothing reads the damaged bytes.
-    distill_set = Path(output_of(run, "iter-00/distill_set", "distill_set"))
-    data = bytearray(distill_set.read_bytes())
+    # A flipped byte in a finished training set (the last round's mixture): the plan and the next
+    # run recompute it and what reads it, and end with it whole; nothing reads the damaged bytes.
+    train_set = Path(output_of(run, "iter-01/mix", "train_set"))
+    data = bytearray(train_set.read_bytes())
     data[40] ^= 0xFF
-    distill_set.write_bytes(bytes(data))
+    train_set.write_bytes(bytes(data))
     planned = planned_to_run(CONFIG, overrides, capsys)
-    assert "iter-00/distill_set" in planned and "iter-00/verify" not in planned
+    assert {"iter-01/mix", "iter-01/train", "iter-01/evaluate"} <= planned and "iter-01/verify" not in planned
     assert main(["run", CONFIG, *overrides]) == 0
     assert executed_steps_of_last_run() == {task_run_name(s) for s in planned} - {None}
     assert main(["verify", str(run)]) == 0
