@@ -155,14 +155,11 @@ def sha256_file(url: str) -> str:
             if known:
                 _hash_memo[identity] = known
                 return known
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
+    digest = sha256_file_read(url)
     if identity is not None:
-        _hash_memo[identity] = digest.hexdigest()
-        _store_hash(identity, digest.hexdigest())
-    return digest.hexdigest()
+        _hash_memo[identity] = digest
+        _store_hash(identity, digest)
+    return digest
 
 
 def sha256_file_read(url: str) -> str:

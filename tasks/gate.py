@@ -32,19 +32,19 @@ from storage.step_store import LOCK_NAME, read_step_info, remove_tree
 from tasks.pipeline import REPORT_KEY_FILE, Step, summary_url_of
 
 
-def changed_parents(url: str) -> list[str]:
-    """Sentences naming every recorded parent of the artifact at `url` whose content is no longer
-    the one it was made from (or that is gone)."""
+def changed_parents(url: str) -> list[tuple[str, str]]:
+    """(parent URL, sentence) of every recorded parent of the artifact at `url` whose content is no
+    longer the one it was made from (or that is gone)."""
     found = []
     for parent in read_manifest(url).get("parents", []):
         where = parent_url(url, parent["path"])
         try:
             current = read_manifest(where)["content_hash"]
         except fs.ArtifactError:
-            found.append(f"its input {where} is missing")
+            found.append((where, f"its input {where} is missing"))
             continue
         if current != parent["content_hash"]:
-            found.append(f"its input {where} changed since it was made")
+            found.append((where, f"its input {where} changed since it was made"))
     return found
 
 
@@ -56,7 +56,7 @@ def output_problem(step: Step, role: str) -> str | None:
         reason = f"{url} has no summary"
     if reason is None:
         changed = changed_parents(url)
-        reason = changed[0] if changed else None
+        reason = changed[0][1] if changed else None
     return reason
 
 
@@ -73,10 +73,6 @@ def incomplete(step: Step) -> str | None:
         if reason is not None:
             return reason
     return None
-
-
-def _has_manifest(url: str) -> bool:
-    return find_manifest(url) is not None
 
 
 def discard_outputs(step: Step, *, forced: bool) -> list[str]:
@@ -102,7 +98,7 @@ def discard_outputs(step: Step, *, forced: bool) -> list[str]:
     removed = []
     for role in step.outputs:
         url = step.output(role)
-        if _has_manifest(url) and output_problem(step, role) is not None:
+        if find_manifest(url) is not None and output_problem(step, role) is not None:
             for part in (url, manifest_url(url), dir_manifest_url(url), summary_url_of(url)):
                 if fs.exists(part):
                     remove_tree(part)

@@ -318,7 +318,7 @@ def train_only_steps(cfg: RunConfig, layout: RunLayout, *, train_set: str | None
               unkeyed=("path", "data_folder", "ref.skip_if_missing"), key_extra=extra)
         source = "train_set"
     else:
-        _problems(b, cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"benchmarks": []})}))
+        _add_problems(b, "problems/train", cfg.train_data, cfg)
         _generate(b, cfg, 0, None)
         _verify_and_select(b, cfg, 0)
         source = "iter-00/distill_set"

@@ -46,7 +46,7 @@ def rewrite_one_sample(samples_url: str) -> None:
 def stale_lineage(run: Path) -> list[str]:
     """Every output of the run whose manifest records a parent whose content has changed since."""
     return [f"{entry['name']}: {problem}" for entry in read_index(layout_for_run_dir(str(run)))
-            if entry["kind"] != "report" for url in entry["outputs"].values() for problem in changed_parents(url)]
+            if entry["kind"] != "report" for url in entry["outputs"].values() for _, problem in changed_parents(url)]
 
 
 @pytest.mark.slow

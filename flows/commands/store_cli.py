@@ -12,6 +12,7 @@ computing it right now) is kept too.
 
 from __future__ import annotations
 
+import posixpath
 import sys
 
 from storage.artifacts import artifact_problems
@@ -28,7 +29,8 @@ def verify_cli(run: str) -> int:
         print(f"siked: {exc}", file=sys.stderr)
         return 2
     problems, checked = [], 0
-    producers = {url: step["name"] for step in steps for url in step["outputs"].values()}
+    # Keyed as manifests' parents read back (storage.manifest.parent_url normalises them).
+    producers = {posixpath.normpath(url): step["name"] for step in steps for url in step["outputs"].values()}
     for step in steps:
         if step["kind"] == "report":
             continue
@@ -50,15 +52,8 @@ def lineage_problems(url: str, producers: dict[str, str]) -> list[str]:
     that produced it (`producers`: output URL -> step name)."""
     from tasks.gate import changed_parents
 
-    found = []
-    for sentence in changed_parents(url):
-        named = sentence
-        for parent, step in producers.items():
-            if parent in sentence:
-                named = f"{sentence} (the output of {step})"
-                break
-        found.append(named)
-    return found
+    return [f"{sentence} (the output of {producers[parent]})" if parent in producers else sentence
+            for parent, sentence in changed_parents(url)]
 
 
 def unreferenced_steps(runs_root: str) -> list[str]:

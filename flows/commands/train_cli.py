@@ -23,7 +23,14 @@ from __future__ import annotations
 
 import sys
 
+from prefect import flow
+
 from distill.config import ConfigError, RunConfig
+from flows.run_setup import Run, record_run, run_layout
+from flows.run_steps import freeze_training_problems, generate, train, verify_and_select
+from tasks.gate import discard_outputs
+from tasks.pipeline import train_only_steps
+from tasks.train_set import freeze_train_set, has_given_rationales
 
 CLI_KEYS = ("train_set", "iteration", "resume")
 
@@ -40,13 +47,9 @@ def split_cli_keys(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     return own, rest
 
 
-def train_flow_body(cfg: RunConfig, train_set: str | None, iteration: int, fresh: bool) -> dict:
-    from flows.run_setup import Run, record_run, run_layout
-    from flows.run_steps import freeze_training_problems, generate, train, verify_and_select
-    from tasks.gate import discard_outputs
-    from tasks.pipeline import train_only_steps
-    from tasks.train_set import freeze_train_set, has_given_rationales
-
+@flow(name="siked-train", flow_run_name="train-{cfg.name}")
+def train_flow(cfg: RunConfig, train_set: str | None, iteration: int, fresh: bool) -> dict:
+    """The steps that make the training rows, then the student of `iteration` (from scratch with `fresh`)."""
     layout = run_layout(cfg)
     given = train_set is None and has_given_rationales(cfg.train_data)
     run = Run(cfg, layout, train_only_steps(cfg, layout, train_set=train_set, given_rationales=given,
@@ -67,8 +70,6 @@ def train_flow_body(cfg: RunConfig, train_set: str | None, iteration: int, fresh
 
 
 def run_train_cli(config_path: str, overrides: list[str]) -> int:
-    from prefect import flow
-
     from flows.commands.config_files import read_config
     from flows.commands.preflight import check_train
     from storage.fs import is_remote_url
@@ -85,8 +86,7 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
 
         if not fs.exists(train_set):
             raise ConfigError(f"train_set {train_set} does not exist")
-    result = flow(name="siked-train", flow_run_name=f"train-{cfg.name}")(train_flow_body)(
-        cfg, train_set, iteration, fresh)
+    result = train_flow(cfg, train_set, iteration, fresh)
     student = result["path"]
     info = result.get("train", {})
     best = f"best step {info.get('best_step')} {info.get('best_val')}" if info.get("best_step") else "no validation split"
