@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("siked: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from flows import prefect_api
+
+        prefect_api.abandon()
 
 
 def _exit_cleanly_on_sigterm() -> None:

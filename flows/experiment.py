@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 
 from distill.config import RunConfig, section_hash
 from distill.significance import LEVEL, SIGN_FLIPS
+from flows import prefect_api
 from flows.experiment_file import ArmRun, Experiment, ExperimentSpec, read_experiment
 from flows.reports.experiment_results import (
     FAMILIES,
@@ -184,6 +185,7 @@ def experiment_cli(path: str, overrides: list[str], collect: bool = False) -> in
         print(f"{len(document['missing'])} evaluation outputs missing; report: {layout.report}", file=sys.stderr)
         print(layout.dir)
         return 0
+    prefect_api.start_early()
     for r in experiment.runs:
         preflight(r.cfg)
     layout = experiment_layout(experiment)
@@ -191,6 +193,7 @@ def experiment_cli(path: str, overrides: list[str], collect: bool = False) -> in
           f"seeds -> {layout.dir}", file=sys.stderr, flush=True)
     status = 0
     try:
+        prefect_api.ready()
         experiment_flow(experiment.spec, experiment.source, [r.cfg for r in experiment.runs])
     except RunsFailed as exc:
         print(f"siked: {exc}", file=sys.stderr)

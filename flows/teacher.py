@@ -47,9 +47,11 @@ def format_summary(summary: dict) -> str:
 
 
 def run_teacher_cli(config_path: str, overrides: list[str]) -> int:
+    from flows import prefect_api
     from flows.commands.config_files import read_config
 
     cfg = read_config(config_path, overrides)
+    prefect_api.ready()
     refs = teacher_flow(cfg)
     print(format_summary(refs["distill_set"]["summary"]), file=sys.stderr)
     print(refs["run_dir"])

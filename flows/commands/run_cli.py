@@ -10,6 +10,7 @@ import yaml
 
 from distill.config import ConfigError, RunConfig, load_config
 from distill.strict_yaml import load_yaml, yaml_problem
+from flows import prefect_api
 from flows.commands.config_files import read_config
 from flows.commands.preflight import preflight
 from flows.run_setup import run_layout
@@ -29,11 +30,13 @@ def run_cli(config_path: str, overrides: list[str]) -> int:
 
 
 def _run(cfg: RunConfig) -> int:
+    prefect_api.start_early()
     from flows.siked import siked_flow
 
     preflight(cfg)
     layout = run_layout(cfg)
     _say(f"run {layout.run_id}: {layout.run_dir}")
+    prefect_api.ready()
     result = siked_flow(cfg)
     _say(f"report: {result['report']}")
     print(layout.run_dir)
@@ -93,6 +96,7 @@ def eval_cli(model: str, overrides: list[str], config_path: str | None) -> int:
     from flows.siked import eval_only_flow
 
     cfg = read_config(config_path, overrides) if config_path else load_config(None, overrides)
+    prefect_api.start_early()
     if not cfg.eval.benchmarks:
         raise ConfigError("eval.benchmarks is empty: name at least one, e.g. "
                           "'eval.benchmarks=[{name: arith, split: test}]'")
@@ -103,6 +107,7 @@ def eval_cli(model: str, overrides: list[str], config_path: str | None) -> int:
     cfg = cfg.model_copy(update={"name": "eval"})
     cfg.train = cfg.train.model_copy(update={"model": model})
     preflight(cfg)
+    prefect_api.ready()
     scores, folder = eval_only_flow(cfg, model, model_hash)
     for s in scores:
         print(f"{s['benchmark']:<16} {s['mode']:<9} accuracy {s['accuracy']:.4f}  (n={s['n']})", file=sys.stderr)

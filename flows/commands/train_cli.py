@@ -26,6 +26,7 @@ import sys
 from prefect import flow
 
 from distill.config import ConfigError, RunConfig
+from flows import prefect_api
 from flows.run_setup import Run, record_run, run_layout
 from flows.run_steps import freeze_training_problems, generate, train, verify_and_select
 from tasks.gate import discard_outputs
@@ -77,6 +78,7 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
 
     own, rest = split_cli_keys(overrides)
     cfg = read_config(config_path, rest)
+    prefect_api.start_early()
     iteration = int(own.get("iteration", "0"))
     fresh = own.get("resume", "true").lower() in ("false", "0", "no")
     check_train(cfg.train)
@@ -86,6 +88,7 @@ def run_train_cli(config_path: str, overrides: list[str]) -> int:
 
         if not fs.exists(train_set):
             raise ConfigError(f"train_set {train_set} does not exist")
+    prefect_api.ready()
     result = train_flow(cfg, train_set, iteration, fresh)
     student = result["path"]
     info = result.get("train", {})
