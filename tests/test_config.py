@@ -83,6 +83,20 @@ def test_every_shipped_config_validates():
         read_config(path)
 
 
+def test_configs_claiming_the_siked_reference_pack_its_rows():
+    """SIKeD's reference trains on packed 1,024-token rows; the paper configs and the GPU experiments
+    built on them say so (they plan: test_every_shipped_config_plans, test_experiment)."""
+    from flows.commands.config_files import read_config
+    from flows.experiment_file import read_experiment
+
+    for path in sorted((REPO / "configs").glob("paper_gsm8k_*.yaml")):
+        train = read_config(path).train
+        assert (train.packing, train.max_length, train.batch_size, train.epochs) == (True, 1024, 8, 3), path
+    for name in ("siked_vs_single_pass", "mixing"):
+        for run in read_experiment(REPO / "experiments/gpu" / f"{name}.yaml").runs:
+            assert run.cfg.train.packing, (name, run.arm)
+
+
 def test_cli_reports_config_errors(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  batchsize: 3\n")
