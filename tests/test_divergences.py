@@ -180,6 +180,10 @@ def test_lumped_tail_is_a_lower_bound_within_the_documented_gap(k):
     bound = forward_kl_tail_bound(student_lp, ids, top_lp, mask)
     assert (gap <= bound + 1e-10).all()
     assert (bound >= 0).all() and (bound > gap + 1e-3).any()  # a bound, not the gap itself
+    # ... which is no looser than the closed form r_T log(c r_S / min_tail p_S), c = p_(k) / r_T
+    c = top_lp.amin(-1).exp() / r_t[..., 0]
+    closed_form = r_t[..., 0] * (c * r_s[..., 0] / torch.where(tail, q, torch.inf).amin(-1)).log()
+    assert (bound <= closed_form + 1e-12).all()
 
 
 def test_tail_bound_is_reached_by_a_teacher_that_agrees_with_the_top_k():
@@ -215,8 +219,10 @@ def test_float32_student_confident_on_the_stored_tokens():
     ids = torch.arange(3).expand(1, 2, 3)
     top_lp = torch.log(torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64)).expand(1, 2, 3)
     mask = torch.ones(1, 2, dtype=torch.bool)
-    for fn in (forward_kl, reverse_kl, generalized_jsd):
-        want, want_grad = value_and_grad(lambda z, fn=fn: fn(F.log_softmax(z, -1), ids, top_lp, mask), logits)
+    for kind, fn in (("forward_kl", forward_kl), ("reverse_kl", reverse_kl), ("jsd", generalized_jsd)):
+        want, want_grad = value_and_grad(
+            lambda z, kind=kind: torch.stack([ref_lumped(kind, z[0, i], ids[0, i], top_lp[0, i]) for i in range(2)]
+                                             ).mean(), logits)
         got, got_grad = value_and_grad(lambda z, fn=fn: fn(F.log_softmax(z.float(), -1), ids, top_lp.float(), mask),
                                        logits)
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)

@@ -8,8 +8,9 @@
 Shapes: B sequences, T positions, V vocabulary, k stored teacher tokens per position. Every tensor
 is aligned with `student_log_probs` [B, T, V]: row (b, t) of the teacher's tensors describes the
 same next token as the student's distribution at (b, t) (the caller shifts, as
-`targets.shifted_labels` does), and `mask` [B, T] marks the completion positions. Nothing at any
-other position reaches a value or a gradient, whatever it holds (padding ids, NaN, -inf).
+`targets.shifted_labels` does), and `mask` [B, T] marks the completion positions. Whatever the
+teacher's tensors hold at any other position (padding ids, NaN, -inf) reaches neither a value nor a
+gradient; the student's log-probabilities must be finite everywhere (a log-softmax of finite logits is).
 
 The teacher (`TeacherTopK`): `topk_ids` [B, T, k], k distinct token ids; `topk_log_probs` [B, T, k],
 their natural-log probabilities under the teacher's full softmax (so they sum to <= 1 in
@@ -31,8 +32,8 @@ token-level term; `reduction="none"` gives the [B, T] values instead (0 off the 
 Memory: the student's log-softmax [B, T, V] is what cross-entropy already holds; the k stored
 columns are gathered ([B, T, k]). The student's tail mass is a logsumexp over its log-probabilities
 with the k columns set to -inf: one B x T x V copy, kept for the backward pass, the one extra
-B x T x V tensor of these terms. It is not 1 - sum_k p_S, which float32 rounds to 0 once the student
-puts more than 1 - 1e-7 of its mass on the k tokens, and then gives the tail no gradient.
+B x T x V tensor of these terms. It is not 1 - sum_k p_S: in float32 that sum rounds to 1 once the
+student leaves less than about 1e-7 to the tail, and the tail term would lose its value and gradient.
 
 docs/method.md ("Token-level divergences") gives the formulas and their references.
 """
