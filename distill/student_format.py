@@ -108,6 +108,11 @@ def dss_rationale_target(text: str) -> str:
     return (text[: found.start()] if found else text).strip()
 
 
+def states_answer(text: str) -> bool:
+    """Whether a rationale states its answer (`The answer is`, `So the answer is`, `Final answer:`)."""
+    return _ANSWER_STATEMENT.search(text) is not None
+
+
 def dss_label_target(label_text: str | None, answer: float) -> str:
     """The `dss` format's label target: the label as the dataset writes it (`answer_text`), or the
     bare number where none is given."""
