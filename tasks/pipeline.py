@@ -41,8 +41,11 @@ CACHE_VERSION = "3"  # 3: keys hash the step's job (distill.config declares exec
 STEP_CODE_VERSIONS = {kind: "1" for kind in KINDS}
 STEP_CODE_VERSIONS["mix"] = "2"  # `adaptive` became the reference code's per-(question, strategy) rule
 STEP_CODE_VERSIONS["verify"] = "2"  # answer parser 2 (distill.verify.PARSER_VERSION)
-STEP_CODE_VERSIONS["evaluate"] = "2"  # answer parser 2; forced, sampled and strict scores
+# evaluate 2: answer parser 2; forced, sampled and strict scores. 3: multiple-choice questions get
+# prompts of their own, and a multiple-choice label is scored as DSS scores it (its exact text).
+STEP_CODE_VERSIONS["evaluate"] = "3"
 STEP_CODE_VERSIONS["distill_set"] = "2"  # a file teacher's rationales kept right or wrong (given_rationales)
+STEP_CODE_VERSIONS["train"] = "2"  # multiple-choice prompts; checkpoints chosen on DSS's exact-text label score
 REPORT_FILE = "report/report.md"
 REPORT_KEY_FILE = "report/report.key"
 
