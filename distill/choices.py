@@ -17,6 +17,12 @@ line.
 
     choices, gold = gold_choice(question, "wooded area")     # (["british columbia", ...], 2)
     extract_choice("... So the answer is (c) wooded area.", choices)   # 2
+    label_choice("wooded area", choices)                                # 2 (DSS's exact match)
+
+A label-mode completion (the bare answer) is scored as Distilling Step-by-Step scores CommonsenseQA
+(`metrics.py`, `compute_metrics_text`: the decoded prediction must equal the label string, the
+correct choice's text): `label_choice` accepts the completion only when it is exactly one choice's
+text (surrounding whitespace aside), so neither a letter nor `(c) wooded area` counts.
 """
 
 from __future__ import annotations
@@ -82,6 +88,20 @@ def extract_choice(text: str, choices: Sequence[str]) -> int | None:
         if index is not None:
             return index
     return None
+
+
+def label_choice(text: str, choices: Sequence[str]) -> int | None:
+    """The choice a label-mode completion is, by DSS's exact string match: the index of the choice
+    whose text equals the completion (stripped of surrounding whitespace), else None. The index is
+    `choice_index`'s for that text, as the gold's is: a repeated text is its first listing."""
+    said = (text or "").strip()
+    return choice_index(said, choices) if said in choices else None
+
+
+def label_choice_answer(text: str, choices: Sequence[str]) -> float | None:
+    """`label_choice` as an answer value (the choice's index as a float)."""
+    index = label_choice(text, choices)
+    return None if index is None else float(index)
 
 
 def choice_answer(text: str, choices: Sequence[str]) -> float | None:

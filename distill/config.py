@@ -288,6 +288,11 @@ class TeacherConfig(Section):
     biased: Strategy | None = None
     """Keep one row per question by this strategy's priority (e.g. cot: cot > pot > l2m), in the
     teacher's set and in the student's set of every iteration (SIKeD's biased chains)."""
+    given_rationales: Literal["all", "correct"] = "all"
+    """Rationales given rather than generated (a `file` engine; `siked train` on dss_svamp or dss_cqa):
+    `all` trains on every one that states an answer, whatever answer it states, its answer statement
+    replaced by the gold, as Distilling Step-by-Step's loader does; `correct` keeps only those whose
+    answer is right. A generated teacher's samples are always kept only when correct (SIKeD)."""
 
 
 class VerifyConfig(Section):

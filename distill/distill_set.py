@@ -3,6 +3,11 @@
 - `select_correct`: the correct samples, one per (question, strategy): the correct one with the
   lowest sample index. Exemplar problems of the teacher prompts are dropped (and counted) even if an
   upstream step let one through.
+- `select_given`: for rationales given rather than generated (`teacher.given_rationales: all`),
+  one row per (question, strategy) whatever answer it states, as Distilling Step-by-Step trains on
+  its PaLM rationales: the rationale cut before its answer statement and ending with the gold
+  answer (`Final answer: 42`, `Final answer: (c) wooded area`). A program (PoT) cannot be given
+  the gold answer: it is kept only when correct.
 - `bias`: one row per question, the first strategy of a priority order that has a correct sample.
   The orders follow the SIKeD reference code (`create_data.py`): cot: cot > pot > l2m; pot: pot > cot
   > l2m; l2m: l2m > pot > cot.
@@ -23,7 +28,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from distill.answers import trim_after_final_answer
+from distill.answers import format_number, trim_after_final_answer
+from distill.choices import LETTERS, listed_choices
 from distill.strategies import EXEMPLAR_IDS, STRATEGIES, get_strategy
 from distill.verify import VERDICTS, records, sample_strategy
 
@@ -84,6 +90,59 @@ def select_correct(verified: Iterable[Mapping[str, Any]], questions: Mapping[str
             "model": row.get("model"),
         })
     return out
+
+
+def gold_statement(gold: float, question: str) -> str:
+    """The gold answer as a `Final answer:` line states it: the number, or for a multiple-choice
+    question (its choices listed, `gold` the correct one's index) `(c) <choice text>`."""
+    choices = listed_choices(question)
+    if choices:
+        return f"({LETTERS[int(gold)]}) {choices[int(gold)]}"
+    return format_number(gold)
+
+
+def with_gold_answer(rationale: str, gold: float, question: str) -> str | None:
+    """A given rationale cut before its answer statement (`The answer is`, `So the answer is`,
+    `Final answer:`), then `Final answer: <gold>`; None when it states no answer or nothing comes
+    before the statement (DSS's parse finds no rationale there either)."""
+    from distill.student_format import dss_rationale_target, states_answer
+
+    if not states_answer(rationale):
+        return None
+    kept = dss_rationale_target(rationale)
+    return f"{kept}\nFinal answer: {gold_statement(gold, question)}" if kept else None
+
+
+def select_given(verified: Iterable[Mapping[str, Any]], questions: Mapping[str, str],
+                 exclude_ids: Iterable[str] = EXEMPLAR_IDS) -> list[dict[str, Any]]:
+    """One training row per (question, strategy) from given rationales, right or wrong: the lowest
+    sample index among a question's usable samples (a CoT / L2M text that states an answer, its
+    statement replaced by the gold's; a correct program). Order and columns as `select_correct`."""
+    exclude = set(exclude_ids)
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    order: dict[str, int] = {}
+    for row in records(verified):
+        strategy = sample_strategy(row)[0]
+        if strategy is None or row["question_id"] in exclude:
+            continue
+        if row["question_id"] not in questions:
+            raise KeyError(f"no question text for {row['question_id']!r}")
+        question = questions[row["question_id"]]
+        if strategy == "pot":
+            text = solution_text(strategy, str(row["text"])) if row.get("verdict") == "correct" else None
+        else:
+            text = with_gold_answer(get_strategy(strategy).parse(str(row["text"])).solution, float(row["gold"]),
+                                    question)
+        key = (row["question_id"], strategy)
+        if text is None or (key in best and int(row["sample_index"]) >= best[key]["sample_index"]):
+            continue
+        order.setdefault(row["question_id"], len(order))
+        best[key] = {"question_id": row["question_id"], "question": question, "gold": float(row["gold"]),
+                     "strategy": strategy, "text": text, "sample_index": int(row["sample_index"]),
+                     "source": row.get("source"), "iteration": _optional_int(row.get("iteration")),
+                     "model": row.get("model")}
+    rank = {name: i for i, name in enumerate(STRATEGIES)}
+    return [row for (_, _), row in sorted(best.items(), key=lambda kv: (order[kv[0][0]], rank[kv[0][1]]))]
 
 
 def bias(examples: Iterable[Mapping[str, Any]], prefer: str) -> list[dict[str, Any]]:

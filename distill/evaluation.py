@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distill.answers import answers_match
-from distill.choices import choice_answer, gold_answers
+from distill.choices import gold_answers, label_choice_answer
 from distill.config import SamplingConfig
 from distill.engines.base import GenerationRequest
 from distill.student_format import (
@@ -101,7 +101,8 @@ def evaluate(engine, problems: list[Mapping[str, Any]], benchmark: str, mode: st
             "strategy": sample["strategy"] if mode != "label" else None,
             "text": sample["text"], "gold": sample["gold"], "predicted": result["predicted"],
             "verdict": result["verdict"], "rule": result["rule"], "finish_reason": sample["finish_reason"],
-            "model": model, "prompt_hash": student_prompt_hash("label" if mode == "label" else "rationale"),
+            "model": model, "prompt_hash": student_prompt_hash("label" if mode == "label" else "rationale",
+                                                               sample["question_id"] in choices),
             "parser_version": PARSER_VERSION,
             "decoding": decoding,
         })
@@ -116,9 +117,9 @@ def _verify(samples: list[dict], mode: str, sandbox, limits, rel_tol: float,
 
 
 def _verify_label(sample: Mapping[str, Any], rel_tol: float, listed: list[str] | None = None) -> dict[str, Any]:
-    """Label mode: the completion is the bare answer; its first number is the prediction (the
-    choice it names, for a multiple-choice question)."""
-    value = parse_label_output(sample["text"]) if listed is None else choice_answer(sample["text"], listed)
+    """Label mode: the completion is the bare answer; its first number is the prediction (for a
+    multiple-choice question, the choice whose text it is exactly, as DSS scores it)."""
+    value = parse_label_output(sample["text"]) if listed is None else label_choice_answer(sample["text"], listed)
     if value is None:
         verdict = "truncated" if sample["finish_reason"] == "length" else "no_answer"
     else:

@@ -26,10 +26,10 @@ def teacher_prompts(problems: list[dict], strategies: tuple[str, ...], tokenizer
 
 
 def student_prompts(problems: list[dict]) -> list[PromptSpec]:
-    from distill.student_format import rationale_prompt, student_prompt_hash
+    from distill.student_format import is_multiple_choice, rationale_prompt, student_prompt_hash
 
-    version = student_prompt_hash("rationale")
-    return [PromptSpec(p["id"], AUTO_STRATEGY, rationale_prompt(p["question"]), version) for p in problems]
+    return [PromptSpec(p["id"], AUTO_STRATEGY, rationale_prompt(p["question"]),
+                       student_prompt_hash("rationale", is_multiple_choice(p["question"]))) for p in problems]
 
 
 def stop_strings(sampling: SamplingConfig, teacher: bool) -> SamplingConfig:

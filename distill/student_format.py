@@ -12,6 +12,12 @@ the task is selected by the instruction, the prefix before the question:
 - label task (DSS): instruction to give the final answer alone; target the bare number (`12`,
   `0.75`).
 
+A multiple-choice question (its choices listed under `Answer Choices:`, `distill.choices`) gets
+instructions of its own: the label task asks for the correct choice's text alone, the label DSS
+trains on CommonsenseQA and compares exactly with the prediction; the rationale task asks to
+reason towards one of the listed choices. DSS's own inputs are the question with its choices
+listed behind a task prefix (`predict: ` / `explain: `); here the instruction is the prefix.
+
 Student prompts are plain text, never put through a chat template, for base and instruct students
 alike: the student is fine-tuned on exactly these strings, so training, self-generation and
 evaluation see the same tokens whatever template the checkpoint ships with (and a merged LoRA
@@ -30,6 +36,7 @@ import json
 import re
 
 from distill.answers import expression_or_first_number, first_number, format_number
+from distill.choices import listed_choices
 from distill.strategies import STRATEGIES, strip_tag
 from distill.strategies.render import PREAMBLE
 
@@ -40,6 +47,12 @@ RATIONALE_INSTRUCTION = (
     "according to the generated strategy."
 )
 LABEL_INSTRUCTION = "Give only the final numeric answer to the following Math Word Problem."
+CHOICE_RATIONALE_INSTRUCTION = (
+    "Explain step by step which of the listed answer choices answers the following multiple-choice question."
+)
+CHOICE_LABEL_INSTRUCTION = (
+    "Give only the text of the correct answer choice, as it is listed, for the following multiple-choice question."
+)
 STUDENT_TEMPLATE = "{preamble}\n\n### Instruction:\n{instruction}\n\n### Input:\n{question}\n\n### Response:\n"
 
 
@@ -47,14 +60,22 @@ def _prompt(instruction: str, question: str) -> str:
     return STUDENT_TEMPLATE.format(preamble=PREAMBLE, instruction=instruction, question=question.strip())
 
 
+def is_multiple_choice(question: str) -> bool:
+    """Whether `question` lists its answer choices (a multiple-choice problem, `distill.choices`)."""
+    return bool(listed_choices(question))
+
+
 def rationale_prompt(question: str) -> str:
-    """The rationale-task (SIKeD) prompt; the student continues with `[strategy]: solution`."""
-    return _prompt(RATIONALE_INSTRUCTION, question)
+    """The rationale-task (SIKeD) prompt; the student continues with `[strategy]: solution` (for a
+    multiple-choice question, its reasoning towards a listed choice)."""
+    choice = is_multiple_choice(question)
+    return _prompt(CHOICE_RATIONALE_INSTRUCTION if choice else RATIONALE_INSTRUCTION, question)
 
 
 def label_prompt(question: str) -> str:
-    """The label-task (DSS) prompt; the student continues with the bare answer."""
-    return _prompt(LABEL_INSTRUCTION, question)
+    """The label-task (DSS) prompt; the student continues with the bare answer (for a
+    multiple-choice question, the correct choice's text)."""
+    return _prompt(CHOICE_LABEL_INSTRUCTION if is_multiple_choice(question) else LABEL_INSTRUCTION, question)
 
 
 def strategy_tag(strategy: str) -> str:
@@ -108,17 +129,28 @@ def dss_rationale_target(text: str) -> str:
     return (text[: found.start()] if found else text).strip()
 
 
+def states_answer(text: str) -> bool:
+    """Whether a rationale states its answer (`The answer is`, `So the answer is`, `Final answer:`)."""
+    return _ANSWER_STATEMENT.search(text) is not None
+
+
 def dss_label_target(label_text: str | None, answer: float) -> str:
     """The `dss` format's label target: the label as the dataset writes it (`answer_text`), or the
     bare number where none is given."""
     return label_text.strip() if label_text and label_text.strip() else format_number(answer)
 
 
-def student_prompt_hash(task: str) -> str:
-    """Version hash (16 hex digits) of the student prompt of `task` (rationale | label)."""
+def student_prompt_hash(task: str, multiple_choice: bool = False) -> str:
+    """Version hash (16 hex digits) of the student prompt of `task` (rationale | label), for
+    questions with listed choices when `multiple_choice`."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
-    instruction = RATIONALE_INSTRUCTION if task == "rationale" else LABEL_INSTRUCTION
+    if multiple_choice:
+        instruction = CHOICE_RATIONALE_INSTRUCTION if task == "rationale" else CHOICE_LABEL_INSTRUCTION
+    else:
+        instruction = RATIONALE_INSTRUCTION if task == "rationale" else LABEL_INSTRUCTION
     payload = {"version": STUDENT_FORMAT_VERSION, "task": task, "preamble": PREAMBLE,
                "template": STUDENT_TEMPLATE, "instruction": instruction}
+    if multiple_choice:  # numeric prompts keep the hashes they had before choices had prompts of their own
+        payload["multiple_choice"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

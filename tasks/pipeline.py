@@ -41,7 +41,11 @@ CACHE_VERSION = "3"  # 3: keys hash the step's job (distill.config declares exec
 STEP_CODE_VERSIONS = {kind: "1" for kind in KINDS}
 STEP_CODE_VERSIONS["mix"] = "2"  # `adaptive` became the reference code's per-(question, strategy) rule
 STEP_CODE_VERSIONS["verify"] = "2"  # answer parser 2 (distill.verify.PARSER_VERSION)
-STEP_CODE_VERSIONS["evaluate"] = "2"  # answer parser 2; forced, sampled and strict scores
+# evaluate 2: answer parser 2; forced, sampled and strict scores. 3: multiple-choice questions get
+# prompts of their own, and a multiple-choice label is scored as DSS scores it (its exact text).
+STEP_CODE_VERSIONS["evaluate"] = "3"
+STEP_CODE_VERSIONS["distill_set"] = "2"  # a file teacher's rationales kept right or wrong (given_rationales)
+STEP_CODE_VERSIONS["train"] = "2"  # multiple-choice prompts; checkpoints chosen on DSS's exact-text label score
 REPORT_FILE = "report/report.md"
 REPORT_KEY_FILE = "report/report.key"
 
@@ -243,7 +247,10 @@ def _verify_and_select(b: _Builder, cfg: RunConfig, iteration: int) -> None:
           {"verified": Output("verified.parquet", "verified")})
     # A biased chain (SIKeD's CoT-, L2M- and PoT-biased runs) biases the teacher's set, the round-0
     # training set; later rounds bias their mixture (the mix step), as the reference does.
-    b.add(f"{stage}/distill_set", "distill_set", iteration, {"biased": cfg.teacher.biased if iteration == 0 else None},
+    job: dict[str, Any] = {"biased": cfg.teacher.biased if iteration == 0 else None}
+    if iteration == 0 and cfg.teacher.engine.kind == "file":  # rationales given, not generated
+        job["given_rationales"] = cfg.teacher.given_rationales
+    b.add(f"{stage}/distill_set", "distill_set", iteration, job,
           {"verified": f"{stage}/verify", "problems": "problems/train"},
           {"distill_set": Output("distill_set.parquet", "train_examples")})
 
@@ -311,7 +318,8 @@ def train_only_steps(cfg: RunConfig, layout: RunLayout, *, train_set: str | None
         if cfg.train.format == "dss":  # its labels are the problems' answer_text
             _add_problems(b, "problems/train", cfg.train_data, cfg)
         job = ({"path": train_set} if train_set is not None
-               else {"ref": cfg.train_data, "data_folder": cfg.data_dir})
+               else {"ref": cfg.train_data, "data_folder": cfg.data_dir,
+                     "given_rationales": cfg.teacher.given_rationales})
         extra = {"file_sha256": file_content_hash(train_set)} if train_set is not None else {}
         b.add("train_set", "train_set", None, job, {},
               {"train_set": Output("train_set.parquet", "train_examples")},

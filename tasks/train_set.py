@@ -37,28 +37,37 @@ def read_train_set(path: str) -> Any:
         return to_table(pq.read_table(handle), "train_examples")
 
 
-def given_rationale_rows(ref: BenchmarkRef, data_folder: str | None) -> list[dict[str, Any]]:
+def given_rationale_rows(ref: BenchmarkRef, data_folder: str | None, given_rationales: str = "all"
+                         ) -> list[dict[str, Any]]:
     """TRAIN_EXAMPLES rows from the rationales `ref` brings: DSS's released PaLM rationales, or the
     `rationale` field of a file benchmark (the text before a final `####` line). Each row keeps the
-    dataset's label as `label_text`."""
+    dataset's label as `label_text`. `given_rationales` (`teacher.given_rationales`): `all` keeps
+    PaLM's rationales whatever answer PaLM gave, as DSS does; `correct` only those whose answer,
+    read by DSS's parse, equals the gold."""
     from distill.benchmarks import load_rationales
-    from distill.benchmarks.file import given_rationales
+    from distill.benchmarks.file import given_rationales as file_rationales
     from distill.training.data import dss_rationale_rows
     from tasks.jobs.benchmarks import load_problems
 
     if not has_given_rationales(ref):
         raise ValueError(f"train_data is {ref.benchmark_name!r}: rationales are read for dss_svamp, dss_cqa "
                          "and file benchmarks with a `rationale` field (give train_set=PATH for other data)")
+    if ref.name == "file" and given_rationales == "correct":
+        raise ValueError("teacher.given_rationales=correct: a file's `rationale` field states no answer of its "
+                         "own to check against the gold; use `all` (every rationale is kept)")
     problems = load_problems(ref, data_folder).problems
     if ref.name == "file":
-        rows, counts = dss_rationale_rows(problems, given_rationales(problems), model=f"file:{ref.rationale}")
+        rows, counts = dss_rationale_rows(problems, file_rationales(problems), model=f"file:{ref.rationale}")
         counts.pop("palm_answer_differs", None)  # a file's rationales state no separate answer to compare
         note = f"rationales from field {ref.rationale!r}; records without one are dropped"
     else:
         from storage.paths import data_dir
 
-        rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, data_dir(data_folder)))
-        note = "no_rationale rows are dropped, palm_answer_differs rows are kept as in DSS"
+        keep_wrong = given_rationales == "all"
+        rows, counts = dss_rationale_rows(problems, load_rationales(ref.name, ref.split, data_dir(data_folder)),
+                                          keep_wrong=keep_wrong)
+        note = ("no_rationale rows are dropped, palm_answer_differs rows are "
+                + ("kept as in DSS" if keep_wrong else "dropped (teacher.given_rationales=correct)"))
     print(f"[siked train] {ref.benchmark_name}/{ref.split}: {len(problems)} problems -> {len(rows)} rows "
           f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none dropped'}; {note})",
           file=sys.stderr)
@@ -71,14 +80,14 @@ def train_set_result(output: str, **_: object) -> dict:
 
 @step_task(train_set_result, name="train-set", task_run_name="train-set", retries=0)
 def freeze_train_set(output: str, key: str, path: str | None = None, ref: BenchmarkRef | None = None,
-                     data_folder: str | None = None) -> dict:
+                     data_folder: str | None = None, given_rationales: str = "all") -> dict:
     """The rows of the file at `path`, or the rationales `ref` brings, as a TRAIN_EXAMPLES artifact."""
     if path is not None:
         table = read_train_set(path)
         parents = with_manifests(path) or [{"path": path, "content_hash": fs.sha256_file(path)}]
         write_artifact(output, table, "train_examples", config_hash=key, parents=parents)
         return train_set_result(output)
-    rows = given_rationale_rows(ref, data_folder)
+    rows = given_rationale_rows(ref, data_folder, given_rationales)
     recorded = [{k: v for k, v in row.items() if k != "label_text"} for row in rows]  # not a set column
     write_artifact(output, recorded, "train_examples", config_hash=key)
     return train_set_result(output)

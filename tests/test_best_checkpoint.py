@@ -55,7 +55,8 @@ def test_multiple_choice_validation_judges_the_named_choice():
     question = render_choices("Where do beavers get wood?", ["zoo", "wooded area", "sea"])
     questions = [SimpleNamespace(question_id=f"q{i}", gold=1.0, question=question) for i in range(3)]
     completions = ["wooded area", "(c)", "So the answer is (b) wooded area."]
-    assert _judge("label", questions, completions, ["stop"] * 3) == [True, False, True]
+    # a label is the choice's exact text, as DSS scores it; a rationale names its choice by letter or text
+    assert _judge("label", questions, completions, ["stop"] * 3) == [True, False, False]
     assert _judge("rationale", questions, completions, ["stop"] * 3) == [True, False, True]
 
 

@@ -84,7 +84,7 @@ def test_evaluation_scores_multiple_choice_in_label_and_rationale_modes():
     problems = [{"id": "q1", "question": QUESTION, "answer": math.nan, "answer_text": "wooded area"},
                 {"id": "q2", "question": QUESTION, "answer": math.nan, "answer_text": "zoo"}]
     label = evaluate(ScriptedEngine(["wooded area", "(a)"]), problems, "dss_cqa-test", "label", 8, "m")
-    assert [(r["verdict"], r["gold"], r["predicted"]) for r in label] == [("correct", 2.0, 2.0), ("wrong", 4.0, 0.0)]
+    assert [(r["verdict"], r["gold"], r["predicted"]) for r in label] == [("correct", 2.0, 2.0), ("no_answer", 4.0, None)]
     rationale = evaluate(ScriptedEngine(["[cot]: zoos hold beavers. So the answer is (e) zoo.", "[cot]: hm"]),
                          problems, "dss_cqa-test", "rationale", 8, "m", sandbox=lambda codes: {})
     assert [r["verdict"] for r in rationale] == ["wrong", "no_answer"]
@@ -116,3 +116,23 @@ def test_dss_cqa_rows_keep_palms_rationales_with_the_choice_as_gold_and_label(da
     differs = sum(1 for r in rows[:200] if choice_index(rationales[r["question_id"]].label or "",
                                                          listed[r["question_id"]]) != r["gold"])
     assert share == pytest.approx(1 - differs / 200, abs=0.02)
+
+
+def test_a_label_is_scored_as_dss_scores_commonsenseqa():
+    """DSS's `compute_metrics_text` (metrics.py): the decoded prediction must equal the label string,
+    the correct choice's text; a letter, a lettered text or another case is no match."""
+    from types import SimpleNamespace
+
+    from distill.evaluation import evaluate
+    from distill.training.validation import _judge
+
+    said = ["wooded area", " wooded area\n", "(c)", "(c) wooded area", "Wooded area", "zoo"]
+    problems = [{"id": f"q{i}", "question": QUESTION, "answer": math.nan, "answer_text": "wooded area"}
+                for i in range(len(said))]
+    label = evaluate(ScriptedEngine(said), problems, "dss_cqa-test", "label", 8, "m")
+    assert [(r["verdict"], r["predicted"]) for r in label] == [
+        ("correct", 2.0), ("correct", 2.0), ("no_answer", None), ("no_answer", None), ("no_answer", None),
+        ("wrong", 4.0)]
+    # checkpoint selection on label accuracy scores the same way
+    asked = [SimpleNamespace(question_id=p["id"], question=QUESTION, gold=2.0) for p in problems]
+    assert _judge("label", asked, said, ["stop"] * len(said)) == [True, True, False, False, False, False]

@@ -76,3 +76,19 @@ def test_a_label_written_as_an_equation_is_scored_by_its_value():
     assert parse_label_output("42 apples") == 42.0
     assert parse_label_output("about 12 + lots") == 12.0  # not an expression: its first number
     assert parse_label_output("") is None
+
+
+def test_a_multiple_choice_question_is_asked_for_one_of_its_listed_choices():
+    from distill.choices import render_choices
+
+    choices = ["british columbia", "body of water", "wooded area", "pay debts", "zoo"]
+    question = render_choices("A beaver is know for building prowess, their supplies come from where?", choices)
+    rationale, label = rationale_prompt(question), label_prompt(question)
+    for prompt in (rationale, label):
+        assert "numeric" not in prompt and "Math Word Problem" not in prompt and "multiple-choice question" in prompt
+        assert all(f"({letter}) {choice}\n" in prompt for letter, choice in zip("abcde", choices, strict=True))
+    assert "text of the correct answer choice" in label  # DSS's label: the choice's text
+    assert "Explain step by step which of the listed answer choices" in rationale
+    assert LABEL_INSTRUCTION in label_prompt(QUESTION) and RATIONALE_INSTRUCTION in rationale_prompt(QUESTION)
+    assert student_prompt_hash("label", multiple_choice=True) != student_prompt_hash("label")
+    assert student_prompt_hash("rationale", multiple_choice=True) != student_prompt_hash("rationale")

@@ -155,8 +155,8 @@ def build_texts(rows: Any, fmt: str = "siked") -> tuple[list[TwoTaskText], Count
     return texts, dropped
 
 
-def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], model: str = "palm-540b"
-                       ) -> tuple[list[dict[str, Any]], Counter]:
+def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], model: str = "palm-540b",
+                       keep_wrong: bool = True) -> tuple[list[dict[str, Any]], Counter]:
     """Distilling Step-by-Step's released rationales -> TRAIN_EXAMPLES rows (strategy `cot`).
 
     `problems`: `distill.benchmarks.Problem` of a dss_* split; `rationales`: problem id ->
@@ -164,8 +164,9 @@ def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], m
     text before `The answer is`) followed by `Final answer: <gold>`, the ending every CoT target has
     here (for CommonsenseQA `Final answer: (c) <choice>`, the gold being the choice's index, and the
     label text the choice). As in DSS, a rationale is kept whether or not PaLM's own answer was
-    right (the label task learns the gold). Returns (rows, Counter): `no_rationale` (the completion lacks the marker;
-    dropped), `no_gold` (dropped), `palm_answer_differs` (kept; counted for the report).
+    right (the label task learns the gold); `keep_wrong=False` drops those. Returns (rows, Counter):
+    `no_rationale` (the completion lacks the marker; dropped), `no_gold` (dropped),
+    `palm_answer_differs` (kept unless `keep_wrong` is False; counted for the report).
     """
     from distill.answers import answers_match, format_number
     from distill.choices import LETTERS, choice_index, gold_choice
@@ -194,6 +195,8 @@ def dss_rationale_rows(problems: Iterable[Any], rationales: Mapping[str, Any], m
             continue
         if not palm_right:
             counts["palm_answer_differs"] += 1
+            if not keep_wrong:
+                continue
         text = f"{found.rationale.strip()}\nFinal answer: {answer}"
         rows.append({"question_id": problem.id, "question": problem.question, "gold": float(gold),
                      "strategy": "cot", "text": text, "sample_index": 0, "source": "teacher",

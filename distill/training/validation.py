@@ -80,10 +80,11 @@ def accuracy_questions(texts: list[Any], limit: int) -> list[Any]:
 
 
 def _judge(mode: str, questions: list[Any], completions: list[str], finished: list[str]) -> list[bool]:
-    """Whether each completion answers its question: the label's first number, or the rationale read
-    by its own strategy tag as evaluation reads it (PoT programs run in the sandbox)."""
+    """Whether each completion answers its question: the label's first number (a choice's exact
+    text, as DSS scores a multiple-choice label), or the rationale read by its own strategy tag as
+    evaluation reads it (PoT programs run in the sandbox)."""
     from distill.answers import answers_match
-    from distill.choices import choice_answer, listed_choices
+    from distill.choices import label_choice_answer, listed_choices
     from distill.student_format import parse_label_output, parse_student_output
     from distill.verify import verify_samples
 
@@ -91,7 +92,7 @@ def _judge(mode: str, questions: list[Any], completions: list[str], finished: li
     choices = {q.question_id: listed for q in questions if (listed := listed_choices(q.question))}
     if mode == "label":
         return [answers_match(parse_label_output(c) if q.question_id not in choices else
-                              choice_answer(c, choices[q.question_id]), q.gold)
+                              label_choice_answer(c, choices[q.question_id]), q.gold)
                 for q, c in zip(questions, completions, strict=True)]
     samples = [{"question_id": q.question_id, "strategy": parse_student_output(c)[0] or "none", "text": c,
                 "finish_reason": f, "gold": q.gold} for q, c, f in zip(questions, completions, finished, strict=True)]
