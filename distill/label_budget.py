@@ -24,6 +24,8 @@ AUTO = "auto"
 # an answer spelt a little longer than the gold (`12.0` for `12`, other spacing around an equation's
 # brackets, a trailing period), so that the budget never decides between one spelling and another.
 # A well-trained student stops at its end-of-sequence token, so the slack costs nothing there.
+# Step keys hold the setting `auto`, not the number: changing the margin or `gold_labels` changes what
+# the evaluate and train steps write, so bump their STEP_CODE_VERSIONS (tasks/pipeline.py) with it.
 LABEL_MARGIN = 8
 
 
