@@ -156,13 +156,20 @@ def dss_rows(problems):
 
 
 def test_label_validation_budgets_as_evaluation_does(tokenizer):
+    from distill.training.data import build_texts
     from distill.training.loop import LoopOptions
+    from distill.training.validation import label_validation_budget
 
     perfect = {p["question"]: p["answer_text"] for p in PROBLEMS}
     accuracy, budgets = validation_accuracy(tokenizer, dss_rows(PROBLEMS), perfect, LoopOptions())
     assert budgets == [24 + LABEL_MARGIN] and accuracy == 1.0
     accuracy, budgets = validation_accuracy(tokenizer, dss_rows(PROBLEMS), perfect, LoopOptions(label_max_tokens=16))
     assert budgets == [16] and accuracy == 0.5
+    # what the training log says once, before the first step
+    texts, _ = build_texts(dss_rows(PROBLEMS), "dss")
+    assert label_validation_budget(texts, tokenizer, LoopOptions(label_max_tokens=16)) == (16, (
+        "eval.label_max_tokens=16: 1 of 2 gold labels of the validation questions need more tokens (up to 24); "
+        "they cannot be scored correct"))
 
 
 def test_label_validation_honours_the_relative_tolerance(tokenizer):
