@@ -71,7 +71,8 @@ def train(run: Run, iteration: int) -> dict:
     job = TrainJob(train_set_url=run.input(name, "train_set"), start_model=start, cfg=step.job["cfg"],
                    output_dir=step.output("student"), checkpoint_dir=f"{step.folder}/checkpoints",
                    metrics_url=step.output("metrics"), key=step.key, iteration=iteration,
-                   problems_url=run.input(name, "problems") if "problems" in step.inputs else None)
+                   problems_url=run.input(name, "problems") if "problems" in step.inputs else None,
+                   **{k: v for k, v in step.job.items() if k != "cfg"})  # label-mode validation's scoring
     with on_gpus(train_devices(job.cfg)):
         return run.submit(train_student_step, name, job=job)
 

@@ -7,7 +7,7 @@
 A step's key hashes its kind, the values of exactly the config fields it reads, its iteration, the
 keys of the steps whose outputs it reads and the code's cache version. A changed field therefore
 changes the keys of the steps that read it and of everything downstream, and nothing else: another
-learning rate keeps the teacher's keys, another evaluation budget keeps every training key. Outputs
+learning rate keeps the teacher's keys, another `eval.max_tokens` keeps every training key. Outputs
 live in the step store under the runs root (storage.step_store), so runs that agree on a step share
 its output. The flow, `siked status` and `siked plan` all read this list; no other code builds keys.
 
@@ -179,8 +179,11 @@ def _evaluate(b: _Builder, cfg: RunConfig, stage: str, eval_sets: list[str], mod
         return
     sampled = "sampled" in cfg.eval.modes  # self-consistency draws: its seed and settings count
     job = {"engine": cfg.siked.engine, "verify": cfg.verify, "max_tokens": cfg.eval.max_tokens,
-           "label_max_tokens": cfg.eval.label_max_tokens,
            "self_consistency": cfg.eval.self_consistency if sampled else None}
+    if "label" in cfg.eval.modes:
+        # `auto` is resolved in the body, from the problems and the model's tokenizer it reads: both
+        # are in the key already (the problems steps' and the model's), so the setting is enough.
+        job["label_max_tokens"] = cfg.eval.label_max_tokens
     if model_spec is not None:
         job["model"] = model_spec
     # What decides the outputs beyond the job: the modes (one output each), and how bare answers
@@ -235,7 +238,13 @@ def _train(b: _Builder, cfg: RunConfig, iteration: int, train_set: str) -> str:
         inputs["start"] = f"iter-{iteration - 1:02d}/train"
     if cfg.train.format == "dss":
         inputs["problems"] = "problems/train"  # the labels as the dataset writes them (answer_text)
-    b.add(f"{stage}/train", "train", iteration, {"cfg": cfg.train}, inputs,
+    job: dict[str, Any] = {"cfg": cfg.train}
+    if cfg.train.select_on == "label":
+        # Label-mode checkpoint selection scores bare answers as evaluation does: the same budget
+        # (`auto` resolved from the validation labels and the student's tokenizer, both read by the
+        # body from its inputs) and the same tolerance.
+        job |= {"label_max_tokens": cfg.eval.label_max_tokens, "rel_tol": cfg.verify.rel_tol}
+    b.add(f"{stage}/train", "train", iteration, job, inputs,
           {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
     return f"{stage}/train"
 

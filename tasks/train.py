@@ -33,6 +33,7 @@ def train_student_step(job: TrainJob) -> dict:
     attempt's newest checkpoint is resumed from."""
     from distill.models import resolve_model
     from distill.training.launch import launch_training
+    from distill.training.loop import LoopOptions
 
     rows = read_artifact(job.train_set_url, "train_examples").to_pandas()
     if rows.empty:
@@ -46,7 +47,8 @@ def train_student_step(job: TrainJob) -> dict:
     unmark_folder_complete(output)
     result = with_progress(f"train-{Path(job.output_dir).parent.name}", f"Training iteration {job.iteration}",
                            lambda: fraction_done(job, planned_steps(job.cfg, len(rows))),
-                           launch_training, job.cfg, rows, model_path, output, checkpoints)
+                           launch_training, job.cfg, rows, model_path, output, checkpoints,
+                           LoopOptions(label_max_tokens=job.label_max_tokens, rel_tol=job.rel_tol))
     # The model it started from is a parent too: a retrained start model retrains this one.
     parents = with_manifests(job.train_set_url, job.problems_url, job.start_model)
     write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key, parents=parents)

@@ -205,8 +205,9 @@ def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_pa
 
     sets = [{"name": "arith", "split": "test", "size": 3},
             {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]
-    plain = load_config({"name": "pinned", "eval": {"benchmarks": sets}})
-    # pinned: the id moves when a config field is added (teacher.given_rationales), never for an unset label
+    # pinned: the id moves when a config field is added (teacher.given_rationales) or a default changes
+    # (eval.label_max_tokens, set here to its old value), never for an unset label
+    plain = load_config({"name": "pinned", "eval": {"benchmarks": sets, "label_max_tokens": 16}})
     assert run_id(plain) == "pinned-f805796d4d"
     import yaml
 

@@ -29,7 +29,7 @@ def train_losses(metrics: list[dict]) -> list[float]:
 
 
 def quiet(**changes) -> LoopOptions:
-    return LoopOptions(**{"log_every": 100, "val_accuracy_limit": 4, "val_max_new_tokens": 4, **changes})
+    return LoopOptions(**{"log_every": 100, "val_accuracy_limit": 4, "label_max_tokens": 4, **changes})
 
 
 @pytest.mark.slow

@@ -59,7 +59,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoopOptions:
-    """Settings of the loop that are not part of the method (so not in the run config)."""
+    """Settings of the loop beyond `train.*`: how it runs (not part of the method, so not in the run
+    config), and the label-mode scoring validation shares with evaluation (the training step's job
+    carries `eval.label_max_tokens` and `verify.rel_tol` with `train.select_on: label`)."""
 
     resume: bool = True
     """Continue from the newest complete checkpoint in `checkpoint_dir` when there is one."""
@@ -67,7 +69,12 @@ class LoopOptions:
     """Step checkpoints kept on disk (the newest ones); `best/` is kept apart."""
     val_accuracy_limit: int = 200
     """Validation questions answered greedily for the accuracy (the first ones by id hash order)."""
-    val_max_new_tokens: int = 16
+    label_max_tokens: int | str = "auto"
+    """New tokens per label-mode validation answer (`eval.label_max_tokens`): `auto` resolves from the
+    validation questions' label targets in the student's tokens, as evaluation resolves it from its
+    set (`distill.label_budget`)."""
+    rel_tol: float = 1e-6
+    """Relative tolerance of a label-mode validation answer against a non-integer gold (`verify.rel_tol`)."""
     val_batch_size: int = 16
     log_every: int = 10
     """A progress line on stderr every this many steps."""
@@ -106,6 +113,13 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     if is_main:
         (checkpoint_dir / "data_report.json").write_text(json.dumps(data.report, indent=2), encoding="utf-8")
         _say(f"data: {json.dumps(data.report)}")
+    if is_main and data.val and cfg.select_on == "label":
+        from distill.training.validation import label_validation_budget
+
+        budget, warning = label_validation_budget(data.val_texts, data.tokenizer, options)
+        _say(f"label-mode validation: {budget} new tokens per answer, relative tolerance {options.rel_tol:g}")
+        if warning:
+            _say(f"warning: {warning}")
     found = ckpt.latest_checkpoint(checkpoint_dir) if options.resume else None
     state = build_state(cfg, model_path, dist_, data, resume_from=found)
     if found is not None and is_main:

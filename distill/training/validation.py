@@ -7,7 +7,8 @@ Accuracy is greedy generation over the first `options.val_accuracy_limit` valida
 fixed order (sha256 of the id), in the mode `train.select_on` names: `rationale` (the default, SIKeD's
 protocol: the strategy-tagged solution, `train.val_max_tokens` new tokens, read by its own tag and
 verified as evaluation does, PoT programs in the sandbox) or `label` (DSS's: the bare answer,
-`options.val_max_new_tokens` new tokens, its first number against the gold).
+`options.label_max_tokens` new tokens, `auto` derived from the validation labels as evaluation
+derives its budget from its set, read and compared within `options.rel_tol` as evaluation reads it).
 
 Distributed: the examples are dealt out to the processes (example i to rank i mod world), each
 shard padded with repeats of weight 0 to the same length, so every process makes the same number of
@@ -57,7 +58,8 @@ def evaluate(wrapped: Any, model: Any, examples: list[Any], texts: list[Any], to
             sums["tokens"] += batch_tokens(batch) * weight / len(chunk)
         correct, answered = _accuracy(model, texts, tokenizer, options, dist_, autocast,
                                       synced=dist_.enabled and cfg.distributed == "fsdp", mode=cfg.select_on,
-                                      max_new_tokens=cfg.val_max_tokens if cfg.select_on == "rationale" else None)
+                                      max_new_tokens=cfg.val_max_tokens if cfg.select_on == "rationale"
+                                      else label_validation_budget(texts, tokenizer, options)[0])
     sums |= {"correct": correct, "answered": answered}
     totals = dict(zip(sums, dist_.all_sum(list(sums.values())), strict=True))
     if was_training:
@@ -79,10 +81,23 @@ def accuracy_questions(texts: list[Any], limit: int) -> list[Any]:
     return ordered[:limit]
 
 
-def _judge(mode: str, questions: list[Any], completions: list[str], finished: list[str]) -> list[bool]:
-    """Whether each completion answers its question: the label's first number (a choice's exact
-    text, as DSS scores a multiple-choice label), or the rationale read by its own strategy tag as
-    evaluation reads it (PoT programs run in the sandbox)."""
+def label_validation_budget(texts: list[Any], tokenizer: Any, options: Any) -> tuple[int, str | None]:
+    """New tokens per label-mode answer of the accuracy questions (`options.label_max_tokens`, `auto`
+    resolved from their label targets in the student's tokens, as evaluation resolves it from its
+    set), and a warning when a set budget cannot hold some of those targets."""
+    from distill.label_budget import label_budget, shortfall_warning, token_counter
+
+    count = token_counter(tokenizer)
+    lengths = [count(q.label_target) for q in accuracy_questions(texts, options.val_accuracy_limit)]
+    return (label_budget(options.label_max_tokens, lengths),
+            shortfall_warning(options.label_max_tokens, lengths, "the validation questions"))
+
+
+def _judge(mode: str, questions: list[Any], completions: list[str], finished: list[str],
+           rel_tol: float = 1e-6) -> list[bool]:
+    """Whether each completion answers its question: the label read as evaluation reads it (its value
+    within `rel_tol` of the gold; a choice's exact text, as DSS scores a multiple-choice label), or the rationale read by its own strategy tag as evaluation reads
+    it (PoT programs run in the sandbox)."""
     from distill.answers import answers_match
     from distill.choices import label_choice_answer, listed_choices
     from distill.student_format import parse_label_output, parse_student_output
@@ -92,7 +107,7 @@ def _judge(mode: str, questions: list[Any], completions: list[str], finished: li
     choices = {q.question_id: listed for q in questions if (listed := listed_choices(q.question))}
     if mode == "label":
         return [answers_match(parse_label_output(c) if q.question_id not in choices else
-                              label_choice_answer(c, choices[q.question_id]), q.gold)
+                              label_choice_answer(c, choices[q.question_id]), q.gold, rel_tol)
                 for q, c in zip(questions, completions, strict=True)]
     samples = [{"question_id": q.question_id, "strategy": parse_student_output(c)[0] or "none", "text": c,
                 "finish_reason": f, "gold": q.gold} for q, c, f in zip(questions, completions, finished, strict=True)]
@@ -100,10 +115,10 @@ def _judge(mode: str, questions: list[Any], completions: list[str], finished: li
 
 
 def _accuracy(model: Any, texts: list[Any], tokenizer: Any, options: Any, dist_: Any, autocast: Any,
-              synced: bool, mode: str = "label", max_new_tokens: int | None = None) -> tuple[float, float]:
-    """(correct, answered) of this rank's share of the accuracy questions, in `mode`."""
+              synced: bool, mode: str, max_new_tokens: int) -> tuple[float, float]:
+    """(correct, answered) of this rank's share of the accuracy questions, in `mode`, answers of at
+    most `max_new_tokens` new tokens."""
     questions = accuracy_questions(texts, options.val_accuracy_limit)
-    budget = max_new_tokens or options.val_max_new_tokens
     mine = _shard(len(questions), dist_.rank, dist_.world)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side = tokenizer.padding_side
@@ -116,14 +131,14 @@ def _accuracy(model: Any, texts: list[Any], tokenizer: Any, options: Any, dist_:
             prompts = [q.label_prompt if mode == "label" else q.rationale_prompt for q in asked]
             enc = tokenizer(prompts, return_tensors="pt", padding=True).to(dist_.device)
             with autocast:
-                out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=pad_id, use_cache=True, synced_gpus=synced)
             new_tokens = out[:, enc["input_ids"].shape[1]:]
             completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             # An answer that filled the budget without the end-of-sequence token was cut off.
             ended = [(row == tokenizer.eos_token_id).any().item() for row in new_tokens]
             finished = ["stop" if e else "length" for e in ended]
-            for (_, weight), hit in zip(chunk, _judge(mode, asked, completions, finished)):
+            for (_, weight), hit in zip(chunk, _judge(mode, asked, completions, finished, options.rel_tol)):
                 correct += weight * float(hit)
                 answered += weight
     finally:

@@ -22,11 +22,11 @@ class EvalJob:
     engine: EngineConfig
     verify: VerifyConfig
     max_tokens: int
-    label_max_tokens: int
     # (benchmark name, problems artifact URL, mode, predictions output URL)
     targets: tuple[tuple[str, str, str, str], ...]
     key: str
     label: str  # e.g. "base" or "iter-01", for names in the UI
+    label_max_tokens: int | str = "auto"  # `auto`: from each set's gold labels (distill.label_budget)
     extra: dict = field(default_factory=dict)
     exclude_url: str | None = None  # OVERLAPS of questions to leave out (eval.decontamination.drop)
     self_consistency: SelfConsistencyConfig | None = None  # the `sampled` mode's k and temperature
@@ -46,10 +46,26 @@ def sampled_settings(job: EvalJob) -> SamplingConfig:
                           stop=["### Instruction"])
 
 
+def label_max_tokens(job: EvalJob, problems: list[dict], benchmark: str, count_tokens) -> int:
+    """The label-mode budget of one set (`eval.label_max_tokens`, `auto` resolved from its gold
+    labels in the model's tokens); a set budget too small for some gold labels is said once."""
+    from distill.label_budget import label_budget, label_lengths, shortfall_warning
+
+    lengths = label_lengths(problems, count_tokens)
+    budget = label_budget(job.label_max_tokens, lengths)
+    warning = shortfall_warning(job.label_max_tokens, lengths, benchmark)
+    if warning:
+        print(f"eval {job.label}: warning: {warning}", flush=True)
+    print(f"eval {job.label}: {benchmark} label budget {budget} tokens (longest gold label "
+          f"{max(lengths, default=0)})", flush=True)
+    return budget
+
+
 def evaluate_into(job: EvalJob) -> None:
     """Child-process body: evaluate the pending (benchmark, mode) pairs and write each one."""
     from distill.engines import make_engine
     from distill.evaluation import evaluate, summarize_predictions, summarize_sampled
+    from distill.label_budget import model_token_counter
     from distill.models import resolve_model
     from distill.sandbox import SandboxPool
     from distill.verify import sandbox_limits
@@ -59,6 +75,7 @@ def evaluate_into(job: EvalJob) -> None:
 
     pending = pending_targets(job)
     model_path = resolve_model(local_model(job.model), models_dir())  # a remote student is mirrored
+    count_tokens = None
     engine = make_engine(job.engine, model_path)
     limits = sandbox_limits(job.verify)
     excluded = set()
@@ -70,7 +87,10 @@ def evaluate_into(job: EvalJob) -> None:
             for benchmark, problems_url, mode, output in pending:
                 problems = [p for p in read_artifact(problems_url, "problems").to_pylist()
                             if (benchmark, p["id"]) not in excluded]
-                max_tokens = job.label_max_tokens if mode == "label" else job.max_tokens
+                max_tokens = job.max_tokens
+                if mode == "label":
+                    count_tokens = count_tokens or model_token_counter(model_path)
+                    max_tokens = label_max_tokens(job, problems, benchmark, count_tokens)
                 rel_tol = job.verify.rel_tol
                 rows = evaluate(engine, problems, benchmark, mode, max_tokens, job.model, sandbox=pool,
                                 rel_tol=rel_tol, sampling=sampled_settings(job) if mode == "sampled" else None)

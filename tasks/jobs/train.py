@@ -26,6 +26,10 @@ class TrainJob:
     iteration: int
     problems_url: str | None = None
     """The training problems, read for their `answer_text` (the `dss` format's label targets)."""
+    label_max_tokens: int | str = "auto"
+    """Label-mode validation's budget (`eval.label_max_tokens`; read with `train.select_on: label`)."""
+    rel_tol: float = 1e-6
+    """Label-mode validation's tolerance (`verify.rel_tol`; read with `train.select_on: label`)."""
 
 
 def fraction_done(job: TrainJob, total_steps: int) -> float:
