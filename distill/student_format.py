@@ -122,3 +122,9 @@ def student_prompt_hash(task: str) -> str:
     payload = {"version": STUDENT_FORMAT_VERSION, "task": task, "preamble": PREAMBLE,
                "template": STUDENT_TEMPLATE, "instruction": instruction}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def forced_prompt_hash(strategy: str) -> str:
+    """Version hash (16 hex digits) of the rationale prompt primed with `strategy`'s tag."""
+    payload = {"prompt": student_prompt_hash("rationale"), "primed": strategy_tag(strategy)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -317,7 +317,7 @@ def test_plan_power_gives_each_comparisons_detectable_effect_and_says_what_it_as
     assert main(["plan", str(REPO / "experiments/mixing.yaml"), "--power"]) == 0
     out = capsys.readouterr().out
     assert "assumed discordance: 25.0%" in out and "one seed" in out
-    assert out.count("minimum detectable effect 8.1 points") == 4  # 300 questions, 4 arms against adaptive
+    assert out.count("minimum detectable effect 8.1 points") == 5  # 300 questions, 5 arms against adaptive
     assert main(["plan", str(REPO / "experiments/mixing.yaml"), "--power", "--effect", "3"]) == 0
     assert "a 3-point effect needs 2,181 questions at 1 seed" in capsys.readouterr().out
     pilot = tmp_path / "results.json"
