@@ -192,7 +192,9 @@ def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_pa
     sets = [{"name": "arith", "split": "test", "size": 3},
             {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]
     plain = load_config({"name": "pinned", "eval": {"benchmarks": sets}})
-    assert run_id(plain) == "pinned-d9c78105b6"  # as before `label` existed
+    # An unset label is not written, so it moves no run id; `siked.self_generation` (default forced,
+    # a new behaviour) moved it from pinned-d9c78105b6.
+    assert run_id(plain) == "pinned-da167688bb"
     import yaml
 
     assert "label" not in plain.eval.benchmarks[1].model_dump()
