@@ -25,8 +25,8 @@ def samples_result(job: GenerationJob, stats: dict | None = None) -> dict:
 def generate_samples(job: GenerationJob) -> dict:
     """Sharded SAMPLES artifact at `job.output_url` (the shards a killed attempt finished are kept),
     and with forced self-generation the free-choice samples at `job.free_choice_url` (the same
-    engine settings; a second job, so a kept engine serves both); returns the samples' ref with
-    generation stats."""
+    engine settings; a second job: on CPU builds the kept engine serves both, on GPUs the second
+    starts its own); returns the samples' ref with generation stats."""
     stats = _generate(job, "samples", "")
     probe = job.free_choice_job()
     if probe is not None:

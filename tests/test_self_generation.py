@@ -5,7 +5,10 @@ strategy, and draws free-choice samples beside them to measure P_SM; `free` lets
 The generate step's job is turned into the child's GenerationJob as the flow does
 (flows.run_steps.generate), and its prompts go to an engine that records them and answers as a
 student continuing each prompt would; the rows then go through the real verifier (PoT programs in
-the sandbox) and the real distillation set.
+the sandbox) and the real distillation set. The slow test runs the step's body in its child process
+with a tiny real student:
+
+    pytest tests/test_self_generation.py -m slow
 """
 
 from __future__ import annotations
@@ -182,3 +185,27 @@ def test_the_mix_step_reads_p_sm_from_the_free_choice_samples(tmp_path):
     assert stats["p_student_samples_from"] == "free_choice" and stats["student_choices"] == len(choices)
     assert stats["kl_train_vs_student"] > 1.0  # P_train holds L2M, which the student never picks
     assert len(read_artifact(output, "train_examples")) == len(self_set)  # every pair solved: no teacher row
+
+
+@pytest.mark.slow
+def test_the_generate_step_writes_the_forced_and_the_free_choice_samples_and_is_then_done(tmp_path, tiny_model_path):
+    """The step body in its child process with a tiny real student: both outputs complete under the
+    step's key, so the gate reuses the step."""
+    from tasks.gate import incomplete
+    from tasks.generate import generate_samples
+
+    overrides = ["siked.engine.kind=transformers", "siked.sampling.n=2", "siked.sampling.max_tokens=4"]
+    cfg = load_config(QUICKSTART, [f"runs_root={tmp_path / 'runs'}", *overrides])
+    step = pipeline_steps(cfg, run_layout(cfg))["iter-01/generate"]
+    job = GenerationJob(problems_url=problems_url(tmp_path), output_url=step.output("samples"), key=step.key,
+                        model=str(tiny_model_path), iteration=1, **step.job,
+                        free_choice_url=step.output(FREE_CHOICE))
+    assert incomplete(step) is not None
+    generate_samples.fn(job)
+    assert incomplete(step) is None
+    forced = read_artifact(step.output("samples"), "samples").to_pylist()
+    assert sorted((r["question_id"], r["strategy"]) for r in forced) == sorted(
+        (q, s) for q in QUESTIONS for s in STRATEGIES for _ in range(2))
+    assert all(r["text"].startswith(strategy_tag(r["strategy"])) for r in forced)
+    choices = read_artifact(step.output(FREE_CHOICE), "samples").to_pylist()
+    assert sorted(r["question_id"] for r in choices) == sorted(QUESTIONS)  # free_choice_samples: 1 each
