@@ -33,7 +33,7 @@ class GenerationJob:
     lora_path: str | None = None
     data_dir: str | None = None  # the file engine reads its rationale files from here
     shots: int = 8  # teacher prompts: worked exemplars per prompt
-    self_generation: str | None = None  # the student's: forced | free (distill.config.SikedConfig)
+    self_generation: str | None = None  # the student's: forced (each of `strategies` primed) | free
     free_choice_samples: int = 0  # forced: free-choice samples per question, written to `free_choice_url`
     free_choice_url: str | None = None
 
@@ -79,7 +79,7 @@ def prepare_job(job: GenerationJob, engine) -> PreparedJob:
     teacher = job.source == "teacher"
     if teacher:
         prompts = teacher_prompts(problems, job.strategies, engine.tokenizer(), job.engine.chat_template, job.shots)
-    elif job.strategies:
+    elif job.self_generation == "forced":
         prompts = forced_student_prompts(problems, job.strategies)
     else:
         prompts = student_prompts(problems)
