@@ -432,8 +432,18 @@ class SikedConfig(Section):
     teacher fraction per iteration (`alpha_schedule`)."""
     alpha_schedule: list[float] = Field(default_factory=lambda: [0.9, 0.5, 0.2])
     """`alpha` mixing: target teacher fraction for iterations 1, 2, ... (last value repeats)."""
+    self_generation: Literal["forced", "free"] = "forced"
+    """How the student samples in iterations >= 1. `forced` (SIKeD's reference code,
+    `forced_strategy_inference.py`): each of the teacher's strategies primed by its tag, so `n` is
+    per question AND strategy; `free`: the student writes its own tag, `n` per question. Either way
+    P_SM is the student's free choice: `free` reads it from its samples, `forced` draws
+    `free_choice_samples` more per question to measure it."""
+    free_choice_samples: int = Field(default=1, ge=1)
+    """`forced` only: free-choice samples per training question (same sampling settings otherwise)
+    that measure P_SM, the student's own strategy distribution; they train nothing."""
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    """Student self-generation sampling (n samples per training question)."""
+    """Student self-generation sampling (`n` samples per training question, per strategy when
+    `self_generation` is `forced`)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine settings for student generation; its `model` is replaced by the current student."""
 

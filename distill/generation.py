@@ -45,6 +45,9 @@ class PromptSpec:
     strategy: str  # cot | l2m | pot, or AUTO_STRATEGY when the model picks
     prompt: str
     prompt_hash: str
+    # What the prompt ends with that belongs to the answer (a primed strategy tag): stored in front
+    # of each completion, so a row's text reads as the model's whole answer.
+    response_prefix: str = ""
 
     @property
     def key(self) -> str:
@@ -84,8 +87,9 @@ def sampling_json(sampling: SamplingConfig) -> str:
 
 def completion_rows(spec: PromptSpec, completions: list[Completion], sampling: SamplingConfig,
                     provenance: Provenance, tag_of: Callable[[str], str | None] | None = None) -> list[dict]:
-    """Rows for one prompt's n completions. With AUTO_STRATEGY, `tag_of(text)` names the strategy
-    the model wrote (None -> "none", which verification marks bad_format)."""
+    """Rows for one prompt's n completions, each text led by the prompt's `response_prefix`. With
+    AUTO_STRATEGY, `tag_of(text)` names the strategy the model wrote (None -> "none", which
+    verification marks bad_format)."""
     rows = []
     params = sampling_json(sampling)
     for index, completion in enumerate(completions):
@@ -97,7 +101,7 @@ def completion_rows(spec: PromptSpec, completions: list[Completion], sampling: S
             "strategy": strategy,
             "sample_index": index,
             "prompt_hash": spec.prompt_hash,
-            "text": completion.text,
+            "text": spec.response_prefix + completion.text,
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
             "finish_reason": completion.finish_reason,

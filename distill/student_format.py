@@ -154,3 +154,9 @@ def student_prompt_hash(task: str, multiple_choice: bool = False) -> str:
     if multiple_choice:  # numeric prompts keep the hashes they had before choices had prompts of their own
         payload["multiple_choice"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def forced_prompt_hash(strategy: str) -> str:
+    """Version hash (16 hex digits) of the rationale prompt primed with `strategy`'s tag."""
+    payload = {"prompt": student_prompt_hash("rationale"), "primed": strategy_tag(strategy)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -60,8 +60,11 @@ class Run:
         return self.steps[name].output(role)
 
     def input(self, name: str, role: str) -> str:
-        """Where the step `name` reads its input `role`: the one output of the step that makes it."""
+        """Where the step `name` reads its input `role`: the output of that name of the step that
+        makes it, else its one output (a train step's: the student)."""
         source = self.steps[self.steps[name].inputs[role]]
-        [output] = ["student"] if source.kind == "train" else source.outputs  # a train step's model
+        if role in source.outputs:
+            return source.output(role)
+        [output] = ["student"] if source.kind == "train" else source.outputs
         return source.output(output)
 

@@ -15,7 +15,7 @@ from tasks.evaluate import EvalJob, evaluate_model
 from tasks.generate import GenerationJob, generate_samples
 from tasks.gpu import engine_devices, on_gpus, train_devices
 from tasks.mix import mix_training_set
-from tasks.pipeline import CONTAMINATION, eval_targets, skipped_eval_sets
+from tasks.pipeline import CONTAMINATION, FREE_CHOICE, eval_targets, skipped_eval_sets
 from tasks.problems import freeze_problems
 from tasks.train import TrainJob, train_student_step
 from tasks.verify import verify
@@ -83,8 +83,9 @@ def generate(run: Run, iteration: int) -> dict:
     step = run.steps[name]
     job = step.job
     model = run.input(name, "student") if "student" in step.inputs else job["engine"].model
+    probe = {"free_choice_url": step.output(FREE_CHOICE)} if FREE_CHOICE in step.outputs else {}
     gen = GenerationJob(problems_url=run.input(name, "problems"), output_url=step.output("samples"), key=step.key,
-                        model=model, iteration=iteration, **job)
+                        model=model, iteration=iteration, **job, **probe)
     with on_gpus(engine_devices(gen.engine)):
         return run.submit(generate_samples, name, job=gen)
 
@@ -107,6 +108,8 @@ def verify_and_select(run: Run, iteration: int) -> tuple[dict, dict]:
 def mix(run: Run, iteration: int) -> dict:
     name = f"iter-{iteration:02d}/mix"
     step = run.steps[name]
+    free_choice = run.input(name, FREE_CHOICE) if FREE_CHOICE in step.inputs else None
     return run.submit(mix_training_set, name, **step.job, self_set_url=run.input(name, "self_set"),
                       verified_url=run.input(name, "verified"), teacher_set_url=run.input(name, "teacher_set"),
-                      output=step.output("train_set"), key=step.key, iteration=iteration)
+                      output=step.output("train_set"), key=step.key, iteration=iteration,
+                      free_choice_url=free_choice)

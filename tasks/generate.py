@@ -23,8 +23,18 @@ def samples_result(job: GenerationJob, stats: dict | None = None) -> dict:
 @step_task(samples_result, name="generate", task_run_name="iter-{job.iteration:02d}-generate-{job.source}",
            retries=1, retry_delay_seconds=5)
 def generate_samples(job: GenerationJob) -> dict:
-    """Sharded SAMPLES artifact at `job.output_url` (the shards a killed attempt finished are kept);
-    returns its ref with generation stats."""
+    """Sharded SAMPLES artifact at `job.output_url` (the shards a killed attempt finished are kept),
+    and with forced self-generation the free-choice samples at `job.free_choice_url` (the same
+    engine settings; a second job: on CPU builds the kept engine serves both, on GPUs the second
+    starts its own); returns the samples' ref with generation stats."""
+    stats = _generate(job, "samples", "")
+    probe = job.free_choice_job()
+    if probe is not None:
+        stats["free_choice"] = _generate(probe, "free-choice samples", "-free-choice")
+    return samples_result(job, stats)
+
+
+def _generate(job: GenerationJob, what: str, key_suffix: str) -> dict:
     from distill.engines.child import run_in_child, run_in_engine_worker
 
     out = ShardedArtifact(job.output_url, "samples", config_hash=job.key)
@@ -34,8 +44,7 @@ def generate_samples(job: GenerationJob) -> dict:
         from tasks.jobs.ray_executor import ray_generate_into as body
 
         runner = run_in_child
-    stats = with_progress(f"generate-{job.source}-{job.iteration:02d}",
-                          f"Iteration {job.iteration}: {job.source} samples, shards written",
-                          lambda: len(out.completed_shards(verify_hash=False)) / total,
-                          runner, body, job)
-    return samples_result(job, stats)
+    return with_progress(f"generate-{job.source}-{job.iteration:02d}{key_suffix}",
+                         f"Iteration {job.iteration}: {job.source} {what}, shards written",
+                         lambda: len(out.completed_shards(verify_hash=False)) / total,
+                         runner, body, job)

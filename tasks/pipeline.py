@@ -264,6 +264,9 @@ def _verify_and_select(b: _Builder, cfg: RunConfig, iteration: int) -> None:
           {"distill_set": Output("distill_set.parquet", "train_examples")})
 
 
+FREE_CHOICE = "free_choice"  # forced self-generation: the free-choice samples that give P_SM
+
+
 def _data_dir_if_any(cfg: RunConfig) -> str | None:
     """Where the `file` engine finds relative rationale files (the data folder), if there is one."""
     try:
@@ -273,7 +276,8 @@ def _data_dir_if_any(cfg: RunConfig) -> str | None:
 
 
 def _generate(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) -> None:
-    """The teacher's samples (iteration 0, every strategy) or the current student's (it picks)."""
+    """The teacher's samples (iteration 0, every strategy) or the current student's: every taught
+    strategy primed (`forced`), plus free-choice samples that measure P_SM, or its own pick (`free`)."""
     if student is None:
         teacher = cfg.teacher
         job = {"engine": teacher.engine, "sampling": teacher.sampling, "strategies": tuple(teacher.strategies),
@@ -282,10 +286,18 @@ def _generate(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) 
         b.add("iter-00/generate", "generate", 0, job, {"problems": "problems/train"},
               {"samples": Output("samples", "samples")}, unkeyed=("data_dir",))
         return
-    job = {"engine": cfg.siked.engine, "sampling": cfg.siked.sampling, "strategies": (),
+    siked = cfg.siked
+    forced = siked.self_generation == "forced"
+    # Forced: the strategies the student was taught, each primed; free: none, the student picks.
+    job = {"engine": siked.engine, "sampling": siked.sampling, "self_generation": siked.self_generation,
+           "strategies": tuple(cfg.teacher.strategies) if forced else (),
            "shard_size": cfg.teacher.shard_size, "source": "student"}
+    outputs = {"samples": Output("samples", "samples")}
+    if forced:  # forced samples say nothing of the student's own choice: P_SM is measured apart
+        job["free_choice_samples"] = siked.free_choice_samples
+        outputs[FREE_CHOICE] = Output(FREE_CHOICE, "samples")
     b.add(f"iter-{iteration:02d}/generate", "generate", iteration, job, {"problems": "problems/train", "student": student},
-          {"samples": Output("samples", "samples")})
+          outputs)
 
 
 def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
@@ -304,10 +316,13 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
         _generate(b, cfg, iteration, student)
         _verify_and_select(b, cfg, iteration)
         target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
+        inputs = {"self_set": f"{stage}/distill_set", "verified": f"{stage}/verify",
+                  "teacher_set": "iter-00/distill_set"}
+        if FREE_CHOICE in b.steps[f"{stage}/generate"].outputs:
+            inputs[FREE_CHOICE] = f"{stage}/generate"  # P_SM from the free-choice samples
         b.add(f"{stage}/mix", "mix", iteration, {"rule": cfg.siked.mixing, "seed": cfg.seed, "target_alpha": target,
                                                  "biased": cfg.teacher.biased},
-              {"self_set": f"{stage}/distill_set", "verified": f"{stage}/verify", "teacher_set": "iter-00/distill_set"},
-              {"train_set": Output("train_set.parquet", "train_examples")})
+              inputs, {"train_set": Output("train_set.parquet", "train_examples")})
         student = _train(b, cfg, iteration, f"{stage}/mix")
         _evaluate(b, cfg, stage, eval_sets, student)
     # The report is the run's own (it shows the run's config): it lives in the run folder.

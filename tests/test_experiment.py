@@ -78,6 +78,23 @@ def test_shipped_experiment_files_are_valid_and_plan(capsys, tmp_path, monkeypat
         assert {(r["arm"], r["seed"]) for r in rows} == {(r.arm, r.seed) for r in experiment.runs}
 
 
+def test_the_mixing_experiments_compare_free_self_generation_with_the_references_forced_one(capsys, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    for path in (REPO / "experiments/mixing.yaml", REPO / "experiments/gpu/mixing.yaml"):
+        experiment = read_experiment(path)
+        modes = {r.arm: r.cfg.siked.self_generation for r in experiment.runs}
+        assert modes.pop("free") == "free" and set(modes.values()) == {"forced"}, path
+        free, = [r for r in experiment.runs if r.arm == "free"]
+        assert free.cfg.siked.mixing == "adaptive"  # the baseline's rule: only the sampling differs
+        assert main(["plan", str(path), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        steps = {arm: [r["step"] for r in rows if r["arm"] == arm] for arm in ("free", experiment.spec.baseline)}
+        assert steps["free"] == steps[experiment.spec.baseline]  # the same steps, another self-generation
+        shared = {r["step"]: r["action"] for r in rows if r["arm"] == "free"}
+        assert shared["iter-00/train"] == "reuse" and shared["iter-01/generate"] == "run"
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -317,7 +334,7 @@ def test_plan_power_gives_each_comparisons_detectable_effect_and_says_what_it_as
     assert main(["plan", str(REPO / "experiments/mixing.yaml"), "--power"]) == 0
     out = capsys.readouterr().out
     assert "assumed discordance: 25.0%" in out and "one seed" in out
-    assert out.count("minimum detectable effect 8.1 points") == 4  # 300 questions, 4 arms against adaptive
+    assert out.count("minimum detectable effect 8.1 points") == 5  # 300 questions, 5 arms against adaptive
     assert main(["plan", str(REPO / "experiments/mixing.yaml"), "--power", "--effect", "3"]) == 0
     assert "a 3-point effect needs 2,181 questions at 1 seed" in capsys.readouterr().out
     pilot = tmp_path / "results.json"

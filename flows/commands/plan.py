@@ -58,13 +58,16 @@ def amounts(cfg: RunConfig, steps: dict[str, Step], decisions: dict[str, Decisio
             continue
         out["steps_to_run"] += 1
         if step.kind == "generate":
-            teacher = step.iteration == 0
-            per_question = len(cfg.teacher.strategies) if teacher else 1
-            n = cfg.teacher.sampling.n if teacher else cfg.siked.sampling.n
             questions = counts["problems/train"]
-            prompts = None if questions is None else questions * per_question
-            out["prompts"] = _plus(out["prompts"], prompts)
-            out["samples"] = _plus(out["samples"], None if prompts is None else prompts * n)
+            # (prompts per question, samples per prompt): the teacher's or the student's strategies
+            # (none when the student picks), and forced self-generation's free-choice samples.
+            per_question = [(len(step.job["strategies"]) or 1, step.job["sampling"].n)]
+            if step.job.get("free_choice_samples"):
+                per_question.append((1, step.job["free_choice_samples"]))
+            for count, n in per_question:
+                prompts = None if questions is None else questions * count
+                out["prompts"] = _plus(out["prompts"], prompts)
+                out["samples"] = _plus(out["samples"], None if prompts is None else prompts * n)
         elif step.kind == "train":
             out["trainings"] += 1
             # Without max_steps the count is epochs over a training set not built yet.

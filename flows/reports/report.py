@@ -347,7 +347,18 @@ def _mix_section(data: RunData, plot: str | None) -> str:
     image = f"\n\n![Strategy mix per iteration]({plot})" if plot else ""
     return (f"## Training data\n\n{overview}\n\nα is the teacher share of the training rows. "
             f"Strategy shares of teacher data (P_L), the student's samples (P_SM) and the training data "
-            f"(P_train):\n\n{shares}{image}")
+            f"(P_train):\n\n{shares}{image}{_p_sm_note(data)}")
+
+
+def _p_sm_note(data: RunData) -> str:
+    """How P_SM was measured: forced self-generation's strategies are the primed ones, so there it
+    is the student's choice in free-choice samples drawn beside them."""
+    sources = {(s.get("mix") or {}).get("p_student_samples_from") for s in data.iterations} - {None}
+    if "free_choice" not in sources:
+        return ""
+    return ("\n\nP_SM is the student's own choice of strategy: with forced self-generation (each strategy "
+            "primed by its tag) it is read from free-choice samples drawn beside the forced ones "
+            "(`siked.free_choice_samples` per question), not from the forced samples.")
 
 
 def _scalars(values: dict | None) -> str | None:

@@ -8,7 +8,7 @@ at most the shards in flight. With `engine.replicas > 1` the child runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from distill import timings
 from distill.config import EngineConfig, SamplingConfig
@@ -26,13 +26,25 @@ class GenerationJob:
     engine: EngineConfig
     sampling: SamplingConfig
     model: str  # model spec or folder; for students the current checkpoint
-    strategies: tuple[str, ...]  # teacher strategies; empty = the student picks (self-generation)
+    strategies: tuple[str, ...]  # the teacher's strategies, or those primed for the student; empty = it picks
     shard_size: int
     iteration: int
     source: str  # teacher | student
     lora_path: str | None = None
     data_dir: str | None = None  # the file engine reads its rationale files from here
     shots: int = 8  # teacher prompts: worked exemplars per prompt
+    self_generation: str | None = None  # the student's: forced (each of `strategies` primed) | free
+    free_choice_samples: int = 0  # forced: free-choice samples per question, written to `free_choice_url`
+    free_choice_url: str | None = None
+
+    def free_choice_job(self) -> GenerationJob | None:
+        """The job that measures P_SM beside forced self-generation: the student picks its strategy,
+        `free_choice_samples` per question, written to `free_choice_url` (None when not asked)."""
+        if not self.free_choice_samples or self.free_choice_url is None:
+            return None
+        return replace(self, output_url=self.free_choice_url, strategies=(), self_generation="free",
+                       sampling=self.sampling.model_copy(update={"n": self.free_choice_samples}),
+                       free_choice_samples=0, free_choice_url=None)
 
 
 @dataclass
@@ -59,14 +71,18 @@ def model_path_of(job: GenerationJob) -> str:
 def prepare_job(job: GenerationJob, engine) -> PreparedJob:
     """Prompts rendered with `engine`'s tokenizer, cut into shards of `job.shard_size` questions."""
     from distill.generation import Provenance, shard_prompts
-    from distill.prompts import stop_strings, student_prompts, teacher_prompts
+    from distill.prompts import forced_student_prompts, stop_strings, student_prompts, teacher_prompts
     from distill.student_format import parse_student_output
     from storage.artifacts import read_artifact
 
     problems = read_artifact(job.problems_url, "problems").to_pylist()
-    teacher = bool(job.strategies)
-    prompts = (teacher_prompts(problems, job.strategies, engine.tokenizer(), job.engine.chat_template, job.shots)
-               if teacher else student_prompts(problems))
+    teacher = job.source == "teacher"
+    if teacher:
+        prompts = teacher_prompts(problems, job.strategies, engine.tokenizer(), job.engine.chat_template, job.shots)
+    elif job.self_generation == "forced":
+        prompts = forced_student_prompts(problems, job.strategies)
+    else:
+        prompts = student_prompts(problems)
     provenance = Provenance(model=job.model, engine=engine.name, engine_version=engine.version,
                             seed=job.engine.seed, iteration=job.iteration, source=job.source)
     return PreparedJob(shard_prompts(prompts, job.shard_size), stop_strings(job.sampling, teacher), provenance,
