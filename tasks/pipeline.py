@@ -42,6 +42,7 @@ STEP_CODE_VERSIONS = {kind: "1" for kind in KINDS}
 STEP_CODE_VERSIONS["mix"] = "2"  # `adaptive` became the reference code's per-(question, strategy) rule
 STEP_CODE_VERSIONS["verify"] = "2"  # answer parser 2 (distill.verify.PARSER_VERSION)
 STEP_CODE_VERSIONS["evaluate"] = "2"  # answer parser 2; forced, sampled and strict scores
+STEP_CODE_VERSIONS["train"] = "2"  # token means over the whole optimizer step; label weights scaled to mean 1
 REPORT_FILE = "report/report.md"
 REPORT_KEY_FILE = "report/report.key"
 
