@@ -362,9 +362,11 @@ class TrainConfig(Section):
     weight_decay: float = 0.01
     """AdamW weight decay."""
     batch_size: int = Field(default=8, ge=1)
-    """Examples per micro-batch (per process)."""
+    """Examples (packed rows with `packing`) per optimizer step, over every process and micro-batch."""
     grad_accum: int = Field(default=1, ge=1)
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step and process, each of batch_size / (nproc * grad_accum)
+    examples: it trades memory for time, and the step's token means do not depend on it
+    (losses.StepNorm)."""
     epochs: float = Field(default=3.0, gt=0)
     """Passes over the training set (fractions allowed), unless `max_steps` is set."""
     max_steps: int | None = Field(default=None, ge=1)

@@ -45,7 +45,9 @@ STEP_CODE_VERSIONS["verify"] = "2"  # answer parser 2 (distill.verify.PARSER_VER
 # prompts of their own, and a multiple-choice label is scored as DSS scores it (its exact text).
 STEP_CODE_VERSIONS["evaluate"] = "3"
 STEP_CODE_VERSIONS["distill_set"] = "2"  # a file teacher's rationales kept right or wrong (given_rationales)
-STEP_CODE_VERSIONS["train"] = "2"  # multiple-choice prompts; checkpoints chosen on DSS's exact-text label score
+# train 2: multiple-choice prompts; checkpoints chosen on DSS's exact-text label score; token means
+# over the whole optimizer step, label weights scaled to mean 1
+STEP_CODE_VERSIONS["train"] = "2"
 REPORT_FILE = "report/report.md"
 REPORT_KEY_FILE = "report/report.key"
 

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from distill.config import LossConfig
 from distill.training.infonce import InfoNCEHead, infonce_loss
 from distill.training.losses import (
+    StepNorm,
     compute_loss,
     dss_loss,
     mi_from_log_probs,
     mi_loss,
     pooled_softmax_max,
+    step_norm,
     to_log_probs,
     token_ce,
     token_nll,
@@ -136,6 +138,94 @@ def test_dss_weights_the_two_tasks(batch):
     ll_logits, ll, rl_logits, rl = batch
     got = dss_loss(token_ce(ll_logits, ll), token_ce(rl_logits, rl), alpha=0.3)
     torch.testing.assert_close(got, 0.3 * ref_token_ce(ll_logits, ll) + 0.7 * ref_token_ce(rl_logits, rl))
+
+
+def ref_weighted_sum(logits, labels, weights):
+    """sum over target positions of weight * nll, the weight being the target token's (labels[b, t + 1])."""
+    terms = [-weights[b, t + 1] * F.log_softmax(logits[b, t], dim=-1)[labels[b, t + 1]]
+             for b in range(labels.size(0)) for t in targets_of(labels, b)]
+    return torch.stack(terms).sum()
+
+
+@pytest.mark.parametrize("denominator", [None, 37.0])
+def test_weighted_token_nll_matches_reference(batch, denominator):
+    """Without a denominator the weighted mean of this batch; with one (the step's target positions)
+    the weighted sum divided by it, whatever the weights add up to."""
+    logits, labels, _, _ = batch
+    weights = torch.tensor([0.5, 2.0, 1.0 / 3.0, 1.5], dtype=torch.float64)[:, None].expand_as(labels)
+    got = token_nll(to_log_probs(logits), labels, weights, denominator)
+    total = sum(weights[b, t + 1] for b in range(labels.size(0)) for t in targets_of(labels, b))
+    want = ref_weighted_sum(logits, labels, weights) / (total if denominator is None else denominator)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grads(got, logits)[0], grads(want, logits)[0])
+
+
+def step_examples(seed: int = 0):
+    """32 label rows of 16 questions with 1, 2 or 3 rows each (identical label tasks within a
+    question), label targets of 1 to 4 tokens after prompts of 3 to 9, in a shuffled order."""
+    import random
+
+    from distill.training.data import TokenizedExample
+
+    rnd = random.Random(seed)
+    examples = []
+    for q, k in enumerate([1, 2, 3] * 5 + [2]):
+        prompt, target = rnd.randint(3, 9), rnd.randint(1, 4)
+        ids = [rnd.randint(1, VOCAB - 1) for _ in range(prompt + target)]
+        examples += [TokenizedExample(f"q{q}", ids, prompt, [1, 2, 3], 1) for _ in range(k)]
+    rnd.shuffle(examples)
+    return examples
+
+
+def question_shares(examples, micro: int) -> dict[str, float]:
+    """Each question's share of one optimizer step's label loss, the step's rows split into
+    micro-batches of `micro` rows: the summed |gradient| of the step's loss at its target tokens'
+    log-probabilities (d loss / d log p = -weight / denominator)."""
+    from distill.training.data import collate_padded
+
+    batches = [collate_padded(examples[i:i + micro], pad_id=0) for i in range(0, len(examples), micro)]
+    norm = step_norm(batches, len(batches))
+    shares: dict[str, float] = {}
+    for a, b in enumerate(batches):
+        log_probs = to_log_probs(torch.randn(*b["label_labels"].shape, VOCAB, dtype=torch.float64,
+                                             generator=torch.Generator().manual_seed(a))).requires_grad_()
+        loss = token_nll(log_probs, b["label_labels"], b["label_weights"], norm.label_tokens)
+        (grad,) = grads(loss, log_probs)
+        per_row = grad.abs().sum(dim=(1, 2))
+        for row, e in enumerate(examples[a * micro:(a + 1) * micro]):
+            shares[e.question_id] = shares.get(e.question_id, 0.0) + float(per_row[row])
+    return shares
+
+
+def test_each_question_counts_once_in_a_steps_label_loss_whatever_the_micro_batch():
+    """A step of 32 rows (questions with 1 to 3 identical label rows): each question's share of the
+    label loss is the same at micro-batch 1, 4 and 32, and proportional to its label tokens alone
+    (k rows weighted 1/k each count as one), so its rows' count does not matter."""
+    from distill.training.data import weigh_labels_per_question
+
+    examples = step_examples()
+    weigh_labels_per_question(examples)
+    tokens = {e.question_id: len(e.label_ids) - e.label_prompt_len for e in examples}
+    mean_weight = (sum(e.label_weight * tokens[e.question_id] for e in examples)
+                   / sum(tokens[e.question_id] for e in examples))
+    assert mean_weight == pytest.approx(1.0)  # the label loss keeps a token mean's scale
+    shares = {micro: question_shares(examples, micro) for micro in (1, 4, 32)}
+    for micro in (1, 4):
+        assert shares[micro] == pytest.approx(shares[32], rel=1e-12), micro
+    per_token = [shares[32][q] / n for q, n in tokens.items()]
+    # (the weights are float32 in a batch)
+    assert per_token == pytest.approx([per_token[0]] * len(per_token), rel=1e-6)
+    assert sum(shares[32].values()) == pytest.approx(1.0)  # the weights' mean over the step's tokens is 1 here
+
+
+def test_step_norm_counts_the_target_positions_of_every_micro_batch():
+    from distill.training.data import collate_padded
+
+    examples = step_examples()
+    batches = [collate_padded(examples[i:i + 4], pad_id=0) for i in range(0, 32, 4)]
+    norm = step_norm(batches, 8)
+    assert norm == StepNorm(sum(len(e.label_ids) - e.label_prompt_len for e in examples), 2.0 * 32, 8)
+    assert step_norm(batches, 16, lambda values: [2 * v for v in values]).label_tokens == 2 * norm.label_tokens
 
 
 # ---- pooled softmax maxima -------------------------------------------------------------------

@@ -183,6 +183,34 @@ def test_infonce_scores_against_the_whole_step_under_gradient_accumulation(tiny_
     assert whole > 0
 
 
+def rows_of_questions_with_several_solutions() -> list[dict]:
+    """8 rows: 4 questions with 1, 2, 3 and 2 kept solutions (strategies), label tasks identical within one."""
+    rows = []
+    for row, k in zip(make_rows(4, seed=7), [1, 2, 3, 2], strict=True):
+        rows += [dict(row, strategy=s, text=f"{s} {row['text']}") for s in ("cot", "l2m", "pot")[:k]]
+    return rows
+
+
+def first_step(cfg: TrainConfig, rows: list[dict], model: str, work: Path) -> dict:
+    result = train_student(cfg, rows, model, work / "o", work / "c", quiet(stop_after_step=1))
+    return next(m for m in result.metrics if m["split"] == "train")
+
+
+def test_a_steps_loss_and_gradient_do_not_depend_on_its_micro_batches(tiny_model_path, tmp_path):
+    """One optimizer step of 8 rows (questions weighted 1/k per label row) as 1 micro-batch of 8,
+    4 of 2 and 8 of 1: the same loss terms and gradient norm. Each micro-batch's loss is its share
+    of the step's token means, so the label weights are not renormalised per micro-batch (at
+    micro-batch 1 they used to have no effect) and a short rationale does not weigh more for being
+    alone in its micro-batch."""
+    rows = rows_of_questions_with_several_solutions()
+    steps = {accum: first_step(tiny_cfg(batch_size=8, grad_accum=accum, val_fraction=0.0, max_steps=1),
+                               rows, str(tiny_model_path), tmp_path / str(accum))
+             for accum in (1, 4, 8)}
+    for accum in (4, 8):
+        for name in ("loss", "loss_label", "loss_rationale", "loss_mi", "grad_norm"):
+            assert steps[accum][name] == pytest.approx(steps[1][name], rel=1e-4), (accum, name, steps)
+
+
 @pytest.fixture(scope="module")
 def one_process_run(tiny_model_path, tmp_path_factory):
     """The baseline of the two-process tests: one spawned child, 4 examples a step."""
@@ -205,8 +233,8 @@ def test_two_processes_train_like_one_on_the_same_global_batch(kind, one_process
     assert two.data_report["processes"] == 2 and two.data_report["micro_batch"] == 2
     a, b = train_losses(one_process_run.metrics), train_losses(two.metrics)
     assert len(a) == len(b) == 6
-    # Each process averages over its own target tokens: equal to the global token mean up to how
-    # evenly the tokens fall on the two halves, hence a tolerance rather than equality.
+    # Each process's loss is its share of the step's token means (losses.StepNorm), so the two
+    # agree up to float32 summation order and the processes' own kernels.
     for x, y in zip(a, b):
         assert abs(x - y) < 2e-3 * max(1.0, abs(x)), (a, b)
     assert Path(two.output_dir, "siked-student.json").is_file()

@@ -270,15 +270,23 @@ def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
 
 
 def weigh_labels_per_question(examples: Sequence[TokenizedExample]) -> None:
-    """Give each example label weight 1/k, k = the examples of its question (in place).
+    """Give each example a label weight proportional to 1/k, k = the examples of its question (in place).
 
     A question with k kept solutions gives k rows whose label tasks are identical (same prompt, same
     answer); unweighted, the label loss counts it k times, so questions the teacher solved with
     several strategies would dominate the label task. DSS has one row per question.
+
+    The weights are scaled so that their mean over the label target tokens of `examples` is 1: the
+    label loss of a step then has, on average, the scale of an unweighted token mean (alpha keeps
+    its meaning), and the training loop divides by the step's target positions, never by the step's
+    own sum of weights, so a row's weight is never undone by the rows it happens to share a step with.
     """
     counts = Counter(e.question_id for e in examples)
+    tokens = [len(e.label_ids) - e.label_prompt_len for e in examples]
+    weighted = sum(n / counts[e.question_id] for e, n in zip(examples, tokens, strict=True))
+    scale = sum(tokens) / weighted if weighted > 0 else 1.0
     for e in examples:
-        e.label_weight = 1.0 / counts[e.question_id]
+        e.label_weight = scale / counts[e.question_id]
 
 
 # --------------------------------------------------------------------------- padded batches

@@ -32,8 +32,10 @@ The best checkpoint is chosen on the held-out validation questions (answer accur
 is the student.
 
 Distributed: started by `torchrun` (RANK / WORLD_SIZE in the environment), DDP or FSDP2
-(`fully_shard`) over NCCL on GPUs, gloo on CPUs; see `student.py` and `launch.py`. Logged losses are
-the mean over processes; with DDP each process averages over its own target tokens.
+(`fully_shard`) over NCCL on GPUs, gloo on CPUs; see `student.py` and `launch.py`. Every micro-batch's
+loss is its share of the step's (`losses.StepNorm`: token means over the whole step's target
+positions), so the logged losses and the gradient are the step's, however its examples are split
+over processes and micro-batches.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
 
 @dataclass
 class StepValues:
-    """What one optimizer step reports; the losses are means over the step's examples and processes."""
+    """What one optimizer step reports; the losses are the step's (token means over all its target
+    positions, per-example means over all its examples: `losses.StepNorm`)."""
 
     total: float
     terms: dict[str, float]
@@ -180,13 +183,19 @@ class StepValues:
 def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainConfig, dist_: Dist,
                    autocast: Any) -> StepValues:
     """Optimizer step `step` (0-based): forward and backward over this process's micro-batches of
-    the step, gradients summed over them (and averaged over processes), clipped; AdamW and the
-    schedule step once. Leaves `state.step` at `step + 1`."""
+    the step, gradients summed over them and over processes, clipped; AdamW and the schedule step
+    once. Leaves `state.step` at `step + 1`.
+
+    Each micro-batch's loss is its share of the step's loss (`losses.StepNorm`): the token
+    cross-entropies are divided by the target positions of the whole step, counted before the
+    first backward pass, so the step's gradient does not depend on how its examples are split into
+    micro-batches and processes."""
     import torch
 
-    from distill.training.losses import TERMS, compute_loss
+    from distill.training.losses import TERMS, compute_loss, step_norm
 
     batches = [data.collate(unit_ids, dist_.device) for unit_ids in data.plan.micro_batches(step, dist_.rank)]
+    norm = step_norm(batches, len(batches) * dist_.world, dist_.all_sum)
     negatives = [None] * len(batches)
     if state.head is not None and dist_.world * cfg.grad_accum > 1:  # InfoNCE over the whole step
         from distill.training.infonce import step_negatives
@@ -201,11 +210,13 @@ def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainC
                 else state.wrapped.no_sync())
         with sync:
             with autocast:
-                loss = compute_loss(state.wrapped, batch, cfg.loss, infonce_head=state.head, negatives=negatives[a])
-            (loss.total / cfg.grad_accum).backward()
+                loss = compute_loss(state.wrapped, batch, cfg.loss, infonce_head=state.head, negatives=negatives[a],
+                                    norm=norm)
+            # DDP and FSDP average the gradients over processes; the shares are to be summed
+            (loss.total * dist_.world).backward()
         for name, value in loss.as_floats().items():
-            sums[name] += value / cfg.grad_accum
-        sums["mi_floor"] += (loss.mi_floor or 0.0) / cfg.grad_accum
+            sums[name] += value
+        sums["mi_floor"] += (loss.mi_floor or 0.0) / norm.micro_batches
         sums["tokens"] += batch_tokens(batch)
     if state.head is not None and dist_.enabled:  # the heads live outside DDP: average their gradients
         _average_grads(list(state.head.parameters()), dist_)
@@ -216,9 +227,8 @@ def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainC
     state.optimizer.zero_grad(set_to_none=True)
     state.step = step + 1
 
-    totals = dict(zip(sums, dist_.all_sum(list(sums.values())), strict=True))
-    mean = {name: value / dist_.world for name, value in totals.items()}
-    return StepValues(mean["total"], {name: mean[name] for name in TERMS}, mean["mi_floor"],
+    totals = dict(zip(sums, dist_.all_sum(list(sums.values())), strict=True))  # the shares add up to the step's
+    return StepValues(totals["total"], {name: totals[name] for name in TERMS}, totals["mi_floor"],
                       int(totals["tokens"]), lr, float(grad_norm))
 
 

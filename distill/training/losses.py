@@ -93,20 +93,56 @@ class BatchLoss:
         return {"total": float(self.total.detach())} | {name: float(self.terms[name].detach()) for name in TERMS}
 
 
+@dataclass(frozen=True)
+class StepNorm:
+    """What turns one micro-batch's loss terms into its share of the optimizer step's terms, so that
+    the shares of the step's micro-batches (over every process) add up to the step's terms whatever
+    the micro-batch size (`loop.optimizer_step`).
+
+    The token cross-entropies are divided by the target positions of the whole step: every target
+    token of the step weighs the same, and a label weight (`data.weigh_labels_per_question`) keeps
+    its value instead of being renormalised by the micro-batch it falls in. The per-example terms
+    (MI, InfoNCE) are means over each micro-batch's examples, divided by the step's micro-batches
+    (equal-sized, so their sum is the step's mean when every example has targets and rows are not
+    packed).
+    """
+
+    label_tokens: float
+    """Label-task target positions in the step (every micro-batch of every process)."""
+    rationale_tokens: float
+    """Rationale-task target positions in the step."""
+    micro_batches: int
+    """Micro-batches in the step, every process's: `grad_accum * nproc`."""
+
+
+def step_norm(batches: list[dict[str, torch.Tensor]], micro_batches: int,
+              all_sum: Any = None) -> StepNorm:
+    """The `StepNorm` of a step from this process's micro-batches; `all_sum` (a list of floats ->
+    their sums over processes, `student.Dist.all_sum`) adds the other processes' positions."""
+    counts = [float(sum(int(target_mask(b[f"{task}_labels"]).sum()) for b in batches if f"{task}_labels" in b))
+              for task in ("label", "rationale")]
+    if all_sum is not None:
+        counts = all_sum(counts)
+    return StepNorm(counts[0], counts[1], micro_batches)
+
+
 def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """logits [B, T, V] -> log-softmax over the vocabulary [B, T, V] (half precision upcast to float32)."""
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
-def token_nll(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def token_nll(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+              denominator: float | None = None) -> torch.Tensor:
     """Token-level cross-entropy from log-probabilities [B, T, V]: the mean over all target tokens.
 
-    `weights` [B, T] (optional): each position's weight, the mean becomes the weighted one
-    (sum w * nll / sum w over target positions); `data.collate_*` gives `label_weights` so that a
-    question with k label rows counts once. A batch without target tokens gives 0 (still attached
-    to the graph), not NaN. Written with gather (what F.nll_loss computes) so that its gradient is
-    a fresh B x T x V tensor, not a view, into which autograd can add the MI term's sparse gradient
-    in place.
+    `weights` [B, T] (optional): each position's weight (`data.collate_*` gives `label_weights`, see
+    `data.weigh_labels_per_question`). Without `denominator` the result is the weighted mean over
+    this batch's target positions, sum w * nll / sum w. With it, sum w * nll / denominator: the
+    training loop passes the number of target positions of the whole optimizer step (`StepNorm`),
+    so that the micro-batches' values add up to the step's mean and no micro-batch renormalises
+    the weights it happens to hold. A batch without target tokens gives 0 (still attached to the
+    graph), not NaN. Written with gather (what F.nll_loss computes) so that its gradient is a fresh
+    B x T x V tensor, not a view, into which autograd can add the MI term's sparse gradient in place.
     """
     targets = shifted_labels(labels)
     is_target = (targets != IGNORE_INDEX).to(log_probs.dtype)
@@ -114,7 +150,8 @@ def token_nll(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
         # the logits at t predict the token at t + 1: weigh them with that token's example
         is_target = is_target * F.pad(weights[:, 1:], (0, 1)).to(log_probs.dtype)
     picked = log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # [B, T]
-    return -(picked * is_target).sum() / is_target.sum().clamp(min=torch.finfo(log_probs.dtype).tiny)
+    total = is_target.sum() if denominator is None else torch.as_tensor(denominator, dtype=log_probs.dtype, device=log_probs.device)
+    return -(picked * is_target).sum() / total.clamp(min=torch.finfo(log_probs.dtype).tiny)
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -242,9 +279,11 @@ def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: floa
 
 def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfig,
                  infonce_head: InfoNCEHead | None = None,
-                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchLoss:
+                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 norm: StepNorm | None = None) -> BatchLoss:
     """Run the causal LM `model` on both tasks of `batch`; the terms of `loss_cfg.kind`, weighed by
-    `loss_weights`.
+    `loss_weights`. Without `norm` each term is this batch's own mean; with it, this micro-batch's
+    share of its optimizer step's term (`StepNorm`).
 
     label, rationale: `token_nll` of each task. mi: `mi_loss` (dss_mi), or `infonce_loss` over the
     last hidden states (dss_infonce), with `infonce_head` (required) and `negatives`, the step's
@@ -257,14 +296,17 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
     if kind == "dss_infonce" and infonce_head is None:
         raise ValueError("loss kind dss_infonce needs an InfoNCEHead (infonce_head=...)")
     rationale_lp, rationale_hidden = _task_log_probs(model, batch, "rationale", kind == "dss_infonce")
-    rationale = token_nll(rationale_lp, batch["rationale_labels"])
+    tokens = {"label": None, "rationale": None} if norm is None else \
+        {"label": norm.label_tokens, "rationale": norm.rationale_tokens}
+    per_example_share = 1.0 if norm is None else 1.0 / norm.micro_batches
+    rationale = token_nll(rationale_lp, batch["rationale_labels"], denominator=tokens["rationale"])
     zero = torch.zeros((), device=rationale.device)
     terms = {"label": zero, "rationale": rationale, "mi": zero}
     if kind == "sft":
         return BatchLoss(terms, weights)
 
     label_lp, label_hidden = _task_log_probs(model, batch, "label", kind == "dss_infonce")
-    terms["label"] = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"))
+    terms["label"] = token_nll(label_lp, batch["label_labels"], batch.get("label_weights"), tokens["label"])
     # packed rows hold several examples: the MI terms pool per example, not per row
     examples = (batch_examples(batch, "label"), batch_examples(batch, "rationale"))
     examples = None if examples[0] is None else examples
@@ -281,6 +323,7 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
         terms["mi"] = infonce_loss(infonce_head, label_hidden, target_mask(batch["label_labels"]),
                                    rationale_hidden, target_mask(batch["rationale_labels"]),
                                    loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
+    terms["mi"] = terms["mi"] * per_example_share
     return BatchLoss(terms, weights, mi_floor=floor)
 
 
