@@ -57,6 +57,32 @@ def label_prompt(question: str) -> str:
     return _prompt(LABEL_INSTRUCTION, question)
 
 
+PRIVILEGED_TEMPLATE = ("{preamble}\n\n### Instruction:\n{instruction}\n\n### Input:\n{question}\n\n"
+                       "### Reference:\n{reference}\n\n### Response:\n")
+
+
+def privileged_prompt(question: str, reference: str) -> str:
+    """The rationale prompt with a reference shown before the response: what the privileged
+    self-teacher (the student frozen at the start of the round) reads when it scores the student's
+    own samples (docs/method.md, "Scoring").
+
+    `reference`: the gold answer (`answer_reference(gold)`) or a reference rationale. It goes in a
+    `### Reference:` section between the question and `### Response:`; everything else is the
+    student's own rationale prompt, so the response it scores follows the same header. Score the
+    completion's ids tokenized on their own (distill.scoring.encode), never re-tokenized after this
+    prompt, so they are the ids the student is trained on.
+    """
+    if not reference or not reference.strip():
+        raise ValueError("a privileged prompt needs a reference (a gold answer or a rationale)")
+    return PRIVILEGED_TEMPLATE.format(preamble=PREAMBLE, instruction=RATIONALE_INSTRUCTION,
+                                      question=question.strip(), reference=reference.strip())
+
+
+def answer_reference(gold: float) -> str:
+    """A gold answer as a reference: `The answer is 12.`"""
+    return f"The answer is {format_number(gold)}."
+
+
 def strategy_tag(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
