@@ -57,8 +57,7 @@ def label_prompt(question: str) -> str:
     return _prompt(LABEL_INSTRUCTION, question)
 
 
-PRIVILEGED_TEMPLATE = ("{preamble}\n\n### Instruction:\n{instruction}\n\n### Input:\n{question}\n\n"
-                       "### Reference:\n{reference}\n\n### Response:\n")
+RESPONSE_HEADER = "### Response:\n"
 
 
 def privileged_prompt(question: str, reference: str) -> str:
@@ -67,15 +66,17 @@ def privileged_prompt(question: str, reference: str) -> str:
     own samples (docs/method.md, "Scoring").
 
     `reference`: the gold answer (`answer_reference(gold)`) or a reference rationale. It goes in a
-    `### Reference:` section between the question and `### Response:`; everything else is the
-    student's own rationale prompt, so the response it scores follows the same header. Score the
-    completion's ids tokenized on their own (distill.scoring.encode), never re-tokenized after this
-    prompt, so they are the ids the student is trained on.
+    `### Reference:` section just before `### Response:`; the rest is `rationale_prompt(question)`
+    unchanged, so the response it scores follows the same header. Score the completion's ids
+    tokenized on their own (distill.scoring.encode), never re-tokenized after this prompt, so they
+    are the ids the student is trained on.
     """
     if not reference or not reference.strip():
         raise ValueError("a privileged prompt needs a reference (a gold answer or a rationale)")
-    return PRIVILEGED_TEMPLATE.format(preamble=PREAMBLE, instruction=RATIONALE_INSTRUCTION,
-                                      question=question.strip(), reference=reference.strip())
+    own = rationale_prompt(question)
+    if not own.endswith(RESPONSE_HEADER):
+        raise ValueError(f"the rationale prompt does not end with {RESPONSE_HEADER!r}")
+    return f"{own.removesuffix(RESPONSE_HEADER)}### Reference:\n{reference.strip()}\n\n{RESPONSE_HEADER}"
 
 
 def answer_reference(gold: float) -> str:

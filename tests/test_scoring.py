@@ -169,6 +169,7 @@ def test_privileged_prompt_shows_the_reference_and_keeps_the_completion_ids(toke
     assert reference == "The answer is 7." and reference in privileged and reference not in plain
     assert privileged.endswith("### Response:\n") and plain.endswith("### Response:\n")
     assert privileged.index(ROWS[0]["question"]) < privileged.index(reference) < privileged.index("### Response:")
+    assert privileged.replace(f"### Reference:\n{reference}\n\n", "") == plain  # the rest is the student's prompt
     with pytest.raises(ValueError):
         privileged_prompt(ROWS[0]["question"], "  ")
 
