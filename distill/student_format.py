@@ -78,6 +78,33 @@ def label_prompt(question: str) -> str:
     return _prompt(CHOICE_LABEL_INSTRUCTION if is_multiple_choice(question) else LABEL_INSTRUCTION, question)
 
 
+RESPONSE_HEADER = "### Response:\n"
+
+
+def privileged_prompt(question: str, reference: str) -> str:
+    """The rationale prompt with a reference shown before the response: what the privileged
+    self-teacher (the student frozen at the start of the round) reads when it scores the student's
+    own samples (docs/method.md, "Scoring").
+
+    `reference`: the gold answer (`answer_reference(gold)`) or a reference rationale. It goes in a
+    `### Reference:` section just before `### Response:`; the rest is `rationale_prompt(question)`
+    unchanged, so the response it scores follows the same header. Score the completion's ids
+    tokenized on their own (distill.scoring.encode), never re-tokenized after this prompt, so they
+    are the ids the student is trained on.
+    """
+    if not reference or not reference.strip():
+        raise ValueError("a privileged prompt needs a reference (a gold answer or a rationale)")
+    own = rationale_prompt(question)
+    if not own.endswith(RESPONSE_HEADER):
+        raise ValueError(f"the rationale prompt does not end with {RESPONSE_HEADER!r}")
+    return f"{own.removesuffix(RESPONSE_HEADER)}### Reference:\n{reference.strip()}\n\n{RESPONSE_HEADER}"
+
+
+def answer_reference(gold: float) -> str:
+    """A gold answer as a reference: `The answer is 12.`"""
+    return f"The answer is {format_number(gold)}."
+
+
 def strategy_tag(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")

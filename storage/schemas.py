@@ -145,6 +145,29 @@ OVERLAPS = pa.schema(
 # The `sampled` evaluation mode (self-consistency): k rows per question.
 SAMPLED_PREDICTIONS = pa.schema([("sample_index", pa.int32()), *PREDICTIONS])
 
+# The teacher's token-level signal on samples (docs/method.md, "Scoring"): one row per scored
+# sample, C = the completion's tokens (as the student trains on them: its ids, EOS included), K = `k`.
+# Position c holds what the teacher predicts for completion token c from the prompt and tokens 0..c-1.
+# Log-probabilities are natural logs of the teacher's full softmax (no temperature, no top-p), in
+# float32; a probability too small for the engine to report comes as -9999.
+TOKEN_SCORES = pa.schema(
+    [
+        ("sample_id", pa.string()),  # `<question_id>|<strategy>|<sample_index>` (distill.scoring.sample_id)
+        ("question_id", pa.string()),
+        ("prompt_hash", pa.string()),  # sha256 (16 hex digits) of the scoring prompt's text
+        ("prompt_tokens", pa.int32()),  # length of the scoring prompt in tokens
+        ("completion_ids", pa.list_(pa.int32())),  # [C] the completion's token ids
+        ("sampled_logprobs", pa.list_(pa.float32())),  # [C] log p_teacher(completion token c)
+        ("top_ids", pa.list_(pa.list_(pa.int32()))),  # [C][K] the teacher's K likeliest tokens, likeliest first
+        ("top_logprobs", pa.list_(pa.list_(pa.float32()))),  # [C][K] their log-probabilities, descending
+        ("k", pa.int32()),  # K
+        ("teacher", pa.string()),  # the scoring model: its folder, name or Hub id
+        ("engine", pa.string()),  # vllm | openai | ...
+        ("engine_version", pa.string()),
+        ("tokenizer_hash", pa.string()),  # distill.scoring.tokenizer_fingerprint's digest, shared by teacher and student
+    ]
+)
+
 SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "problems": (1, PROBLEMS),
     "samples": (1, SAMPLES),
@@ -155,6 +178,7 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "outcomes": (1, OUTCOMES),
     "overlaps": (1, OVERLAPS),
     "sampled_predictions": (1, SAMPLED_PREDICTIONS),
+    "token_scores": (1, TOKEN_SCORES),
 }
 
 

@@ -3,8 +3,8 @@
 Accepts a pyarrow Table, a pandas DataFrame or a list of dicts. Columns come out in the schema's
 order with its types. A missing nullable column is filled with nulls; an extra column, a missing
 non-nullable column, or a value of another type is an error naming the column. Casts are safe and
-limited to the same family (integers and floats among themselves, string and large_string), so a
-string "1.5" never turns into a number and 1.5 never into the integer 1.
+limited to the same family (integers and floats among themselves, string and large_string, lists
+of such), so a string "1.5" never turns into a number and 1.5 never into the integer 1.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def _castable(source: pa.DataType, target: pa.DataType) -> bool:
         or pa.types.is_null(source)
         or (_is_numeric(source) and _is_numeric(target))
         or (_is_text(source) and _is_text(target))
+        # lists (token ids, log-probabilities): Python ints and floats arrive as int64 and double
+        or (pa.types.is_list(source) and pa.types.is_list(target) and _castable(source.value_type, target.value_type))
     )
 
 

@@ -59,10 +59,20 @@ def sample_rows(kind: str, n: int = 3) -> list[dict]:
                 row[field.name] = i * 10 + j
             elif pa.types.is_boolean(field.type):
                 row[field.name] = (i + j) % 2 == 0
+            elif pa.types.is_list(field.type):  # token ids and log-probabilities
+                row[field.name] = list_value(field.type, [i, j])
             else:
                 row[field.name] = i + 0.25 * j
         rows.append(row)
     return rows
+
+
+def list_value(list_type: pa.DataType, values: list[int]) -> list:
+    """`values` shaped as `list_type` (a list, or a list of lists), floats exact in float32."""
+    inner = list_type.value_type
+    if pa.types.is_list(inner):
+        return [list_value(inner, values)]
+    return [v + 0.25 for v in values] if pa.types.is_floating(inner) else list(values)
 
 
 def flip_byte(url: str, offset: int) -> None:

@@ -13,11 +13,18 @@ Token counts come from the response's `usage`. OpenAI and vLLM report one `usage
 `prompt_tokens` counts the prompt once (every choice gets that number) and `completion_tokens` sums
 the n choices, so it is split across choices in proportion to their text length (largest remainders
 keep the sum exact; exact when n = 1). Without `usage` the counts are 0.
+
+Scoring (`score`): each sequence goes to `/completions` as a prompt of token ids with `max_tokens: 1`
+and vLLM's `prompt_logprobs: k`, and each choice's `prompt_logprobs` (one dict token id -> {logprob,
+rank, decoded_token} per prompt token, None first) is read back, as the offline engine reads
+vLLM's (distill.engines.prompt_logprobs). The OpenAI-standard `echo: true, logprobs: k` is not used:
+it keys the top-k by decoded text, not by id, so tokens that decode alike merge and ids are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import queue
@@ -31,6 +38,7 @@ import httpx
 
 from distill.config import EngineConfig, SamplingConfig
 from distill.engines.base import Completion, EngineError, GenerationRequest, collect
+from distill.engines.prompt_logprobs import ScoreRequest, TokenScores, check_score_requests, token_scores
 
 MAX_BACKOFF_S = 30.0
 
@@ -85,7 +93,40 @@ class OpenAIEngine:
             thread.join(timeout=30)
             loop.close()
 
+    def score(self, requests: list[ScoreRequest], k: int, lora_path: str | None = None) -> list[TokenScores]:
+        """The served model's log-probabilities at each completion token, in request order
+        (distill.engines.prompt_logprobs), from vLLM's `prompt_logprobs` extension (module docstring);
+        a server that does not send them back is refused."""
+        if lora_path is not None:
+            raise EngineError("the openai engine serves no LoRA adapter per request: serve it as a model of its own")
+        check_score_requests(requests, k)
+        if not requests:
+            return []
+        # A thread of its own: asyncio.run needs a thread without a running event loop.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="openai-score") as pool:
+            try:
+                bodies = pool.submit(asyncio.run, self._score_all(requests, k)).result()
+            except ExceptionGroup as failed:  # the first failure cancelled the other requests
+                raise failed.exceptions[0] from None
+        return [token_scores(_prompt_logprobs(body, r.key), r, k) for body, r in zip(bodies, requests, strict=True)]
+
     # ------------------------------------------------------------------ async side
+
+    async def _score_all(self, requests: list[ScoreRequest], k: int) -> list[dict[str, Any]]:
+        limit = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+
+        async def one(client: httpx.AsyncClient, request: ScoreRequest) -> dict[str, Any]:
+            # Token ids as the prompt: the server reads them as they are (no tokenization, no BOS added).
+            payload = {"model": self.model, "prompt": list(request.token_ids), "max_tokens": 1,
+                       "temperature": 0.0, "prompt_logprobs": k}
+            async with limit:
+                return await self._post_with_retries(client, payload)
+
+        async with (httpx.AsyncClient(timeout=self.timeout_s, headers=self._headers, limits=limits) as client,
+                    asyncio.TaskGroup() as group):
+            tasks = [group.create_task(one(client, r)) for r in requests]
+        return [t.result() for t in tasks]
 
     async def _run_all(self, requests: list[GenerationRequest], sampling: SamplingConfig,
                        answers: queue.Queue) -> None:
@@ -198,6 +239,15 @@ def _completions(body: dict[str, Any], key: str) -> list[Completion]:
     return [Completion(text=t, prompt_tokens=prompt_tokens, completion_tokens=k,
                        finish_reason=c.get("finish_reason") or "unknown")
             for t, k, c in zip(texts, counts, choices)]
+
+
+def _prompt_logprobs(body: dict[str, Any], key: str) -> list:
+    choices = body.get("choices") or []
+    found = choices[0].get("prompt_logprobs") if choices else None
+    if found is None:
+        raise EngineError(f"request {key}: the server sent no prompt_logprobs; scoring needs vLLM's OpenAI "
+                          f"server (`vllm serve`), which returns them per prompt token: {str(body)[:300]}")
+    return found
 
 
 def split_total(total: int, weights: list[int]) -> list[int]:

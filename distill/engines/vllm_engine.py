@@ -23,6 +23,9 @@ shutting it down, and the next step's `make_engine` may get it back with another
 loaded in place (`serve_weights_of`; distill.engines.kept_engine says when). `shutdown()` always
 ends it.
 
+Scoring: `score(requests, k)` returns the model's top-k and actual-token log-probabilities at each
+completion token of given token sequences (distill.engines.prompt_logprobs).
+
 LoRA: start with `enable_lora: true` (and `vllm_args: {max_lora_rank: R}` when the adapter's rank
 exceeds vLLM's default of 16); `lora_path` then names a PEFT adapter folder. An adapter rewritten
 in place (same folder, new weights) gets a new adapter id, so vLLM never serves a stale cache.
@@ -41,6 +44,7 @@ from distill import timings
 from distill.config import EngineConfig, SamplingConfig
 from distill.engines import kept_engine
 from distill.engines.base import Completion, EngineError, GenerationRequest, adapter_stamp
+from distill.engines.prompt_logprobs import ScoreRequest, TokenScores, check_score_requests, token_scores
 from distill.engines.vllm_settings import (
     batch_invariant_on_gpus,
     bind_all_cpus,
@@ -158,6 +162,27 @@ class VllmEngine:
                 engine.abort_request(sorted(pending), internal=True)
         if pending:
             raise EngineError(f"vLLM stopped with {len(pending)} of {len(requests)} requests unanswered")
+
+    def score(self, requests: list[ScoreRequest], k: int, lora_path: str | None = None) -> list[TokenScores]:
+        """The model's log-probabilities at each completion token of each request, in request order
+        (distill.engines.prompt_logprobs): every sequence read as a prompt of token ids with
+        `prompt_logprobs=k`, in one `llm.generate` call; the one token generated is discarded.
+
+        k is at most vLLM's `max_logprobs` (20 unless `engine.vllm_args` raises it). A sequence must
+        leave room for that token: at most `engine.max_model_len - 1` tokens.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_score_requests(requests, k)
+        if not requests:
+            return []
+        # Greedy and undetokenized: the generated token is never used. Prompts with prompt_logprobs
+        # never read the prefix cache (vLLM skips it for them), so every position is computed.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False)
+        outputs = self._llm.generate([TokensPrompt(prompt_token_ids=list(r.token_ids)) for r in requests], params,
+                                     lora_request=self._lora_request(lora_path), use_tqdm=True)
+        return [token_scores(out.prompt_logprobs, r, k) for out, r in zip(outputs, requests, strict=True)]
 
     def reseed(self, seed: int) -> None:
         """Reseed the sampler; the engine must have been built from `reseedable(cfg)`."""
