@@ -130,15 +130,15 @@ def test_plan_json_lists_each_step_with_kind_iteration_and_action(tmp_path, caps
     assert {r["kind"] for r in rows} == {"problems", "contamination", "generate", "verify", "distill_set", "mix",
                                          "train", "evaluate", "report"}
     # Teacher: 40 questions x 3 strategies, 2 samples each; then per iteration (forced self-generation)
-    # 40 questions x 3 primed strategies x 2 samples, and 40 free-choice prompts x 1 sample.
+    # 40 questions x 3 primed strategies x 1 sample, and 40 free-choice prompts x 1 sample.
     # Three trainings of 24 steps; 24 arith + 3 GSM8K questions x 2 modes x 4 evaluated stages.
-    assert "440 prompts, 800 samples, 3 trainings of 72 steps in all, 216 evaluation questions" in captured.err
+    assert "440 prompts, 560 samples, 3 trainings of 72 steps in all, 216 evaluation questions" in captured.err
     free = ["plan", str(REPO / "configs/quickstart.yaml"), f"runs_root={tmp_path}", "siked.self_generation=free",
             "--json"]
-    assert main(free) == 0  # the student picks: 40 prompts x 2 samples per iteration; the same steps
+    assert main(free) == 0  # the student picks: 40 prompts x 1 sample per iteration; the same steps
     captured = capsys.readouterr()
     assert [r["step"] for r in json.loads(captured.out)] == [r["step"] for r in rows]
-    assert "200 prompts, 400 samples, 3 trainings of 72 steps in all, 216 evaluation questions" in captured.err
+    assert "200 prompts, 320 samples, 3 trainings of 72 steps in all, 216 evaluation questions" in captured.err
 
 
 # --------------------------------------------------------------------------- claims
