@@ -359,6 +359,13 @@ class TrainConfig(Section):
     """Learning-rate decay after warm-up."""
     warmup_steps: int = Field(default=5, ge=0)
     """Optimizer steps of linear warm-up from 0 to `lr`."""
+    schedule_across_rounds: Literal["restart", "continue"] = "restart"
+    """`restart`: every round (the teacher-data round and each SIKeD iteration) warms up and decays a
+    schedule of its own, as SIKeD's reference does (a fresh trainer per round). `continue`: one
+    schedule over all rounds, as one pass of the same steps has: warm-up in the first round only,
+    decay spanning `max_steps` x (`siked.iterations` + 1) steps, each round taking its share (needs
+    `max_steps`). AdamW's moments start afresh either way: with LoRA each round trains a new adapter
+    on the merged weights, so the previous round's moments belong to parameters merged away."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     batch_size: int = Field(default=8, ge=1)
@@ -410,6 +417,16 @@ class TrainConfig(Section):
     """Also write TensorBoard event files beside the training metrics."""
     continue_from_previous: bool = True
     """Iterations >= 1 start from the previous student (LoRA merged); False restarts from `model`."""
+
+    @model_validator(mode="after")
+    def _one_schedule_needs_known_rounds(self) -> TrainConfig:
+        if self.schedule_across_rounds == "continue" and self.max_steps is None:
+            raise ValueError("train.schedule_across_rounds=continue needs train.max_steps: one schedule over "
+                             "every round must know each round's length before the first one trains")
+        if self.schedule_across_rounds == "continue" and not self.continue_from_previous:
+            raise ValueError("train.schedule_across_rounds=continue needs train.continue_from_previous=true: "
+                             "a round that restarts from the base model starts a schedule of its own")
+        return self
 
 
     @model_validator(mode="after")

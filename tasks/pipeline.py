@@ -246,6 +246,9 @@ def _train(b: _Builder, cfg: RunConfig, iteration: int, train_set: str) -> str:
         # (`auto` resolved from the validation labels and the student's tokenizer, both read by the
         # body from its inputs) and the same tolerance.
         job |= {"label_max_tokens": cfg.eval.label_max_tokens, "rel_tol": cfg.verify.rel_tol}
+    if cfg.train.schedule_across_rounds == "continue":
+        # One schedule over every round: this round's place in it, and how many rounds share it.
+        job["schedule_round"] = (iteration, cfg.siked.iterations + 1)
     b.add(f"{stage}/train", "train", iteration, job, inputs,
           {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
     return f"{stage}/train"

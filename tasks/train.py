@@ -48,7 +48,8 @@ def train_student_step(job: TrainJob) -> dict:
     result = with_progress(f"train-{Path(job.output_dir).parent.name}", f"Training iteration {job.iteration}",
                            lambda: fraction_done(job, planned_steps(job.cfg, len(rows))),
                            launch_training, job.cfg, rows, model_path, output, checkpoints,
-                           LoopOptions(label_max_tokens=job.label_max_tokens, rel_tol=job.rel_tol))
+                           LoopOptions(label_max_tokens=job.label_max_tokens, rel_tol=job.rel_tol,
+                                       schedule_round=job.schedule_round))
     # The model it started from is a parent too: a retrained start model retrains this one.
     parents = with_manifests(job.train_set_url, job.problems_url, job.start_model)
     write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key, parents=parents)

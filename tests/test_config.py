@@ -205,10 +205,10 @@ def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_pa
 
     sets = [{"name": "arith", "split": "test", "size": 3},
             {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]
-    # pinned: the id moves when a config field is added (teacher.given_rationales, siked.self_generation)
+    # pinned: the id moves when a config field is added (given_rationales, self_generation, schedule_across_rounds)
     # or a default changes (eval.label_max_tokens, set here to its old value), never for an unset label
     plain = load_config({"name": "pinned", "eval": {"benchmarks": sets, "label_max_tokens": 16}})
-    assert run_id(plain) == "pinned-0d5f80e842"
+    assert run_id(plain) == "pinned-e81433f486"
     import yaml
 
     assert "label" not in plain.eval.benchmarks[1].model_dump()
@@ -236,3 +236,32 @@ def test_a_merged_mapping_may_still_be_overridden():
     from distill.strict_yaml import load_yaml
 
     assert load_yaml("base: &b {lr: 1, seed: 2}\nrun:\n  <<: *b\n  lr: 3\n")["run"] == {"lr": 3, "seed": 2}
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    (["train.schedule_across_rounds=continue"], "needs train.max_steps"),
+    (["train.schedule_across_rounds=continue", "train.max_steps=4", "train.continue_from_previous=false"],
+     "needs train.continue_from_previous=true"),
+])
+def test_one_schedule_across_rounds_needs_rounds_of_known_length_from_the_previous_student(overrides, words):
+    from distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        load_config("", overrides)
+
+
+def test_one_schedule_across_rounds_gives_each_training_its_round(tmp_path):
+    from flows.run_setup import run_layout
+    from tasks.pipeline import pipeline_steps
+
+    def trainings(*overrides: str) -> dict[str, object]:
+        cfg = load_config("", [f"runs_root={tmp_path}", "siked.iterations=2", "train.max_steps=4", *overrides])
+        steps = pipeline_steps(cfg, run_layout(cfg))
+        return {n: s for n, s in steps.items() if s.kind == "train"}
+
+    restart = trainings()
+    assert all("schedule_round" not in s.job for s in restart.values())
+    one = trainings("train.schedule_across_rounds=continue")
+    assert [one[n].job["schedule_round"] for n in sorted(one)] == [(0, 3), (1, 3), (2, 3)]
+    longer = trainings("train.schedule_across_rounds=continue", "siked.iterations=3")
+    assert all(longer[n].key != one[n].key for n in one)  # a longer schedule changes every round's rates

@@ -306,3 +306,24 @@ def test_a_dss_format_training_on_svamp_trains_rationales_without_the_answer(dat
     assert report["format"] == "dss" and report["rationale_contains_label"] == 0.0
     assert report["rationale_states_answer"] < 1.0
     assert result.best_val["metric"] == "label accuracy"
+
+
+def test_one_schedule_across_rounds_takes_up_where_the_previous_round_stopped(tiny_model_path, tmp_path):
+    """train.schedule_across_rounds=continue: round 1 of 2 neither warms up again nor decays to 0 on its
+    own; its learning rates are the second half of one schedule of 2 x max_steps."""
+    from distill.training.prepare import lr_multiplier
+
+    cfg = tiny_cfg(max_steps=3, warmup_steps=2, checkpoint_every=3, val_fraction=0.0)
+    rows = make_rows(8, words=2)
+
+    def rates(name: str, schedule_round: tuple[int, int] | None) -> list[float]:
+        result = train_student(cfg, rows, str(tiny_model_path), tmp_path / name / "out", tmp_path / name / "ckpt",
+                               quiet(schedule_round=schedule_round))
+        return [m["lr"] for m in result.metrics if m["split"] == "train"]
+
+    own = rates("own", None)
+    assert own == pytest.approx([cfg.lr * lr_multiplier(s, "linear", 2, 3) for s in range(3)])
+    assert own[0] == 0.0  # a round of its own warms up from 0
+    second = rates("second", (1, 2))
+    assert second == pytest.approx([cfg.lr * lr_multiplier(s, "linear", 2, 6) for s in range(3, 6)])
+    assert second[0] > second[1] > second[2] > 0.0

@@ -77,6 +77,9 @@ class LoopOptions:
     set (`distill.label_budget`)."""
     rel_tol: float = 1e-6
     """Relative tolerance of a label-mode validation answer against a non-integer gold (`verify.rel_tol`)."""
+    schedule_round: tuple[int, int] | None = None
+    """(round, rounds): this training is round `round` of `rounds` sharing one learning-rate schedule
+    of `rounds` x its own steps (`train.schedule_across_rounds: continue`); None: its own schedule."""
     val_batch_size: int = 16
     log_every: int = 10
     """A progress line on stderr every this many steps."""
@@ -123,7 +126,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
         if warning:
             _say(f"warning: {warning}")
     found = ckpt.latest_checkpoint(checkpoint_dir) if options.resume else None
-    state = build_state(cfg, model_path, dist_, data, resume_from=found)
+    state = build_state(cfg, model_path, dist_, data, resume_from=found, schedule_round=options.schedule_round)
     if found is not None and is_main:
         _say(f"resuming from {found} (step {state.step})")
     metrics = _MetricsLog(checkpoint_dir / "metrics.jsonl", is_main, keep_until=state.step,

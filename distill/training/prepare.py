@@ -125,9 +125,11 @@ class TrainState:
 
 
 def build_state(cfg: TrainConfig, model_path: str, dist_: Dist, data: TrainingData,
-                resume_from: Path | None) -> TrainState:
+                resume_from: Path | None, schedule_round: tuple[int, int] | None = None) -> TrainState:
     """The student, its InfoNCE heads, AdamW and the schedule; restored from the checkpoint folder
-    `resume_from` when given (weights, optimizer, schedule, heads, random state)."""
+    `resume_from` when given (weights, optimizer, schedule, heads, random state). With
+    `schedule_round` (round, rounds) the schedule is `rounds` x this training's steps long and this
+    training takes round `round`'s share of it."""
     import torch
 
     fsdp = dist_.enabled and cfg.distributed == "fsdp"
@@ -147,8 +149,10 @@ def build_state(cfg: TrainConfig, model_path: str, dist_: Dist, data: TrainingDa
         load_trainable(model, ckpt.load_file(resume_from, "trainable.pt"), fsdp=True)
     named = _named_trainables(model, head)
     optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr)
+    round_, rounds = schedule_round or (0, 1)
+    offset, length = round_ * data.total_steps, rounds * data.total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, cfg.schedule, cfg.warmup_steps, data.total_steps))
+        optimizer, lambda s: lr_multiplier(offset + s, cfg.schedule, cfg.warmup_steps, length))
     if resume_from is not None:
         load_optimizer(model, optimizer, ckpt.load_file(resume_from, "optimizer.pt"), fsdp)
         scheduler.load_state_dict(ckpt.load_file(resume_from, "scheduler.pt"))

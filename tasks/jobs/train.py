@@ -30,6 +30,9 @@ class TrainJob:
     """Label-mode validation's budget (`eval.label_max_tokens`; read with `train.select_on: label`)."""
     rel_tol: float = 1e-6
     """Label-mode validation's tolerance (`verify.rel_tol`; read with `train.select_on: label`)."""
+    schedule_round: tuple[int, int] | None = None
+    """(this round, rounds) of one learning-rate schedule over every round
+    (`train.schedule_across_rounds: continue`); None: a schedule of its own."""
 
 
 def fraction_done(job: TrainJob, total_steps: int) -> float:
