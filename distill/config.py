@@ -467,6 +467,23 @@ class SikedConfig(Section):
     """Engine settings for student generation; its `model` is replaced by the current student."""
 
 
+class TokenLevelConfig(Section):
+    score: bool = False
+    """Score every self-generation round's samples with a teacher: each iteration t >= 1 gets a step
+    `iter-0t/score` writing, per student sample, the teacher's log-probability of each completion
+    token and its `top_k` likeliest tokens there (`token_scores`, docs/method.md, "Scoring"). No
+    training reads them yet."""
+    teacher: Literal["separate", "self"] = "separate"
+    """Who scores. `separate`: the run's teacher (`teacher.engine`, its model), which must share the
+    student's tokenizer (refused before any work otherwise, naming both). `self`: the privileged
+    self-teacher, the student that generated the samples (the round's starting student, with
+    `siked.engine`), shown the gold answer (`privileged_prompt`) before the completion it scores."""
+    top_k: int = Field(default=20, ge=1)
+    """Teacher tokens kept per completion position, likeliest first. vLLM serves at most its
+    `max_logprobs` (20 unless the scoring engine's `vllm_args.max_logprobs` raises it); a larger
+    `top_k` with a vLLM scorer that does not raise it is refused."""
+
+
 class DecontaminationConfig(Section):
     ngram: int = Field(default=13, ge=1)
     """Word n-gram length: an evaluation question sharing one with a training problem (or a prompt
@@ -548,6 +565,13 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     siked: SikedConfig = Field(default_factory=SikedConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    token_level: TokenLevelConfig = Field(default_factory=TokenLevelConfig)
+    """The teacher's token-level signal on the student's samples (off by default)."""
+
+    def scoring_engine(self) -> EngineConfig:
+        """The engine settings of the `token_level` scorer: the teacher's, or the student's for the
+        self-teacher (its `model` then replaced by the round's starting student)."""
+        return self.teacher.engine if self.token_level.teacher == "separate" else self.siked.engine
 
     @field_validator("name")
     @classmethod
@@ -598,6 +622,22 @@ class RunConfig(Section):
             raise ValueError("train.format=dss with siked.iterations > 0: a DSS-format student writes "
                              "rationales without answers, so none of its samples can be verified correct; "
                              "set siked.iterations=0 (one-pass distillation)")
+        return self
+
+    @model_validator(mode="after")
+    def _a_scorer_can_score(self) -> RunConfig:
+        if not self.token_level.score:
+            return self
+        engine, where = self.scoring_engine(), ("teacher.engine" if self.token_level.teacher == "separate"
+                                                 else "siked.engine")
+        if engine.kind == "file":
+            raise ValueError(f"token_level.teacher={self.token_level.teacher}: {where}.kind=file serves given "
+                             "rationales and computes no log-probabilities; score with token_level.teacher=self "
+                             "or a model engine")
+        limit = int(engine.vllm_args.get("max_logprobs", 20))
+        if engine.kind == "vllm" and self.token_level.top_k > limit:
+            raise ValueError(f"token_level.top_k={self.token_level.top_k} is more than vLLM serves "
+                             f"({where}.vllm_args.max_logprobs, {limit}); raise max_logprobs there or lower top_k")
         return self
 
     @model_validator(mode="after")

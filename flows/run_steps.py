@@ -17,6 +17,7 @@ from tasks.gpu import engine_devices, on_gpus, train_devices
 from tasks.mix import mix_training_set
 from tasks.pipeline import CONTAMINATION, FREE_CHOICE, eval_targets, skipped_eval_sets
 from tasks.problems import freeze_problems
+from tasks.score import ScoreJob, score_samples
 from tasks.train import TrainJob, train_student_step
 from tasks.verify import verify
 
@@ -88,6 +89,23 @@ def generate(run: Run, iteration: int) -> dict:
                         model=model, iteration=iteration, **job, **probe)
     with on_gpus(engine_devices(gen.engine)):
         return run.submit(generate_samples, name, job=gen)
+
+
+def score(run: Run, iteration: int) -> dict | None:
+    """The teacher's token-level scores of the iteration's samples (`token_level.score`), or None
+    when the run does not score them. The self-teacher is the student that generated them."""
+    name = f"iter-{iteration:02d}/score"
+    if name not in run.steps:
+        return None
+    step = run.steps[name]
+    job = step.job
+    student = run.input(name, "student")
+    scoring = ScoreJob(samples_url=run.input(name, "samples"), problems_url=run.input(name, "problems"),
+                       output_url=step.output("token_scores"), key=step.key, engine=job["engine"],
+                       model=student if job["teacher"] == "self" else job["engine"].model, student=student,
+                       teacher=job["teacher"], top_k=job["top_k"], iteration=iteration)
+    with on_gpus(engine_devices(scoring.engine)):
+        return run.submit(score_samples, name, job=scoring)
 
 
 def verify_and_select(run: Run, iteration: int) -> tuple[dict, dict]:

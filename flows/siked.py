@@ -25,6 +25,7 @@ from flows.run_steps import (
     freeze_eval_sets,
     generate,
     mix,
+    score,
     train,
     verify_and_select,
 )
@@ -36,16 +37,20 @@ from tasks.pipeline import eval_only_steps, pipeline_steps
 
 @flow(name="siked-iteration", flow_run_name="iteration-{iteration:02d}")
 def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, attempt: str) -> dict:
-    """One SIKeD iteration: self-generate, verify, keep the correct, mix, train, evaluate."""
+    """One SIKeD iteration: self-generate (and score the samples, with `token_level.score`), verify,
+    keep the correct, mix, train, evaluate."""
     run = Run(cfg, layout, pipeline_steps(cfg, layout), attempt)
     stage = f"iter-{iteration:02d}"
     samples = generate(run, iteration)
+    scored = score(run, iteration)  # the teacher's token-level signal, when `token_level.score` asks for it
     verified, self_set = verify_and_select(run, iteration)
     mixed = mix(run, iteration)
     new_student = train(run, iteration)
     scores = evaluate(run, stage, new_student["path"])
     record = {"iteration": iteration, "samples": samples, "verified": verified, "self_set": self_set,
               "mix": mixed["mix"], "train_set": mixed, "student": new_student, "eval": scores}
+    if scored is not None:
+        record["token_scores"] = scored
     publish_iteration(run.layout, record)
     return record
 

@@ -32,7 +32,7 @@ from storage.step_store import step_dir
 from tasks.jobs.benchmarks import content_key, data_available, file_content_hash
 
 KINDS = ("problems", "contamination", "generate", "verify", "distill_set", "mix", "train", "evaluate", "report",
-         "train_set")
+         "train_set", "score")
 # Bump when a change to the code must invalidate finished steps (the package version is part of the
 # key too). Git commits alone do not: resuming after an unrelated fix must reuse finished work.
 CACHE_VERSION = "3"  # 3: keys hash the step's job (distill.config declares execution-only fields)
@@ -305,6 +305,20 @@ def _generate(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) 
           outputs)
 
 
+def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str) -> None:
+    """`iter-0t/score` (`token_level.score`): the round's samples scored by the teacher, or by the
+    student that generated them shown the gold answer (`self`). Its body encodes with the student's
+    tokenizer, so the student is an input either way; with `self` it is also the scorer. Scoring is
+    greedy and reads no chat template, so the engine's seed and template, and its replicas (it runs
+    as one), change nothing it writes."""
+    level = cfg.token_level
+    b.add(f"iter-{iteration:02d}/score", "score", iteration,
+          {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine()},
+          {"samples": f"iter-{iteration:02d}/generate", "problems": "problems/train", "student": student},
+          {"token_scores": Output("token_scores", "token_scores")},
+          unkeyed=("engine.seed", "engine.chat_template", "engine.replicas"))
+
+
 def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
     """Every step `cfg` asks for, in the order the flow runs them, the report last."""
     b = _Builder(layout.root)
@@ -319,6 +333,8 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
     for iteration in range(1, cfg.siked.iterations + 1):
         stage = f"iter-{iteration:02d}"
         _generate(b, cfg, iteration, student)
+        if cfg.token_level.score:
+            _score(b, cfg, iteration, student)
         _verify_and_select(b, cfg, iteration)
         target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
         inputs = {"self_set": f"{stage}/distill_set", "verified": f"{stage}/verify",

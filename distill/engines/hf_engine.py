@@ -6,7 +6,8 @@ Prompts are sorted by length and sent `engine.concurrency` at a time (left paddi
 the stop string, special tokens skipped, `completion_tokens` counting the end-of-sequence token,
 `finish_reason` "stop" (end of sequence or stop string) or "length". Sampling is seeded once per
 engine (`torch.manual_seed(engine.seed)`, again by `reseed(seed)`); top-k is off, as in vLLM. Temperature 0 decodes greedily
-once and repeats the answer n times.
+once and repeats the answer n times. `score` gives the log-probabilities of given token ids
+(distill.engines.prompt_logprobs) from one forward pass per sequence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from distill.config import EngineConfig, SamplingConfig
 from distill.engines.base import Completion, GenerationRequest, adapter_stamp, cut_at_stop
+from distill.engines.prompt_logprobs import ScoreRequest, TokenScores, check_score_requests
 
 
 class TransformersEngine:
@@ -107,6 +109,28 @@ class TransformersEngine:
 
             self._net = PeftModel.from_pretrained(self._base, wanted[0]).eval()
             self._adapter = wanted
+
+    def score(self, requests: list[ScoreRequest], k: int, lora_path: str | None = None) -> list[TokenScores]:
+        """The model's log-probabilities at each completion token of each request, in request order
+        (distill.engines.prompt_logprobs): one forward pass per sequence, the log-softmax of its
+        logits in float32 (position t predicts token t + 1), the top-k by `torch.topk` (likeliest
+        first). Exact, unbatched: the reference the vLLM scores are checked against."""
+        import torch
+
+        check_score_requests(requests, k)
+        self._use_adapter(lora_path)
+        out = []
+        for request in requests:
+            ids = torch.tensor([request.token_ids], device=self._device)
+            with torch.inference_mode():
+                logits = self._net(input_ids=ids).logits[0].float()
+            # Rows prompt_len - 1 .. T - 2 predict the completion tokens prompt_len .. T - 1: [C, V].
+            logprobs = torch.log_softmax(logits[request.prompt_len - 1:-1], dim=-1)
+            completion = ids[0, request.prompt_len:]
+            sampled = logprobs.gather(1, completion[:, None])[:, 0]
+            top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)  # sorted, likeliest first
+            out.append(TokenScores(sampled.tolist(), top.indices.tolist(), top.values.tolist()))
+        return out
 
     def reseed(self, seed: int) -> None:
         import torch

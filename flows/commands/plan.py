@@ -13,7 +13,7 @@ from typing import Any
 
 from distill.config import BenchmarkRef, RunConfig
 from flows.commands.config_files import read_config
-from flows.commands.preflight import check_sets
+from flows.commands.preflight import check_scoring_teacher, check_sets
 from flows.run_setup import run_layout
 from storage.artifacts import read_manifest
 from storage.fs import ArtifactError
@@ -139,6 +139,7 @@ def plan_cli(config_path: str, overrides: list[str], as_json: bool) -> int:
         return 0
     cfg = read_config(config_path, overrides)
     check_sets(cfg)  # a set `siked run` would refuse is refused here too, not counted as 0 questions
+    check_scoring_teacher(cfg)  # a teacher `siked run` would refuse for its tokenizer, too
     layout = run_layout(cfg)
     steps = pipeline_steps(cfg, layout)
     decisions = decide(steps)

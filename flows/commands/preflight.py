@@ -72,6 +72,47 @@ def check_sets(cfg: RunConfig) -> None:
             raise ConfigError(f"{where}: {why}")
 
 
+def _tokenizer_folder(spec: str) -> str | None:
+    """The local folder holding `spec`'s tokenizer, when one is at hand without preparing or
+    downloading anything (a local folder, or a builtin model already prepared); else None."""
+    from distill.models import BUILTIN_PREFIX, ModelSpecError, builtin_model_dir, is_prepared, model_spec_kind
+    from storage.paths import models_dir
+
+    try:
+        kind = model_spec_kind(spec)
+    except ModelSpecError:  # a URL, or a name the other checks refuse
+        return None
+    if kind == "local":
+        return spec
+    if kind == "builtin":
+        folder = builtin_model_dir(models_dir(), spec.strip()[len(BUILTIN_PREFIX):])
+        return str(folder) if is_prepared(folder) else None
+    return None
+
+
+def check_scoring_teacher(cfg: RunConfig) -> None:
+    """`token_level.teacher=separate`: the teacher must share the student's tokenizer (scoring reads
+    the student's token ids). Refused here, naming both, when both tokenizers are at hand; otherwise
+    the scoring step checks it before it loads the teacher."""
+    if not (cfg.token_level.score and cfg.token_level.teacher == "separate" and cfg.siked.iterations):
+        return
+    teacher, student = cfg.teacher.engine.model, cfg.train.model
+    if cfg.teacher.engine.kind not in ("vllm", "transformers") or teacher.strip() == student.strip():
+        return
+    folders = (_tokenizer_folder(teacher), _tokenizer_folder(student))
+    if None in folders:
+        return
+    from transformers import AutoTokenizer
+
+    from distill.scoring import TokenizerMismatch, check_shared_tokenizer
+
+    try:
+        check_shared_tokenizer(AutoTokenizer.from_pretrained(folders[0]), AutoTokenizer.from_pretrained(folders[1]),
+                               teacher, student)
+    except TokenizerMismatch as exc:
+        raise ConfigError(f"token_level.teacher: {exc}") from None
+
+
 def preflight(cfg: RunConfig) -> None:
     """Raise ConfigError for problems detectable before any work."""
     _check_engine(cfg.teacher.engine, "teacher.engine")
@@ -91,3 +132,4 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.siked.iterations and cfg.siked.engine.kind in ("openai", "file"):
         raise ConfigError("siked.engine.kind: students generate with a local engine (vllm or transformers)")
     check_sets(cfg)
+    check_scoring_teacher(cfg)

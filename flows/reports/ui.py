@@ -45,6 +45,8 @@ def iteration_summary(record: dict) -> dict:
         summary["alpha"] = record["mix"]["alpha"]
         summary["train_rows"] = record["train_set"]["rows"]
         summary["artifacts"] = {name: record[name]["path"] for name in ("samples", "verified", "self_set", "train_set")}
+        if "token_scores" in record:  # `token_level.score`
+            summary["artifacts"]["token_scores"] = record["token_scores"]["path"]
     summary["student"] = record["student"]["path"]
     summary["artifacts"]["student"] = record["student"]["path"]
     summary["train"] = record["student"].get("train", {})
