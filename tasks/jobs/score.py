@@ -95,7 +95,8 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
     from distill.scoring import score_shards
 
     out = ShardedArtifact(job.output_url, "token_scores", config_hash=job.key,
-                          parents=with_manifests(job.samples_url, job.problems_url, job.model, job.student))
+                          parents=with_manifests(*dict.fromkeys((job.samples_url, job.problems_url, job.model,
+                                                                 job.student))))  # the self-teacher is the student
     student_tokenizer = AutoTokenizer.from_pretrained(local_path(job.student, "transformers"))
     scorer_path = local_path(job.model, job.engine.kind)
     check_tokenizers(job, student_tokenizer, scorer_path)
