@@ -220,7 +220,7 @@ def grown_teacher(tiny_model_path, tmp_path) -> Path:
 
 
 def test_a_teacher_with_another_tokenizer_is_refused_before_any_work(tmp_path, tiny_model_path, grown_teacher,
-                                                                     monkeypatch):
+                                                                     monkeypatch, capsys):
     job = score_job(tmp_path, tiny_model_path, teacher="separate", model=grown_teacher)
     monkeypatch.setattr("distill.engines.make_engine", lambda *a, **k: pytest.fail("the teacher was loaded"))
     with pytest.raises(TokenizerMismatch) as refused:
@@ -236,6 +236,14 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_any_work(tmp_path, t
     with pytest.raises(ConfigError, match="token_level.teacher: the teacher .* do not share a tokenizer") as early:
         check_scoring_teacher(load_config(QUICKSTART, overrides))
     assert str(grown_teacher) in str(early.value) and str(tiny_model_path) in str(early.value)
+    from flows.cli import main
+
+    for command in ("plan", "run"):
+        assert main([command, str(REPO / "configs/quickstart.yaml"), f"runs_root={tmp_path / 'runs'}",
+                     *overrides]) == 2, command
+        said = capsys.readouterr().err
+        assert "do not share a tokenizer" in said and str(grown_teacher) in said, command
+    assert not (tmp_path / "runs").exists()  # nothing was written
     check_scoring_teacher(load_config(QUICKSTART, [*overrides, f"teacher.engine.model={tiny_model_path}"]))
 
 
