@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.engines.prompt_logprobs import ScoreRequest
+from distill.training.data import prompt_target_ids
 
 # Encoded by both tokenizers in the shared-tokenizer check: digits, spacing, newlines, code, the
 # student's section headers and strategy tags, and text outside ASCII.
@@ -93,14 +94,8 @@ def shard_samples(samples: Sequence[ScoringSample], shard_size: int) -> list[lis
 # --------------------------------------------------------------------------- tokens
 
 
-def encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) as the student's training tokenizes a prompt and its target:
-    the prompt with the tokenizer's special tokens, the completion without them, then EOS."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: completions end with one, as training targets do")
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-    return prompt_ids, completion_ids
+# (prompt ids, completion ids): exactly the ids the student's training gives a prompt and its target.
+encode = prompt_target_ids
 
 
 class TokenizerMismatch(ValueError):

@@ -7,20 +7,13 @@ only the shards whose manifest is missing.
 
 from __future__ import annotations
 
-from storage.artifacts import artifact_ref
 from storage.shards import ShardedArtifact
 from tasks.jobs.generate import GenerationJob, generate_into, shard_count
 from tasks.progress import with_progress
-from tasks.steps import step_task
+from tasks.steps import sharded_output_ref, step_task
 
 
-def samples_result(job: GenerationJob, stats: dict | None = None) -> dict:
-    ref = artifact_ref(job.output_url)
-    ref["stats"] = stats if stats is not None else {"reused_shards": "all"}
-    return ref
-
-
-@step_task(samples_result, name="generate", task_run_name="iter-{job.iteration:02d}-generate-{job.source}",
+@step_task(sharded_output_ref, name="generate", task_run_name="iter-{job.iteration:02d}-generate-{job.source}",
            retries=1, retry_delay_seconds=5)
 def generate_samples(job: GenerationJob) -> dict:
     """Sharded SAMPLES artifact at `job.output_url` (the shards a killed attempt finished are kept),
@@ -31,7 +24,7 @@ def generate_samples(job: GenerationJob) -> dict:
     probe = job.free_choice_job()
     if probe is not None:
         stats["free_choice"] = _generate(probe, "free-choice samples", "-free-choice")
-    return samples_result(job, stats)
+    return sharded_output_ref(job, stats)
 
 
 def _generate(job: GenerationJob, what: str, key_suffix: str) -> dict:

@@ -7,20 +7,13 @@ serves it without a new start. A rerun scores only the shards whose manifest is 
 
 from __future__ import annotations
 
-from storage.artifacts import artifact_ref
 from storage.shards import ShardedArtifact
 from tasks.jobs.score import ScoreJob, score_into, shard_count
 from tasks.progress import with_progress
-from tasks.steps import step_task
+from tasks.steps import sharded_output_ref, step_task
 
 
-def scores_result(job: ScoreJob, stats: dict | None = None) -> dict:
-    ref = artifact_ref(job.output_url)
-    ref["stats"] = stats if stats is not None else {"reused_shards": "all"}
-    return ref
-
-
-@step_task(scores_result, name="score", task_run_name="iter-{job.iteration:02d}-score-{job.teacher}",
+@step_task(sharded_output_ref, name="score", task_run_name="iter-{job.iteration:02d}-score-{job.teacher}",
            retries=1, retry_delay_seconds=5)
 def score_samples(job: ScoreJob) -> dict:
     """Sharded TOKEN_SCORES artifact at `job.output_url`, one row per student sample with a known
@@ -33,4 +26,4 @@ def score_samples(job: ScoreJob) -> dict:
                           f"Iteration {job.iteration}: samples scored by the {job.teacher} teacher, shards written",
                           lambda: len(out.completed_shards(verify_hash=False)) / total,
                           run_in_engine_worker, score_into, job)
-    return scores_result(job, dict(stats))
+    return sharded_output_ref(job, dict(stats))

@@ -27,6 +27,16 @@ from tasks.gate import discard_outputs, incomplete
 from tasks.pipeline import Step
 
 
+def sharded_output_ref(job: Any, stats: dict | None = None) -> dict:
+    """The result of a sharded step (generation, scoring): the ref of its output at `job.output_url`,
+    with the stats of the attempt that wrote it (none when read back from its files)."""
+    from storage.artifacts import artifact_ref
+
+    ref = artifact_ref(job.output_url)
+    ref["stats"] = stats if stats is not None else {"reused_shards": "all"}
+    return ref
+
+
 def step_task(result_from_files: Callable[..., Any], **options: Any):
     """Decorator: a Prefect task for a step body, with no result cache or persisted result (the
     step store is the only cache), and `result_from_files(**params)`, which gives what the body

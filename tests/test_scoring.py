@@ -9,11 +9,8 @@ model checked against a transformers forward pass of the same model on the same 
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pytest
@@ -35,6 +32,7 @@ from distill.scoring import (
 from distill.student_format import answer_reference, privileged_prompt, rationale_prompt
 from storage.schemas import schema_for
 from storage.shards import ShardedArtifact
+from tests.test_engines import FakeServer
 
 ROWS = [
     {"question_id": "gsm8k-train-1", "question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
@@ -310,27 +308,12 @@ def test_a_lost_shard_is_scored_again_alone(tmp_path, tokenizer):
 # --------------------------------------------------------------------------- the openai engine
 
 
-class LogprobServer:
+class LogprobServer(FakeServer):
     """`/v1/completions` answering vLLM-style `prompt_logprobs` (JSON) for token-id prompts."""
 
     def __init__(self, tokenizer, with_logprobs: bool = True):
+        super().__init__()
         self.tokenizer, self.with_logprobs = tokenizer, with_logprobs
-        self.requests: list[dict] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def answer(self, payload: dict) -> dict:
         ids, k = payload["prompt"], payload["prompt_logprobs"]
@@ -341,29 +324,6 @@ class LogprobServer:
         if self.with_logprobs:
             choice["prompt_logprobs"] = positions
         return {"choices": [choice], "usage": {"prompt_tokens": len(ids), "completion_tokens": 1}}
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self.send_response(404)
-                self.end_headers()
-
-            def do_POST(self):
-                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(payload)
-                body = json.dumps(server.answer(payload)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
 
 
 def test_openai_engine_scores_token_ids_through_prompt_logprobs(tokenizer):

@@ -234,6 +234,15 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def prompt_target_ids(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) of one task as the student trains on it: the prompt with the
+    tokenizer's special tokens (as at generation time), the target without them, then EOS. Tokenized
+    apart, so a target's ids do not depend on the prompt before it (distill.scoring relies on it)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: targets must end with one")
+    return _ids(tokenizer, prompt, special=True), _ids(tokenizer, target, special=False) + [tokenizer.eos_token_id]
+
+
 def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
                    ) -> tuple[list[TokenizedExample], DataStats]:
     """Tokenize both tasks of every text: prompt (with the tokenizer's special tokens, as at
@@ -243,17 +252,14 @@ def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
     EOS goes with it); an example whose prompt leaves no room for one target token is dropped
     (`stats.dropped["<task>_prompt_too_long"]`).
     """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: targets must end with one")
-    eos = tokenizer.eos_token_id
     stats = DataStats()
     examples: list[TokenizedExample] = []
     for text in texts:
         stats.rows += 1
         parts: dict[str, tuple[list[int], int]] = {}
         for task in TASKS:
-            prompt = _ids(tokenizer, getattr(text, f"{task}_prompt"), special=True)
-            target = _ids(tokenizer, getattr(text, f"{task}_target"), special=False) + [eos]
+            prompt, target = prompt_target_ids(tokenizer, getattr(text, f"{task}_prompt"),
+                                               getattr(text, f"{task}_target"))
             if len(prompt) >= max_length:
                 stats.dropped[f"{task}_prompt_too_long"] += 1
                 break

@@ -58,14 +58,19 @@ class PreparedJob:
 
 
 def model_path_of(job: GenerationJob) -> str:
-    """The folder (or name) the engine loads: builtin and Hub models resolve on this machine, and a
-    student under a remote run root is downloaded into this machine's mirror (storage.mirror)."""
+    """The folder (or name) the job's engine loads (`engine_model_path`)."""
+    return engine_model_path(job.model, job.engine.kind)
+
+
+def engine_model_path(model: str, kind: str) -> str:
+    """The folder (or name) an engine of `kind` loads for `model`: builtin and Hub models resolve on
+    this machine, and a student under a remote run root is downloaded into this machine's mirror
+    (storage.mirror); a served model (`openai`) stays a name."""
     from distill.models import resolve_model
     from storage.mirror import local_model
     from storage.paths import models_dir
 
-    local = job.engine.kind in ("vllm", "transformers")
-    return resolve_model(local_model(job.model), models_dir()) if local else job.model
+    return resolve_model(local_model(model), models_dir()) if kind in ("vllm", "transformers") else model
 
 
 def prepare_job(job: GenerationJob, engine) -> PreparedJob:

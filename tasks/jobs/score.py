@@ -18,6 +18,7 @@ from distill import timings
 from distill.config import EngineConfig
 from storage.artifacts import read_artifact, read_manifest, with_manifests
 from storage.shards import ShardedArtifact
+from tasks.jobs.generate import engine_model_path
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,9 @@ class ScoreJob:
     iteration: int
 
 
-def local_path(spec: str, kind: str) -> str:
-    """The folder (or name) a local engine loads for `spec`, as generation resolves it."""
-    from distill.models import resolve_model
-    from storage.mirror import local_model
-    from storage.paths import models_dir
-
-    return resolve_model(local_model(spec), models_dir()) if kind in ("vllm", "transformers") else spec
-
-
 def scoring_shards(job: ScoreJob) -> tuple[list[list], int]:
     """(the samples as distill.scoring samples, one list per generation shard; how many samples were
-    left out). The self-teacher reads
-    the privileged prompt with the gold answer (`answer_reference`); a separate teacher the
+    left out). The self-teacher reads the privileged prompt with the gold answer (`answer_reference`); a separate teacher the
     student's own rationale prompt. Samples without a known strategy (a free-choice sample whose
     tag did not parse) have no training target and are left out, as training leaves them out."""
     from distill.scoring import rationale_samples
@@ -97,8 +88,8 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
     out = ShardedArtifact(job.output_url, "token_scores", config_hash=job.key,
                           parents=with_manifests(*dict.fromkeys((job.samples_url, job.problems_url, job.model,
                                                                  job.student))))  # the self-teacher is the student
-    student_tokenizer = AutoTokenizer.from_pretrained(local_path(job.student, "transformers"))
-    scorer_path = local_path(job.model, job.engine.kind)
+    student_tokenizer = AutoTokenizer.from_pretrained(engine_model_path(job.student, "transformers"))
+    scorer_path = engine_model_path(job.model, job.engine.kind)
     check_tokenizers(job, student_tokenizer, scorer_path)
     shards, left_out = scoring_shards(job)
     done = out.completed_shards()
