@@ -468,20 +468,59 @@ class SikedConfig(Section):
 
 
 class TokenLevelConfig(Section):
-    score: bool = False
-    """Score every self-generation round's samples with a teacher: each iteration t >= 1 gets a step
-    `iter-0t/score` writing, per student sample, the teacher's log-probability of each completion
-    token and its `top_k` likeliest tokens there (`token_scores`, docs/method.md, "Scoring"). No
-    training reads them yet."""
+    use: Literal["none", "record", "on_policy", "siked", "word_level"] = "none"
+    """What the teacher's token-level signal is for (docs/method.md, "Three ways to use the teacher's
+    scores"). `none`: nothing is scored. `record`: each self-generation round's samples are scored
+    (`iter-0t/score`, `token_scores`) and nothing trains on them. `on_policy`: on-policy
+    distillation; each round the student samples, the teacher scores, and the student trains on the
+    `divergence` alone over all its samples, unfiltered (no verdicts, no mixing). `siked`: SIKeD's
+    filtered, mixed rows, plus the divergence on the rows the teacher scored (the round's own
+    samples). `word_level`: the teacher's own samples scored in the teacher round
+    (`iter-00/score`), its rows trained with the divergence beside the supervised terms; later
+    rounds are SIKeD's."""
     teacher: Literal["separate", "self"] = "separate"
     """Who scores. `separate`: the run's teacher (`teacher.engine`, its model), which must share the
     student's tokenizer (refused before any work otherwise, naming both). `self`: the privileged
     self-teacher, the student that generated the samples (the round's starting student, with
-    `siked.engine`), shown the gold answer (`privileged_prompt`) before the completion it scores."""
+    `siked.engine`; `train.model` in the teacher round), shown the gold answer
+    (`privileged_prompt`) before the completion it scores."""
     top_k: int = Field(default=20, ge=1)
     """Teacher tokens kept per completion position, likeliest first. vLLM serves at most its
     `max_logprobs` (20 unless the scoring engine's `vllm_args.max_logprobs` raises it); a larger
     `top_k` with a vLLM scorer that does not raise it is refused."""
+    divergence: Literal["auto", "forward_kl", "reverse_kl", "reverse_kl_sampled", "jsd"] = "auto"
+    """The per-token divergence trained on (distill.training.divergences). `auto`: `forward_kl` for
+    `word_level` (the teacher's own samples: its expectation), `reverse_kl` otherwise (the student's
+    samples: the on-policy form, its exact expectation over the student's distribution at each
+    position, computed over the stored top-k and the tail)."""
+    jsd_beta: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The generalized Jensen-Shannon divergence's beta (`divergence: jsd`; GKD's, weighing the teacher)."""
+    weight: float = Field(default=1.0, gt=0.0)
+    """The divergence term's weight in the training loss: added to the supervised and DSS terms
+    (`siked`, `word_level`), or the whole loss (`on_policy`)."""
+
+    @property
+    def score(self) -> bool:
+        """Whether any step scores samples."""
+        return self.use != "none"
+
+    @property
+    def trains(self) -> bool:
+        """Whether a training reads the scores."""
+        return self.use in ("on_policy", "siked", "word_level")
+
+    def divergence_kind(self) -> str:
+        """`divergence` with `auto` resolved for `use`."""
+        if self.divergence != "auto":
+            return self.divergence
+        return "forward_kl" if self.use == "word_level" else "reverse_kl"
+
+    def scored_iterations(self, iterations: int) -> list[int]:
+        """The rounds whose samples are scored: the teacher round with `word_level`, else every
+        self-generation round."""
+        if not self.score:
+            return []
+        return [0] if self.use == "word_level" else list(range(1, iterations + 1))
 
 
 class DecontaminationConfig(Section):
@@ -626,7 +665,15 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _a_scorer_can_score(self) -> RunConfig:
-        if not self.token_level.score:
+        level = self.token_level
+        if level.use in ("on_policy", "siked", "record") and self.siked.iterations < 1:
+            raise ValueError(f"token_level.use={level.use} scores the self-generation rounds, and "
+                             "siked.iterations=0 has none; use token_level.use=word_level (the teacher "
+                             "round) or set siked.iterations >= 1")
+        if level.trains and self.train.format == "dss":
+            raise ValueError(f"token_level.use={level.use} with train.format=dss: the scores are of "
+                             "`[strategy]: solution` targets, which the dss format does not train")
+        if not level.score:
             return self
         engine, where = self.scoring_engine(), ("teacher.engine" if self.token_level.teacher == "separate"
                                                  else "siked.engine")

@@ -92,6 +92,27 @@ def select_correct(verified: Iterable[Mapping[str, Any]], questions: Mapping[str
     return out
 
 
+def select_all(verified: Iterable[Mapping[str, Any]], questions: Mapping[str, str],
+                exclude_ids: Iterable[str] = EXEMPLAR_IDS) -> list[dict[str, Any]]:
+    """Every sample with a known strategy, right or wrong, in sample order: on-policy distillation's
+    rows (its teacher judges every token, so no verdict filters them). Columns as `select_correct`."""
+    exclude = set(exclude_ids)
+    out = []
+    for row in records(verified):
+        strategy = sample_strategy(row)[0]
+        if strategy is None or row["question_id"] in exclude:
+            continue
+        if row["question_id"] not in questions:
+            raise KeyError(f"no question text for {row['question_id']!r}")
+        out.append({
+            "question_id": row["question_id"], "question": questions[row["question_id"]],
+            "gold": float(row["gold"]), "strategy": strategy, "text": solution_text(strategy, str(row["text"])),
+            "sample_index": int(row["sample_index"]), "source": row.get("source"),
+            "iteration": _optional_int(row.get("iteration")), "model": row.get("model"),
+        })
+    return out
+
+
 def gold_statement(gold: float, question: str) -> str:
     """The gold answer as a `Final answer:` line states it: the number, or for a multiple-choice
     question (its choices listed, `gold` the correct one's index) `(c) <choice text>`."""

@@ -69,10 +69,11 @@ def train(run: Run, iteration: int) -> dict:
     name = f"iter-{iteration:02d}/train"
     step = run.steps[name]
     start = run.input(name, "start") if "start" in step.inputs else step.job["cfg"].model
+    optional = {role: run.input(name, role) if role in step.inputs else None for role in ("problems", "token_scores")}
     job = TrainJob(train_set_url=run.input(name, "train_set"), start_model=start, cfg=step.job["cfg"],
                    output_dir=step.output("student"), checkpoint_dir=f"{step.folder}/checkpoints",
                    metrics_url=step.output("metrics"), key=step.key, iteration=iteration,
-                   problems_url=run.input(name, "problems") if "problems" in step.inputs else None,
+                   problems_url=optional["problems"], token_scores_url=optional["token_scores"],
                    **{k: v for k, v in step.job.items() if k != "cfg"})  # label-mode validation's scoring
     with on_gpus(train_devices(job.cfg)):
         return run.submit(train_student_step, name, job=job)
@@ -92,14 +93,15 @@ def generate(run: Run, iteration: int) -> dict:
 
 
 def score(run: Run, iteration: int) -> dict | None:
-    """The teacher's token-level scores of the iteration's samples (`token_level.score`), or None
-    when the run does not score them. The self-teacher is the student that generated them."""
+    """The teacher's token-level scores of the iteration's samples (`token_level.use`), or None
+    when the run does not score them. The self-teacher is the student that generated them (in the
+    teacher round, the student to be)."""
     name = f"iter-{iteration:02d}/score"
     if name not in run.steps:
         return None
     step = run.steps[name]
     job = step.job
-    student = run.input(name, "student")
+    student = run.input(name, "student") if "student" in step.inputs else job["student_model"]
     scoring = ScoreJob(samples_url=run.input(name, "samples"), problems_url=run.input(name, "problems"),
                        output_url=step.output("token_scores"), key=step.key, engine=job["engine"],
                        model=student if job["teacher"] == "self" else job["engine"].model, student=student,
@@ -123,8 +125,11 @@ def verify_and_select(run: Run, iteration: int) -> tuple[dict, dict]:
     return verified, selected
 
 
-def mix(run: Run, iteration: int) -> dict:
+def mix(run: Run, iteration: int) -> dict | None:
+    """The round's training set, or None in a round that mixes nothing (on-policy distillation)."""
     name = f"iter-{iteration:02d}/mix"
+    if name not in run.steps:
+        return None
     step = run.steps[name]
     free_choice = run.input(name, FREE_CHOICE) if FREE_CHOICE in step.inputs else None
     return run.submit(mix_training_set, name, **step.job, self_set_url=run.input(name, "self_set"),

@@ -37,18 +37,19 @@ from tasks.pipeline import eval_only_steps, pipeline_steps
 
 @flow(name="siked-iteration", flow_run_name="iteration-{iteration:02d}")
 def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, attempt: str) -> dict:
-    """One SIKeD iteration: self-generate (and score the samples, with `token_level.score`), verify,
+    """One SIKeD iteration: self-generate (and score the samples, with `token_level.use`), verify,
     keep the correct, mix, train, evaluate."""
     run = Run(cfg, layout, pipeline_steps(cfg, layout), attempt)
     stage = f"iter-{iteration:02d}"
     samples = generate(run, iteration)
-    scored = score(run, iteration)  # the teacher's token-level signal, when `token_level.score` asks for it
+    scored = score(run, iteration)  # the teacher's token-level signal, when `token_level.use` asks for it
     verified, self_set = verify_and_select(run, iteration)
-    mixed = mix(run, iteration)
+    mixed = mix(run, iteration)  # None for on-policy distillation: it trains on every sample
     new_student = train(run, iteration)
     scores = evaluate(run, stage, new_student["path"])
     record = {"iteration": iteration, "samples": samples, "verified": verified, "self_set": self_set,
-              "mix": mixed["mix"], "train_set": mixed, "student": new_student, "eval": scores}
+              "mix": mixed["mix"] if mixed else None, "train_set": mixed or self_set, "student": new_student,
+              "eval": scores}
     if scored is not None:
         record["token_scores"] = scored
     publish_iteration(run.layout, record)
@@ -63,6 +64,9 @@ def siked_flow(cfg: RunConfig) -> dict:
     record_run(layout, cfg, run.steps)
     freeze_eval_sets(run)
     teacher = teacher_steps(run)  # freezes the training problems the contamination check reads
+    teacher_scores = score(run, 0)  # word-level distillation: the teacher's scores of its own samples
+    if teacher_scores is not None:
+        teacher["token_scores"] = teacher_scores
     check_contamination(run)
     base_scores = evaluate(run, "base", cfg.train.model)
     if base_scores:

@@ -82,6 +82,7 @@ TRAIN_METRICS = pa.schema(
         ("loss_label", pa.float64()),
         ("loss_rationale", pa.float64()),
         ("loss_mi", pa.float64()),
+        ("loss_divergence", pa.float64()),  # the token-level term (`token_level`); 0 without one
         ("lr", pa.float64()),
         ("grad_norm", pa.float64()),
         ("tokens", pa.int64()),
@@ -173,7 +174,7 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "samples": (1, SAMPLES),
     "verified": (1, VERIFIED),
     "train_examples": (1, TRAIN_EXAMPLES),
-    "train_metrics": (1, TRAIN_METRICS),
+    "train_metrics": (2, TRAIN_METRICS),  # 2: loss_divergence
     "predictions": (1, PREDICTIONS),
     "outcomes": (1, OUTCOMES),
     "overlaps": (1, OVERLAPS),

@@ -19,19 +19,26 @@ def distill_set_result(output: str, **_: object) -> dict:
 
 @step_task(distill_set_result, name="distill-set", task_run_name="iter-{iteration:02d}-distill-set")
 def build_distill_set(verified_url: str, problems_url: str, output: str, key: str, iteration: int,
-                      biased: str | None = None, given_rationales: str | None = None) -> dict:
+                      biased: str | None = None, given_rationales: str | None = None,
+                      keep: str = "correct") -> dict:
     """TRAIN_EXAMPLES rows at `output`; the per-strategy counts and verdict histogram beside it.
     `given_rationales` (a `file` teacher's round only): `all` keeps every rationale whatever its
-    answer (`select_given`), `correct` or None the correct samples."""
-    from distill.distill_set import bias, select_correct, select_given, summarize
+    answer (`select_given`), `correct` or None the correct samples. `keep="all"` (on-policy
+    distillation's rounds): every sample with a strategy, right or wrong (`select_all`)."""
+    from distill.distill_set import bias, select_all, select_correct, select_given, summarize
 
     problems = read_artifact(problems_url, "problems", columns=["id", "question"]).to_pydict()
     questions = dict(zip(problems["id"], problems["question"], strict=True))
     verified = read_artifact(verified_url, "verified").to_pylist()
-    kept = select_given(verified, questions) if given_rationales == "all" else select_correct(verified, questions)
+    if keep == "all":
+        kept = select_all(verified, questions)
+    elif given_rationales == "all":
+        kept = select_given(verified, questions)
+    else:
+        kept = select_correct(verified, questions)
     if biased:
         kept = bias(kept, biased)
-    summary = {**summarize(verified, kept), "biased": biased, "given_rationales": given_rationales}
+    summary = {**summarize(verified, kept), "biased": biased, "given_rationales": given_rationales, "keep": keep}
     # The summary is written before the artifact: the artifact's manifest, written last, is what
     # marks the step done.
     write_json(summary_url(output), summary)

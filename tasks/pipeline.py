@@ -48,6 +48,9 @@ STEP_CODE_VERSIONS["distill_set"] = "2"  # a file teacher's rationales kept righ
 # train 2: multiple-choice prompts; checkpoints chosen on DSS's exact-text label score; token means
 # over the whole optimizer step, label weights scaled to mean 1
 STEP_CODE_VERSIONS["train"] = "2"
+# score 2: the completion scored is the training text of the sample (distill_set.solution_text), so
+# its ids are the target ids a training reads
+STEP_CODE_VERSIONS["score"] = "2"
 REPORT_FILE = "report/report.md"
 REPORT_KEY_FILE = "report/report.key"
 
@@ -249,6 +252,9 @@ def _train(b: _Builder, cfg: RunConfig, iteration: int, train_set: str) -> str:
     if cfg.train.schedule_across_rounds == "continue":
         # One schedule over every round: this round's place in it, and how many rounds share it.
         job["schedule_round"] = (iteration, cfg.siked.iterations + 1)
+    scored_inputs, scored_job = _scored_training(cfg, iteration)
+    inputs |= scored_inputs
+    job |= scored_job
     b.add(f"{stage}/train", "train", iteration, job, inputs,
           {"student": Output("student", None), "metrics": Output("train_metrics.parquet", "train_metrics")})
     return f"{stage}/train"
@@ -264,6 +270,8 @@ def _verify_and_select(b: _Builder, cfg: RunConfig, iteration: int) -> None:
     job: dict[str, Any] = {"biased": cfg.teacher.biased if iteration == 0 else None}
     if iteration == 0 and cfg.teacher.engine.kind == "file":  # rationales given, not generated
         job["given_rationales"] = cfg.teacher.given_rationales
+    if iteration > 0 and cfg.token_level.use == "on_policy":
+        job["keep"] = "all"  # on-policy distillation trains on every sample, right or wrong
     b.add(f"{stage}/distill_set", "distill_set", iteration, job,
           {"verified": f"{stage}/verify", "problems": "problems/train"},
           {"distill_set": Output("distill_set.parquet", "train_examples")})
@@ -305,18 +313,36 @@ def _generate(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) 
           outputs)
 
 
-def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str) -> None:
-    """`iter-0t/score` (`token_level.score`): the round's samples scored by the teacher, or by the
+def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) -> None:
+    """`iter-0t/score` (`token_level.use`): the round's samples scored by the teacher, or by the
     student that generated them shown the gold answer (`self`). Its body encodes with the student's
-    tokenizer, so the student is an input either way; with `self` it is also the scorer. Scoring is
-    greedy and reads no chat template, so the engine's seed and template, and its replicas (it runs
-    as one), change nothing it writes."""
+    tokenizer, so the student is an input either way (in the teacher round, `train.model`, the
+    student to be); with `self` it is also the scorer. Scoring is greedy and reads no chat
+    template, so the engine's seed and template, and its replicas (it runs as one), change nothing
+    it writes."""
     level = cfg.token_level
-    b.add(f"iter-{iteration:02d}/score", "score", iteration,
-          {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine()},
-          {"samples": f"iter-{iteration:02d}/generate", "problems": "problems/train", "student": student},
+    job: dict[str, Any] = {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine()}
+    inputs = {"samples": f"iter-{iteration:02d}/generate", "problems": "problems/train"}
+    if student is None:
+        job["student_model"] = cfg.train.model
+    else:
+        inputs["student"] = student
+    b.add(f"iter-{iteration:02d}/score", "score", iteration, job, inputs,
           {"token_scores": Output("token_scores", "token_scores")},
           unkeyed=("engine.seed", "engine.chat_template", "engine.replicas"))
+
+
+def _scored_training(cfg: RunConfig, iteration: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """(inputs, job) a training adds when it reads the teacher's scores of its round's samples:
+    the scores, the term, and which rows they describe (the samples of that round's generation)."""
+    level = cfg.token_level
+    if not level.trains or iteration not in level.scored_iterations(cfg.siked.iterations):
+        return {}, {}
+    term = {"kind": level.divergence_kind(), "weight": level.weight, "supervised": level.use != "on_policy"}
+    if term["kind"] == "jsd":
+        term["beta"] = level.jsd_beta
+    rows = ("teacher", 0) if iteration == 0 else ("student", iteration)
+    return {"token_scores": f"iter-{iteration:02d}/score"}, {"token_term": term, "scored_rows": rows}
 
 
 def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
@@ -327,15 +353,22 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
     if cfg.eval.evaluate_base:
         _evaluate(b, cfg, "base", eval_sets, None, model_spec=cfg.train.model)
     _generate(b, cfg, 0, None)
+    scored = cfg.token_level.scored_iterations(cfg.siked.iterations)
+    if 0 in scored:
+        _score(b, cfg, 0, None)
     _verify_and_select(b, cfg, 0)
     student = _train(b, cfg, 0, "iter-00/distill_set")
     _evaluate(b, cfg, "iter-00", eval_sets, student)
     for iteration in range(1, cfg.siked.iterations + 1):
         stage = f"iter-{iteration:02d}"
         _generate(b, cfg, iteration, student)
-        if cfg.token_level.score:
+        if iteration in scored:
             _score(b, cfg, iteration, student)
         _verify_and_select(b, cfg, iteration)
+        if cfg.token_level.use == "on_policy":  # no filter, no mix: every sample, scored
+            student = _train(b, cfg, iteration, f"{stage}/distill_set")
+            _evaluate(b, cfg, stage, eval_sets, student)
+            continue
         target = alpha_for_iteration(cfg.siked.alpha_schedule, iteration) if cfg.siked.mixing == "alpha" else None
         inputs = {"self_set": f"{stage}/distill_set", "verified": f"{stage}/verify",
                   "teacher_set": "iter-00/distill_set"}

@@ -1,4 +1,4 @@
-"""Scoring step: the teacher's token-level signal on a round's student samples (`token_level.score`).
+"""Scoring step: the teacher's token-level signal on a round's student samples (`token_level.use`).
 
 The task runs the job's body (tasks.jobs.score) in a spawned child, in the engine worker when one
 waits: the privileged self-teacher is the model the round's generation ran, so a kept vLLM engine

@@ -17,7 +17,7 @@ from storage.artifacts import read_artifact, with_manifests, write_artifact
 from storage.folders import folder_manifest, unmark_folder_complete
 from storage.mirror import local_model, mirror_dir, publish_folder
 from storage.paths import models_dir
-from tasks.jobs.train import TrainJob, fraction_done, planned_steps
+from tasks.jobs.train import TrainJob, attach_scores, fraction_done, planned_steps
 from tasks.progress import with_progress
 from tasks.steps import step_task
 
@@ -41,6 +41,11 @@ def train_student_step(job: TrainJob) -> dict:
     if job.problems_url is not None:
         problems = read_artifact(job.problems_url, "problems").to_pandas()
         rows["label_text"] = rows["question_id"].map(dict(zip(problems["id"], problems["answer_text"], strict=True)))
+    joined = None
+    if job.token_scores_url is not None:
+        columns = ["sample_id", "completion_ids", "top_ids", "top_logprobs", "sampled_logprobs"]
+        scores = read_artifact(job.token_scores_url, "token_scores", columns=columns).to_pylist()
+        rows, joined = attach_scores(rows, scores, job.scored_rows)
     model_path = resolve_model(local_model(job.start_model), models_dir())
     output, checkpoints = mirror_dir(job.output_dir), mirror_dir(job.checkpoint_dir)
     unmark_folder_complete(job.output_dir)  # the shared copy, then the local one being rewritten
@@ -49,11 +54,13 @@ def train_student_step(job: TrainJob) -> dict:
                            lambda: fraction_done(job, planned_steps(job.cfg, len(rows))),
                            launch_training, job.cfg, rows, model_path, output, checkpoints,
                            LoopOptions(label_max_tokens=job.label_max_tokens, rel_tol=job.rel_tol,
-                                       schedule_round=job.schedule_round))
+                                       schedule_round=job.schedule_round, token_term=job.token_term))
     # The model it started from is a parent too: a retrained start model retrains this one.
-    parents = with_manifests(job.train_set_url, job.problems_url, job.start_model)
+    parents = with_manifests(job.train_set_url, job.problems_url, job.token_scores_url, job.start_model)
     write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key, parents=parents)
     info = {"best_step": result.best_step, "best_val": result.best_val, "steps": result.steps,
             "data": result.data_report, "start_model": job.start_model}
+    if joined is not None:
+        info["token_level"] = {**joined, "term": job.token_term}
     publish_folder(output, job.output_dir, info, config_hash=job.key, parents=parents)
     return _ref(job)

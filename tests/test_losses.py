@@ -515,7 +515,7 @@ def test_compute_loss_on_tiny_llama(tiny_model, kind):
 
     torch.testing.assert_close(loss.total, want)
     assert loss.as_floats()["total"] == pytest.approx(want.item(), rel=1e-5)
-    assert set(loss.terms) == {"label", "rationale", "mi"}
+    assert set(loss.terms) == {"label", "rationale", "mi", "divergence"}
     terms = loss.terms
     if kind == "sft":
         assert loss.weights == {"rationale": 1.0}

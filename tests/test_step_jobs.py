@@ -30,14 +30,15 @@ FILE_TRAIN_DATA = ('train_data={name: file, path: problems.jsonl, question: q, a
                    'rationale: r, choices: [c1, c2]}')
 # Configs between them reaching every field: the quickstart, one with the optional branches on, DSS's
 # one-pass format, training problems from a file (multiple choice, so in DSS's format), rationales
-# given by a file rather than generated, and the student's samples scored (token_level).
+# given by a file rather than generated, the student's samples scored (token_level), and trained on.
 VARIANTS = [[], ["siked.mixing=alpha", "eval.modes=[rationale, label, sampled]", "eval.decontamination.drop=true",
                  "teacher.engine.deterministic=true", "siked.engine.deterministic=true"],
             ["train.format=dss", "train.select_on=label", "siked.iterations=0"],
             [FILE_TRAIN_DATA, "train.format=dss", "train.select_on=label", "siked.iterations=0"],
             ["train_data={name: file, source: hub, repo: me/problems, config: main, question: q, answer: a}"],
             ["teacher.engine.kind=file", "teacher.engine.files=[rationales.jsonl]"],
-            ["token_level.score=true", "token_level.teacher=self"]]
+            ["token_level.use=record", "token_level.teacher=self"],
+            ["token_level.use=siked", "token_level.teacher=self", "token_level.divergence=jsd"]]
 
 
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:

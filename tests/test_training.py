@@ -44,7 +44,8 @@ def test_loss_falls_over_30_steps_and_parameters_change(tiny_model_path, tmp_pat
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
     for row in result.metrics:
-        assert set(row) == {"step", "epoch", "split", "loss", "loss_label", "loss_rationale", "loss_mi", "lr",
+        assert set(row) == {"step", "epoch", "split", "loss", "loss_label", "loss_rationale", "loss_mi",
+                            "loss_divergence", "lr",
                             "grad_norm", "tokens", "seconds", "val_accuracy"}
     train_rows = [m for m in result.metrics if m["split"] == "train"]
     assert all(m["loss_mi"] > 0 and m["tokens"] > 0 and m["grad_norm"] > 0 for m in train_rows)

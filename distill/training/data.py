@@ -25,6 +25,11 @@ attention depends on position differences only, so inside one block this equals 
 example alone (`tests/test_training_data.py` checks the logits). `*_position_ids` restarting at 0 per
 example are in the batch too, for code that wants them. Labels never cross a boundary: the first
 token of an example is never a target of the previous one (prompts are never targets).
+
+A row a teacher scored (`token_level`, columns `SCORE_COLUMNS`) keeps its scores with its example
+when their ids are the example's rationale target ids, cut as the target is cut; its batch then
+carries `rationale_teacher_*` tensors aligned with the logits (`_teacher_tensors`), which
+`losses.token_divergence` reads.
 """
 
 from __future__ import annotations
@@ -52,6 +57,33 @@ class TwoTaskText:
     label_target: str
     rationale_prompt: str
     rationale_target: str
+    scores: TeacherScores | None = None
+    """The teacher's scores of `rationale_target` (`token_level`), when the row was scored."""
+
+
+@dataclass(frozen=True)
+class TeacherScores:
+    """What a teacher said about each token of one rationale target: a `token_scores` row
+    (storage.schemas), [C] per completion token, [C][K] per stored top-k entry."""
+
+    completion_ids: list[int]
+    """The target's ids as the scorer encoded them: training uses the scores only if they equal its own."""
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+    sampled_logprobs: list[float]
+
+
+SCORE_COLUMNS = ("teacher_completion_ids", "teacher_top_ids", "teacher_top_logprobs", "teacher_sampled_logprobs")
+"""The columns a scored training row carries (`token_scores`' completion_ids, top_ids, top_logprobs
+and sampled_logprobs, joined on the row's sample by the training step); None on other rows."""
+
+
+def row_scores(row: Mapping[str, Any]) -> TeacherScores | None:
+    """The teacher's scores a training row carries (`SCORE_COLUMNS`), or None."""
+    values = [row.get(column) for column in SCORE_COLUMNS]
+    if any(value is None or isinstance(value, float) for value in values):  # pandas writes a missing one as NaN
+        return None
+    return TeacherScores(*values)
 
 
 @dataclass
@@ -65,6 +97,10 @@ class TokenizedExample:
     rationale_prompt_len: int
     label_weight: float = 1.0
     """Weight of this example's label tokens in the label loss (`weigh_labels_per_question`)."""
+    teacher: tuple[Any, Any, Any] | None = None
+    """The teacher's scores of the rationale target tokens kept (after truncation): top-k ids [n, K]
+    (int64), their log-probabilities [n, K] and the target tokens' own log-probabilities [n]
+    (float32 tensors); None for a row no teacher scored."""
 
     def length(self, task: str) -> int:
         return len(self.label_ids if task == "label" else self.rationale_ids)
@@ -82,15 +118,19 @@ class DataStats:
     """task -> examples whose target was cut to fit `max_length`."""
     truncated_tokens: Counter = field(default_factory=Counter)
     """task -> target tokens cut away in total."""
+    scores: Counter = field(default_factory=Counter)
+    """What became of the teacher's scores (`token_level`): `scored` examples, `misaligned` ones
+    (the scored ids differ from the target's: trained without the divergence), `scored_tokens`."""
 
     def merge(self, other: DataStats) -> DataStats:
         return DataStats(self.rows + other.rows, self.examples + other.examples,
                          self.dropped + other.dropped, self.truncated + other.truncated,
-                         self.truncated_tokens + other.truncated_tokens)
+                         self.truncated_tokens + other.truncated_tokens, self.scores + other.scores)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "examples": self.examples, "dropped": dict(self.dropped),
-                "truncated": dict(self.truncated), "truncated_tokens": dict(self.truncated_tokens)}
+                "truncated": dict(self.truncated), "truncated_tokens": dict(self.truncated_tokens),
+                "scores": dict(self.scores)}
 
 
 # --------------------------------------------------------------------------- text
@@ -112,7 +152,8 @@ def build_texts(rows: Any, fmt: str = "siked") -> tuple[list[TwoTaskText], Count
     rationale without its answer statement and no tag, and the row's `label_text` (the dataset's
     answer as written, when the row has one) or the bare number. Dropped: `no_gold` (gold missing or
     not a finite number: the label task has no target), `empty_solution` (no solution text, or in
-    `dss` nothing before the answer statement), `unknown_strategy`.
+    `dss` nothing before the answer statement), `unknown_strategy`. A row a teacher scored brings
+    its scores (`row_scores`).
     """
     from distill.student_format import (
         dss_label_target,
@@ -151,6 +192,7 @@ def build_texts(rows: Any, fmt: str = "siked") -> tuple[list[TwoTaskText], Count
             question_id=str(row["question_id"]), strategy=str(strategy), gold=float(gold), question=question,
             label_prompt=label_prompt(question), label_target=label,
             rationale_prompt=rationale_prompt(question), rationale_target=target,
+            scores=row_scores(row),
         ))
     return texts, dropped
 
@@ -263,6 +305,7 @@ def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
             if len(prompt) >= max_length:
                 stats.dropped[f"{task}_prompt_too_long"] += 1
                 break
+            full = target
             room = max_length - len(prompt)
             if len(target) > room:
                 stats.truncated[task] += 1
@@ -270,9 +313,30 @@ def tokenize_texts(texts: Iterable[TwoTaskText], tokenizer: Any, max_length: int
                 target = target[:room]
             parts[task] = (prompt + target, len(prompt))
         else:
-            examples.append(TokenizedExample(text.question_id, *parts["label"], *parts["rationale"]))
+            example = TokenizedExample(text.question_id, *parts["label"], *parts["rationale"])
+            if text.scores is not None:
+                example.teacher = _kept_scores(text.scores, full, len(target), stats)
+            examples.append(example)
     stats.examples = len(examples)
     return examples, stats
+
+
+def _kept_scores(scores: TeacherScores, target_ids: list[int], kept: int, stats: DataStats
+                 ) -> tuple[Any, Any, Any] | None:
+    """The teacher's scores of the first `kept` tokens of a rationale target whose full ids are
+    `target_ids`, as tensors (`TokenizedExample.teacher`); None, counted `misaligned`, when the
+    scorer encoded other ids (another text or tokenizer): a divergence against another sequence's
+    distributions would train the student towards noise."""
+    import torch
+
+    if list(scores.completion_ids) != list(target_ids):
+        stats.scores["misaligned"] += 1
+        return None
+    stats.scores["scored"] += 1
+    stats.scores["scored_tokens"] += kept
+    return (torch.tensor(scores.top_ids[:kept], dtype=torch.long),
+            torch.tensor(scores.top_logprobs[:kept], dtype=torch.float32),
+            torch.tensor(scores.sampled_logprobs[:kept], dtype=torch.float32))
 
 
 def weigh_labels_per_question(examples: Sequence[TokenizedExample]) -> None:
@@ -324,7 +388,37 @@ def collate_padded(examples: Sequence[TokenizedExample], pad_id: int) -> dict[st
         batch.update({f"{task}_{k}": v for k, v in _task_tensors(seqs, pad_id).items()})
     batch["label_weights"] = _position_weights([[(len(e.label_ids), e.label_weight)] for e in examples],
                                                batch["label_input_ids"].shape[1])
+    batch.update(_teacher_tensors([[e] for e in examples], batch["rationale_input_ids"].shape[1]))
     return batch
+
+
+def _teacher_tensors(rows: Sequence[Sequence[TokenizedExample]], width: int) -> dict[str, Any]:
+    """The teacher's scores of a batch's rationale targets, aligned with the student's logits:
+    `rationale_teacher_ids` and `_logprobs` [B, T, K], `_sampled` [B, T] and `_mask` [B, T] (bool,
+    True where the logits at t predict a scored target token, i.e. the token at t + 1). Rows hold
+    their examples back to back, as the padded and packed layouts do. {} when no example is scored:
+    the divergence term is then 0 for the batch."""
+    import torch
+
+    scored = [e.teacher for row in rows for e in row if e.teacher is not None]
+    if not scored:
+        return {}
+    k = scored[0][0].shape[1]
+    ids = torch.zeros((len(rows), width, k), dtype=torch.long)
+    logprobs = torch.zeros((len(rows), width, k), dtype=torch.float32)
+    sampled = torch.zeros((len(rows), width), dtype=torch.float32)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, row in enumerate(rows):
+        start = 0
+        for e in row:
+            if e.teacher is not None:
+                top_ids, top_logprobs, own = e.teacher
+                first = start + e.rationale_prompt_len - 1  # the logits predicting the first target token
+                span = slice(first, first + own.shape[0])
+                ids[r, span], logprobs[r, span], sampled[r, span], mask[r, span] = top_ids, top_logprobs, own, True
+            start += len(e.rationale_ids)
+    return {"rationale_teacher_ids": ids, "rationale_teacher_logprobs": logprobs,
+            "rationale_teacher_sampled": sampled, "rationale_teacher_mask": mask}
 
 
 def _position_weights(rows: list[list[tuple[int, float]]], width: int) -> Any:
@@ -423,6 +517,7 @@ def collate_packed(packs: Sequence[Sequence[TokenizedExample]], pad_id: int) -> 
         batch.update({f"{task}_{k}": v for k, v in _packed_task_tensors(rows, pad_id).items()})
     batch["label_weights"] = _position_weights([[(len(e.label_ids), e.label_weight) for e in pack]
                                                 for pack in packs], batch["label_input_ids"].shape[1])
+    batch.update(_teacher_tensors(packs, batch["rationale_input_ids"].shape[1]))
     return batch
 
 

@@ -171,17 +171,24 @@ def divergence_term(kind: str, student_log_probs: torch.Tensor, teacher: Teacher
     forward_kl, reverse_kl: `forward_kl`, `reverse_kl` on the teacher's top-k; reverse_kl_sampled:
     `reverse_kl_sampled` on `teacher.sampled_*`; jsd: `generalized_jsd` with `beta`.
     """
+    return _reduce(divergence_values(kind, student_log_probs, teacher, mask, beta), mask, "mean")
+
+
+def divergence_values(kind: str, student_log_probs: torch.Tensor, teacher: TeacherTopK, mask: torch.Tensor,
+                      beta: float = 0.5) -> torch.Tensor:
+    """`divergence_term`'s per-token values [B, T], 0 off `mask`: what a caller sums when it divides
+    by a count of its own (the training loop divides by the optimizer step's scored positions)."""
     if kind == "reverse_kl_sampled":
         if teacher.sampled_ids is None or teacher.sampled_log_probs is None:
             raise ValueError("reverse_kl_sampled needs the sampled tokens and their teacher log-probabilities")
-        return reverse_kl_sampled(student_log_probs, teacher.sampled_ids, teacher.sampled_log_probs, mask)
+        return reverse_kl_sampled(student_log_probs, teacher.sampled_ids, teacher.sampled_log_probs, mask, "none")
     stored = (student_log_probs, teacher.topk_ids, teacher.topk_log_probs, mask)
     if kind == "forward_kl":
-        return forward_kl(*stored)
+        return forward_kl(*stored, reduction="none")
     if kind == "reverse_kl":
-        return reverse_kl(*stored)
+        return reverse_kl(*stored, reduction="none")
     if kind == "jsd":
-        return generalized_jsd(*stored, beta=beta)
+        return generalized_jsd(*stored, beta=beta, reduction="none")
     raise ValueError(f"unknown divergence {kind!r}; expected one of {DIVERGENCES}")
 
 

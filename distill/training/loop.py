@@ -80,11 +80,20 @@ class LoopOptions:
     schedule_round: tuple[int, int] | None = None
     """(round, rounds): this training is round `round` of `rounds` sharing one learning-rate schedule
     of `rounds` x its own steps (`train.schedule_across_rounds: continue`); None: its own schedule."""
+    token_term: dict[str, Any] | None = None
+    """The token-level term (`losses.TokenTerm` as a dict: it travels to the child processes as
+    JSON) of a training whose rows carry a teacher's scores (`token_level`); None: no such term."""
     val_batch_size: int = 16
     log_every: int = 10
     """A progress line on stderr every this many steps."""
     stop_after_step: int | None = None
     """Stop (without exporting) after this step, as if the process were killed: for tests."""
+
+    def token(self) -> Any:
+        """`token_term` as a `losses.TokenTerm`, or None."""
+        from distill.training.losses import TokenTerm
+
+        return TokenTerm(**self.token_term) if self.token_term is not None else None
 
 
 @dataclass
@@ -141,7 +150,7 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
     start_step, loop_started = state.step, time.time()
     for step in range(start_step, last_step):
         t0 = time.perf_counter()
-        values = optimizer_step(state, data, step, cfg, dist_, autocast)
+        values = optimizer_step(state, data, step, cfg, dist_, autocast, token=options.token())
         done = state.step
         row = _row(done, done / data.plan.steps_per_epoch, "train", values.total, values.terms, lr=values.lr,
                    grad_norm=values.grad_norm, tokens=values.tokens, seconds=time.perf_counter() - t0)
@@ -184,7 +193,7 @@ class StepValues:
 
 
 def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainConfig, dist_: Dist,
-                   autocast: Any) -> StepValues:
+                   autocast: Any, token: Any = None) -> StepValues:
     """Optimizer step `step` (0-based): forward and backward over this process's micro-batches of
     the step, gradients summed over them and over processes, clipped; AdamW and the schedule step
     once. Leaves `state.step` at `step + 1`.
@@ -192,7 +201,8 @@ def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainC
     Each micro-batch's loss is its share of the step's loss (`losses.StepNorm`): the token
     cross-entropies are divided by the target positions of the whole step, counted before the
     first backward pass, so the step's gradient does not depend on how its examples are split into
-    micro-batches and processes."""
+    micro-batches and processes. `token` (`losses.TokenTerm`): the token-level term, a mean over
+    the step's scored positions."""
     import torch
 
     from distill.training.losses import TERMS, compute_loss, step_norm
@@ -214,7 +224,7 @@ def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainC
         with sync:
             with autocast:
                 loss = compute_loss(state.wrapped, batch, cfg.loss, infonce_head=state.head, negatives=negatives[a],
-                                    norm=norm)
+                                    norm=norm, token=token)
             # DDP and FSDP average the gradients over processes; the shares are to be summed
             (loss.total * dist_.world).backward()
         for name, value in loss.as_floats().items():

@@ -49,25 +49,48 @@ if TYPE_CHECKING:
 
 
 
-TERMS = ("label", "rationale", "mi")
+TERMS = ("label", "rationale", "mi", "divergence")
 """The loss terms by name, in the order they are summed; the metrics log each as `loss_<name>`.
-"mi" is L_MI (`dss_mi`) or InfoNCE (`dss_infonce`)."""
+"mi" is L_MI (`dss_mi`) or InfoNCE (`dss_infonce`); "divergence" the token-level term against a
+teacher's stored scores (`TokenTerm`)."""
 
 
-def loss_weights(loss_cfg: LossConfig) -> dict[str, float]:
+@dataclass(frozen=True)
+class TokenTerm:
+    """The token-level term of a training that reads a teacher's scores (`token_level`,
+    docs/method.md "Token-level divergences"): `weight` x the divergence `kind` over the scored
+    rationale tokens (distill.training.divergences)."""
+
+    kind: str
+    """One of `divergences.DIVERGENCES`."""
+    weight: float
+    beta: float = 0.5
+    """The generalized JSD's beta (`jsd` only)."""
+    supervised: bool = True
+    """False (on-policy distillation): the divergence is the whole loss. The rows are the student's
+    own unfiltered samples, so a cross-entropy on them would teach its mistakes."""
+
+
+def loss_weights(loss_cfg: LossConfig, token: TokenTerm | None = None) -> dict[str, float]:
     """The weight of each term `loss_cfg.kind` sums (the terms it leaves out count 0).
 
     sft: L_rationale. dss: alpha * L_label + (1 - alpha) * L_rationale (`dss_loss`). dss_mi and
-    dss_infonce: dss + beta * the MI term.
+    dss_infonce: dss + beta * the MI term. With `token`: + its weight * the divergence, or the
+    divergence alone when it is not `supervised`.
     """
     kind = loss_cfg.kind
     if kind not in ("sft", "dss", "dss_mi", "dss_infonce"):
         raise ValueError(f"unknown loss kind {kind!r}")
+    if token is not None and not token.supervised:
+        return {"divergence": token.weight}
     if kind == "sft":
-        return {"rationale": 1.0}
-    weights = {"label": loss_cfg.alpha, "rationale": 1.0 - loss_cfg.alpha}
+        weights = {"rationale": 1.0}
+    else:
+        weights = {"label": loss_cfg.alpha, "rationale": 1.0 - loss_cfg.alpha}
     if kind in ("dss_mi", "dss_infonce"):
         weights["mi"] = loss_cfg.beta
+    if token is not None:
+        weights["divergence"] = token.weight
     return weights
 
 
@@ -113,6 +136,9 @@ class StepNorm:
     """Rationale-task target positions in the step."""
     micro_batches: int
     """Micro-batches in the step, every process's: `grad_accum * nproc`."""
+    scored_tokens: float = 0.0
+    """Rationale target positions with the teacher's scores in the step: the divergence is a mean
+    over them, so a scored token weighs the same whichever micro-batch holds it."""
 
 
 def step_norm(batches: list[dict[str, torch.Tensor]], micro_batches: int,
@@ -121,9 +147,10 @@ def step_norm(batches: list[dict[str, torch.Tensor]], micro_batches: int,
     their sums over processes, `student.Dist.all_sum`) adds the other processes' positions."""
     counts = [float(sum(int(target_mask(b[f"{task}_labels"]).sum()) for b in batches if f"{task}_labels" in b))
               for task in ("label", "rationale")]
+    counts.append(float(sum(int(b["rationale_teacher_mask"].sum()) for b in batches if "rationale_teacher_mask" in b)))
     if all_sum is not None:
         counts = all_sum(counts)
-    return StepNorm(counts[0], counts[1], micro_batches)
+    return StepNorm(counts[0], counts[1], micro_batches, counts[2])
 
 
 def to_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -280,7 +307,7 @@ def dss_loss(label_loss: torch.Tensor, rationale_loss: torch.Tensor, alpha: floa
 def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfig,
                  infonce_head: InfoNCEHead | None = None,
                  negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 norm: StepNorm | None = None) -> BatchLoss:
+                 norm: StepNorm | None = None, token: TokenTerm | None = None) -> BatchLoss:
     """Run the causal LM `model` on both tasks of `batch`; the terms of `loss_cfg.kind`, weighed by
     `loss_weights`. Without `norm` each term is this batch's own mean; with it, this micro-batch's
     share of its optimizer step's term (`StepNorm`).
@@ -290,9 +317,11 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
     other examples (`infonce.step_negatives`). A packed batch (`data.collate_packed`) pools both MI
     terms per example. Two forward passes (one per task): the tasks differ in length, and separate
     passes pad each task to its own longest sequence only; sft runs the rationale task only.
+    divergence (with `token`): `token_divergence` on the rationale task's scored positions; with an
+    unsupervised `token` (on-policy) it is the only term, and the label task is not run.
     """
     kind = loss_cfg.kind
-    weights = loss_weights(loss_cfg)
+    weights = loss_weights(loss_cfg, token)
     if kind == "dss_infonce" and infonce_head is None:
         raise ValueError("loss kind dss_infonce needs an InfoNCEHead (infonce_head=...)")
     rationale_lp, rationale_hidden = _task_log_probs(model, batch, "rationale", kind == "dss_infonce")
@@ -301,8 +330,10 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
     per_example_share = 1.0 if norm is None else 1.0 / norm.micro_batches
     rationale = token_nll(rationale_lp, batch["rationale_labels"], denominator=tokens["rationale"])
     zero = torch.zeros((), device=rationale.device)
-    terms = {"label": zero, "rationale": rationale, "mi": zero}
-    if kind == "sft":
+    terms = {"label": zero, "rationale": rationale, "mi": zero, "divergence": zero}
+    if token is not None:
+        terms["divergence"] = token_divergence(rationale_lp, batch, token, None if norm is None else norm.scored_tokens)
+    if kind == "sft" or "label" not in weights:
         return BatchLoss(terms, weights)
 
     label_lp, label_hidden = _task_log_probs(model, batch, "label", kind == "dss_infonce")
@@ -325,6 +356,24 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], loss_cfg: LossConfi
                                    loss_cfg.infonce_temperature, examples=examples, negatives=negatives)
     terms["mi"] = terms["mi"] * per_example_share
     return BatchLoss(terms, weights, mi_floor=floor)
+
+
+def token_divergence(rationale_log_probs: torch.Tensor, batch: dict[str, torch.Tensor], token: TokenTerm,
+                     denominator: float | None = None) -> torch.Tensor:
+    """The divergence `token.kind` between the student's rationale log-softmax [B, T, V] and the
+    teacher's scores the batch carries (`data._teacher_tensors`, aligned with the logits): the sum
+    over the scored positions divided by `denominator` (the step's scored positions, `StepNorm`),
+    or their mean without it. 0 (attached to the graph) for a batch without scores."""
+    from distill.training.divergences import TeacherTopK, divergence_values
+
+    if "rationale_teacher_mask" not in batch:
+        return rationale_log_probs.sum() * 0.0
+    mask = batch["rationale_teacher_mask"] & target_mask(batch["rationale_labels"])
+    teacher = TeacherTopK(batch["rationale_teacher_ids"], batch["rationale_teacher_logprobs"],
+                          shifted_labels(batch["rationale_labels"]).clamp(min=0), batch["rationale_teacher_sampled"])
+    per_token = divergence_values(token.kind, rationale_log_probs, teacher, mask, beta=token.beta)
+    total = mask.sum() if denominator is None else torch.as_tensor(denominator, device=per_token.device)
+    return per_token.sum() / total.clamp(min=1)
 
 
 def _task_log_probs(model: Any, batch: dict[str, torch.Tensor], task: str,

@@ -280,6 +280,7 @@ def data_report(rows: int, dropped_rows: Any, train_stats: DataStats, val_stats:
         "truncated": {"train": dict(train_stats.truncated), "val": dict(val_stats.truncated)},
         "truncated_tokens": {"train": dict(train_stats.truncated_tokens),
                              "val": dict(val_stats.truncated_tokens)},
+        "scores": {"train": dict(train_stats.scores), "val": dict(val_stats.scores)},  # the teacher's (`token_level`)
         "max_length": cfg.max_length, "packing": cfg.packing, "units": len(units),
         "label_weighting": cfg.loss.label_weighting,
         "train_questions_with_several_rows": sum(1 for k in per_question.values() if k > 1),

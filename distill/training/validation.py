@@ -50,7 +50,7 @@ def evaluate(wrapped: Any, model: Any, examples: list[Any], texts: list[Any], to
             batch = {k: v.to(dist_.device) for k, v in
                      collate_padded([examples[i] for i, _ in chunk], pad_id).items()}
             with autocast:
-                loss = compute_loss(wrapped, batch, cfg.loss, infonce_head=head)
+                loss = compute_loss(wrapped, batch, cfg.loss, infonce_head=head, token=options.token())
             weight = sum(w for _, w in chunk)
             for name, value in loss.as_floats().items():
                 sums[name] += value * weight

@@ -94,7 +94,7 @@ def check_scoring_teacher(cfg: RunConfig) -> None:
     """`token_level.teacher=separate`: the teacher must share the student's tokenizer (scoring reads
     the student's token ids). Refused here, naming both, when both tokenizers are at hand; otherwise
     the scoring step checks it before it loads the teacher."""
-    if not (cfg.token_level.score and cfg.token_level.teacher == "separate" and cfg.siked.iterations):
+    if not (cfg.token_level.scored_iterations(cfg.siked.iterations) and cfg.token_level.teacher == "separate"):
         return
     teacher, student = cfg.teacher.engine.model, cfg.train.model
     if cfg.teacher.engine.kind not in ("vllm", "transformers") or teacher.strip() == student.strip():

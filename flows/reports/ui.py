@@ -42,10 +42,11 @@ def iteration_summary(record: dict) -> dict:
     else:
         summary["data"] = record["self_set"]["summary"]
         summary["mix"] = record["mix"]
-        summary["alpha"] = record["mix"]["alpha"]
+        # on-policy distillation mixes nothing: every row is the student's own
+        summary["alpha"] = record["mix"]["alpha"] if record["mix"] else 0.0
         summary["train_rows"] = record["train_set"]["rows"]
         summary["artifacts"] = {name: record[name]["path"] for name in ("samples", "verified", "self_set", "train_set")}
-        if "token_scores" in record:  # `token_level.score`
+        if "token_scores" in record:  # `token_level.use`
             summary["artifacts"]["token_scores"] = record["token_scores"]["path"]
     summary["student"] = record["student"]["path"]
     summary["artifacts"]["student"] = record["student"]["path"]

@@ -31,7 +31,7 @@ class ScoreJob:
     key: str
     engine: EngineConfig
     model: str  # the scorer: the teacher's model, or the student that generated the samples (`self`)
-    student: str  # the student that generated the samples: its tokenizer gives the ids scored
+    student: str  # the student (the samples' generator, or `train.model` in the teacher round): its tokenizer gives the ids
     teacher: str  # separate | self
     top_k: int
     iteration: int
@@ -40,8 +40,11 @@ class ScoreJob:
 def scoring_shards(job: ScoreJob) -> tuple[list[list], int]:
     """(the samples as distill.scoring samples, one list per generation shard; how many samples were
     left out). The self-teacher reads the privileged prompt with the gold answer (`answer_reference`); a separate teacher the
-    student's own rationale prompt. Samples without a known strategy (a free-choice sample whose
-    tag did not parse) have no training target and are left out, as training leaves them out."""
+    student's own rationale prompt. The completion is the sample's training text
+    (`distill_set.solution_text`, what a distillation set holds), so the ids scored are the ids a
+    training reads. Samples without a known strategy (a free-choice sample whose tag did not
+    parse) have no training target and are left out, as training leaves them out."""
+    from distill.distill_set import solution_text
     from distill.scoring import rationale_samples
     from distill.strategies import STRATEGIES
     from distill.student_format import answer_reference
@@ -53,7 +56,8 @@ def scoring_shards(job: ScoreJob) -> tuple[list[list], int]:
     for entry in read_manifest(job.samples_url)["shards"]:
         part = rows[start:start + entry["rows"]]
         kept = [{**row, "question": problems[row["question_id"]]["question"],
-                 "gold": problems[row["question_id"]]["answer"]} for row in part if row["strategy"] in STRATEGIES]
+                 "gold": problems[row["question_id"]]["answer"], "text": solution_text(row["strategy"], row["text"])}
+                for row in part if row["strategy"] in STRATEGIES]
         shards.append(rationale_samples(kept, reference=reference))
         left_out += len(part) - len(kept)
         start += entry["rows"]
