@@ -93,7 +93,7 @@ def generate(run: Run, iteration: int) -> dict:
 
 
 def score(run: Run, iteration: int) -> dict | None:
-    """The teacher's token-level scores of the iteration's samples (`token_level.use`), or None
+    """The teacher's token-level scores of the iteration's training rows (`token_level.use`), or None
     when the run does not score them. The self-teacher is the student that generated them (in the
     teacher round, the student to be)."""
     name = f"iter-{iteration:02d}/score"
@@ -102,10 +102,10 @@ def score(run: Run, iteration: int) -> dict | None:
     step = run.steps[name]
     job = step.job
     student = run.input(name, "student") if "student" in step.inputs else job["student_model"]
-    scoring = ScoreJob(samples_url=run.input(name, "samples"), problems_url=run.input(name, "problems"),
-                       output_url=step.output("token_scores"), key=step.key, engine=job["engine"],
-                       model=student if job["teacher"] == "self" else job["engine"].model, student=student,
-                       teacher=job["teacher"], top_k=job["top_k"], iteration=iteration)
+    scoring = ScoreJob(rows_url=run.input(name, "rows"), output_url=step.output("token_scores"), key=step.key,
+                       engine=job["engine"], model=student if job["teacher"] == "self" else job["engine"].model,
+                       student=student, teacher=job["teacher"], top_k=job["top_k"], iteration=iteration,
+                       shard_size=job["shard_size"])
     with on_gpus(engine_devices(scoring.engine)):
         return run.submit(score_samples, name, job=scoring)
 

@@ -37,13 +37,13 @@ from tasks.pipeline import eval_only_steps, pipeline_steps
 
 @flow(name="siked-iteration", flow_run_name="iteration-{iteration:02d}")
 def siked_iteration(cfg: RunConfig, layout: RunLayout, iteration: int, attempt: str) -> dict:
-    """One SIKeD iteration: self-generate (and score the samples, with `token_level.use`), verify,
-    keep the correct, mix, train, evaluate."""
+    """One SIKeD iteration: self-generate, verify, keep the correct (and have the teacher score them,
+    with `token_level.use`), mix, train, evaluate."""
     run = Run(cfg, layout, pipeline_steps(cfg, layout), attempt)
     stage = f"iter-{iteration:02d}"
     samples = generate(run, iteration)
-    scored = score(run, iteration)  # the teacher's token-level signal, when `token_level.use` asks for it
     verified, self_set = verify_and_select(run, iteration)
+    scored = score(run, iteration)  # the teacher's token-level signal, when `token_level.use` asks for it
     mixed = mix(run, iteration)  # None for on-policy distillation: it trains on every sample
     new_student = train(run, iteration)
     scores = evaluate(run, stage, new_student["path"])

@@ -314,15 +314,17 @@ def _generate(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) 
 
 
 def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) -> None:
-    """`iter-0t/score` (`token_level.use`): the round's samples scored by the teacher, or by the
-    student that generated them shown the gold answer (`self`). Its body encodes with the student's
+    """`iter-0t/score` (`token_level.use`): the round's training rows (its distillation set: the
+    samples a training can read, in the text it trains on) scored by the teacher, or by the student
+    that generated them shown the gold answer (`self`). Its body encodes with the student's
     tokenizer, so the student is an input either way (in the teacher round, `train.model`, the
     student to be); with `self` it is also the scorer. Scoring is greedy and reads no chat
     template, so the engine's seed and template, and its replicas (it runs as one), change nothing
     it writes."""
     level = cfg.token_level
-    job: dict[str, Any] = {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine()}
-    inputs = {"samples": f"iter-{iteration:02d}/generate", "problems": "problems/train"}
+    job: dict[str, Any] = {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine(),
+                           "shard_size": cfg.teacher.shard_size}
+    inputs = {"rows": f"iter-{iteration:02d}/distill_set"}
     if student is None:
         job["student_model"] = cfg.train.model
     else:
@@ -354,17 +356,17 @@ def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:
         _evaluate(b, cfg, "base", eval_sets, None, model_spec=cfg.train.model)
     _generate(b, cfg, 0, None)
     scored = cfg.token_level.scored_iterations(cfg.siked.iterations)
+    _verify_and_select(b, cfg, 0)
     if 0 in scored:
         _score(b, cfg, 0, None)
-    _verify_and_select(b, cfg, 0)
     student = _train(b, cfg, 0, "iter-00/distill_set")
     _evaluate(b, cfg, "iter-00", eval_sets, student)
     for iteration in range(1, cfg.siked.iterations + 1):
         stage = f"iter-{iteration:02d}"
         _generate(b, cfg, iteration, student)
+        _verify_and_select(b, cfg, iteration)
         if iteration in scored:
             _score(b, cfg, iteration, student)
-        _verify_and_select(b, cfg, iteration)
         if cfg.token_level.use == "on_policy":  # no filter, no mix: every sample, scored
             student = _train(b, cfg, iteration, f"{stage}/distill_set")
             _evaluate(b, cfg, stage, eval_sets, student)

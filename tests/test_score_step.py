@@ -36,37 +36,31 @@ PROBLEMS = [
     {"id": "arith-train-2", "benchmark": "arith", "split": "train", "source": "test", "answer": 30.0,
      "question": "A box holds 12 eggs. How many eggs are in 2.5 boxes?", "answer_text": "30", "reference": ""},
 ]
-# Two generation shards: one question each, two strategies and a sample whose tag did not parse.
-SAMPLE_TEXTS = [
-    [("arith-train-1", "cot", 0, "3 + 4 = 7. The answer is 7."), ("arith-train-1", "pot", 0, "answer = 3 + 4"),
-     ("arith-train-1", None, 1, "seven")],
-    [("arith-train-2", "l2m", 0, "How many eggs per box? 12. So 12 * 2.5 = 30. The answer is 30."),
-     ("arith-train-2", "cot", 0, "12 * 2.5 = 30. The answer is 30.")],
-]
+# A round's training rows: two questions, two strategies each, and a row whose strategy is unknown;
+# two scoring shards of two rows at shard_size 2.
+ROW_TEXTS = [("arith-train-1", "cot", 0, "3 + 4 = 7. The answer is 7."), ("arith-train-1", "pot", 0, "answer = 3 + 4"),
+             ("arith-train-1", "sql", 1, "seven"),
+             ("arith-train-2", "l2m", 0, "How many eggs per box? 12. So 12 * 2.5 = 30. The answer is 30."),
+             ("arith-train-2", "cot", 0, "12 * 2.5 = 30. The answer is 30.")]
 
 
-def sample_row(question_id, strategy, index, text) -> dict:
-    return {"question_id": question_id, "strategy": strategy, "sample_index": index, "prompt_hash": "p", "text": text,
-            "prompt_tokens": 10, "completion_tokens": 10, "finish_reason": "stop", "model": "student",
-            "engine": "transformers", "engine_version": "0", "sampling": "{}", "seed": 0, "iteration": 1,
-            "source": "student"}
+def train_row(question_id, strategy, index, text) -> dict:
+    problem = next(p for p in PROBLEMS if p["id"] == question_id)
+    return {"question_id": question_id, "question": problem["question"], "gold": problem["answer"],
+            "strategy": strategy, "text": text, "sample_index": index, "source": "student", "iteration": 1,
+            "model": "student"}
 
 
-def write_inputs(folder: Path) -> tuple[str, str]:
-    problems = str(folder / "problems.parquet")
-    write_artifact(problems, PROBLEMS, "problems", config_hash="p")
-    samples = ShardedArtifact(str(folder / "samples"), "samples", config_hash="g")
-    for index, shard in enumerate(SAMPLE_TEXTS):
-        samples.write_shard(index, [sample_row(*s) for s in shard])
-    samples.finalize(len(SAMPLE_TEXTS))
-    return str(folder / "samples"), problems
+def write_rows(folder: Path) -> str:
+    rows = str(folder / "distill_set.parquet")
+    write_artifact(rows, [train_row(*r) for r in ROW_TEXTS], "train_examples", config_hash="d")
+    return rows
 
 
 def score_job(folder: Path, student: Path, teacher: str = "self", model: Path | None = None, k: int = 5) -> ScoreJob:
-    samples, problems = write_inputs(folder)
-    return ScoreJob(samples_url=samples, problems_url=problems, output_url=str(folder / "token_scores"), key="s",
+    return ScoreJob(rows_url=write_rows(folder), output_url=str(folder / "token_scores"), key="s",
                     engine=EngineConfig(kind="transformers", dtype="float32"), model=str(model or student),
-                    student=str(student), teacher=teacher, top_k=k, iteration=1)
+                    student=str(student), teacher=teacher, top_k=k, iteration=1, shard_size=2)
 
 
 def flat(shards: list[list]) -> list:
@@ -88,8 +82,8 @@ def test_the_plan_has_a_score_step_per_round_only_when_asked(tmp_path, capsys):
     assert ({n: s.key for n, s in after.items() if s.kind not in ("score", "report")}
             == {n: s.key for n, s in before.items() if s.kind != "report"})
     step = after["iter-02/score"]
-    assert step.job == {"teacher": "separate", "top_k": 20, "engine": on.teacher.engine}
-    assert step.inputs == {"samples": "iter-02/generate", "problems": "problems/train", "student": "iter-01/train"}
+    assert step.job == {"teacher": "separate", "top_k": 20, "engine": on.teacher.engine, "shard_size": 16}
+    assert step.inputs == {"rows": "iter-02/distill_set", "student": "iter-01/train"}
     selfish = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, "token_level.teacher=self"])
     assert pipeline_steps(selfish, run_layout(selfish))["iter-01/score"].job["engine"] == selfish.siked.engine
 
@@ -135,7 +129,7 @@ def test_the_self_teacher_sees_the_gold_answer_and_scores_the_same_completion_id
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     privileged, left_out = scoring_shards(score_job(tmp_path / "self", tiny_model_path, teacher="self"))
     plain, _ = scoring_shards(score_job(tmp_path / "separate", tiny_model_path, teacher="separate"))
-    assert left_out == 1  # the sample without a strategy tag: no training target, not scored
+    assert left_out == 1  # the row without a known strategy: no training target, not scored
     assert [len(s) for s in privileged] == [len(s) for s in plain] == [2, 2]
     golds = {"arith-train-1": 7.0, "arith-train-2": 30.0}
     questions = {p["id"]: p["question"] for p in PROBLEMS}
@@ -278,42 +272,24 @@ def test_each_use_of_the_scores_runs_through_prefect(tmp_path, tiny_model_path, 
         assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
         return Path(capsys.readouterr().out.strip().splitlines()[-1])
 
-    # SIKeD + token term: every tagged sample of the round scored by the round's starting student
-    run = run_with("siked")
+    # On-policy distillation: every tagged sample, right or wrong, scored by the round's starting
+    # student shown the answer, and trained on the divergence alone, no mix
+    run = run_with("on_policy")
     samples = read_artifact(output_of(run, "iter-01/generate", "samples"), "samples").to_pylist()
-    rows = read_artifact(output_of(run, "iter-01/score", "token_scores"), "token_scores").to_pylist()
     tagged = [s for s in samples if s["strategy"] in ("cot", "l2m", "pot")]
-    assert tagged and len(rows) == len(tagged)  # forced self-generation: every sample carries its strategy
-    assert sorted(r["sample_id"] for r in rows) == sorted(
+    rows = read_artifact(output_of(run, "iter-01/distill_set", "distill_set"), "train_examples").to_pylist()
+    verified = read_artifact(output_of(run, "iter-01/verify", "verified"), "verified").to_pylist()
+    assert tagged and len(rows) == len(tagged) and {v["verdict"] for v in verified} - {"correct"}  # wrong ones kept
+    scores = read_artifact(output_of(run, "iter-01/score", "token_scores"), "token_scores").to_pylist()
+    assert sorted(r["sample_id"] for r in scores) == sorted(
         f"{s['question_id']}|{s['strategy']}|{s['sample_index']}" for s in tagged)
-    for row in rows:
+    for row in scores:
         assert row["k"] == k and len(row["top_ids"]) == len(row["completion_ids"]) == len(row["sampled_logprobs"])
         for logprobs in row["top_logprobs"]:
             assert len(logprobs) == k and logprobs == sorted(logprobs, reverse=True)
         assert all(lp <= 0.0 for lp in row["sampled_logprobs"])
         assert row["teacher"] == output_of(run, "iter-00/train", "student")  # the round's starting student
-    trained = folder_manifest(output_of(run, "iter-01/train", "student"))
-    mixed = read_artifact(output_of(run, "iter-01/mix", "train_set"), "train_examples").to_pylist()
-    own = [r for r in mixed if r["source"] == "student"]
-    # The mixed set's own samples are scored (their ids are the ids scored), the teacher's rows are
-    # not. A tiny random student solves nothing, so its mix holds none here: the join itself is
-    # checked by the on-policy run below, which trains on every sample.
-    assert trained["info"]["token_level"] == {"scored_rows": len(own), "unscored_rows": 0,
-                                              "term": {"kind": "reverse_kl", "weight": 1.0, "supervised": True}}
-    assert any("score/" in parent["path"] and "token_scores" in parent["path"] for parent in trained["parents"])
-    assert all((m["loss_divergence"] > 0) == bool(own) for m in train_metrics(run, "iter-01/train")
-               if m["split"] == "train")
-    assert main(["status", str(run), "--json"]) == 0
-    states = {s["step"]: s["state"] for s in json.loads(capsys.readouterr().out) if s["stage"] == "iter-01"}
-    assert states["score"] == "done"
-
-    # On-policy distillation: every sample, right or wrong, trained on the divergence alone, no mix
-    run = run_with("on_policy")
-    rows = read_artifact(output_of(run, "iter-01/distill_set", "distill_set"), "train_examples").to_pylist()
-    verified = read_artifact(output_of(run, "iter-01/verify", "verified"), "verified").to_pylist()
-    assert len(rows) == len(tagged) and {v["verdict"] for v in verified} - {"correct"}  # wrong ones kept
     info = folder_manifest(output_of(run, "iter-01/train", "student"))["info"]
-    scores = read_artifact(output_of(run, "iter-01/score", "token_scores"), "token_scores").to_pylist()
     # every row's scores reached its target tokens: the ids scored are the ids trained
     assert info["token_level"] == {"scored_rows": len(rows), "unscored_rows": 0,
                                    "term": {"kind": "reverse_kl", "weight": 1.0, "supervised": False}}
@@ -326,6 +302,22 @@ def test_each_use_of_the_scores_runs_through_prefect(tmp_path, tiny_model_path, 
     assert all(m["loss"] == pytest.approx(m["loss_divergence"]) and m["loss_divergence"] >= -1e-6
                and m["loss_label"] == m["loss_mi"] == 0 for m in metrics)
     assert "iter-01/mix" not in (run / "steps.json").read_text()
+    assert main(["status", str(run), "--json"]) == 0
+    states = {s["step"]: s["state"] for s in json.loads(capsys.readouterr().out) if s["stage"] == "iter-01"}
+    assert states["score"] == "done"
+
+    # SIKeD + token term: the round's distillation set scored, its rows in the mix trained with the
+    # term. A tiny random student solves nothing, so both are empty here (the join is the on-policy
+    # run's, above); the teacher's rows carry no scores.
+    run = run_with("siked")
+    own = read_artifact(output_of(run, "iter-01/distill_set", "distill_set"), "train_examples").num_rows
+    assert read_artifact(output_of(run, "iter-01/score", "token_scores"), "token_scores").num_rows == own
+    trained = folder_manifest(output_of(run, "iter-01/train", "student"))
+    mixed = read_artifact(output_of(run, "iter-01/mix", "train_set"), "train_examples").to_pylist()
+    assert trained["info"]["token_level"] == {"scored_rows": sum(r["source"] == "student" for r in mixed),
+                                              "unscored_rows": 0,
+                                              "term": {"kind": "reverse_kl", "weight": 1.0, "supervised": True}}
+    assert any("score/" in parent["path"] and "token_scores" in parent["path"] for parent in trained["parents"])
 
     # Word-level distillation: the teacher's rationales scored in the teacher round, forward KL there
     run = run_with("word_level", **{"siked.iterations": "0"})

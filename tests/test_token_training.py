@@ -220,7 +220,7 @@ def test_siked_with_the_token_term_trains_its_mixed_rows_and_the_scores_of_its_s
 def test_word_level_scores_the_teacher_round_with_the_student_to_be(tmp_path):
     steps = plan(tmp_path, "token_level.use=word_level", "token_level.teacher=self", "siked.iterations=0")
     score = steps["iter-00/score"]
-    assert score.inputs == {"samples": "iter-00/generate", "problems": "problems/train"}
+    assert score.inputs == {"rows": "iter-00/distill_set"}
     assert score.job["student_model"] == "builtin:smollm2-135m-instruct"
     train = steps["iter-00/train"]
     assert train.inputs["token_scores"] == "iter-00/score" and train.job["scored_rows"] == ("teacher", 0)

@@ -2,10 +2,11 @@
 
 `score_into(job)` runs in a spawned child (tasks.score), in the engine worker when one is waiting
 (the self-teacher is the model the round's generation just ran, so a kept vLLM engine serves it as
-it is). It reads the round's samples and the training problems, checks that the scorer shares the
-student's tokenizer before it loads the scorer, scores the shards not written yet and writes each
-one as it is done (distill.scoring.score_shards), so a killed step loses at most the shard in
-flight. Scoring shard i holds the samples of generation shard i, in their order.
+it is). It reads the round's training rows (its distillation set: the samples a training can read,
+in the text it trains on), checks that the scorer shares the student's tokenizer before it loads
+the scorer, scores the shards not written yet and writes each one as it is done
+(distill.scoring.score_shards), so a killed step loses at most the shard in flight. Shard i holds
+rows i * shard_size to (i + 1) * shard_size - 1.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from tasks.jobs.generate import engine_model_path
 class ScoreJob:
     """Everything the child process needs (picklable)."""
 
-    samples_url: str
-    problems_url: str
+    rows_url: str  # the round's training rows (its distillation set: TRAIN_EXAMPLES)
     output_url: str
     key: str
     engine: EngineConfig
@@ -35,38 +35,29 @@ class ScoreJob:
     teacher: str  # separate | self
     top_k: int
     iteration: int
+    shard_size: int = 64
 
 
 def scoring_shards(job: ScoreJob) -> tuple[list[list], int]:
-    """(the samples as distill.scoring samples, one list per generation shard; how many samples were
-    left out). The self-teacher reads the privileged prompt with the gold answer (`answer_reference`); a separate teacher the
-    student's own rationale prompt. The completion is the sample's training text
-    (`distill_set.solution_text`, what a distillation set holds), so the ids scored are the ids a
-    training reads. Samples without a known strategy (a free-choice sample whose tag did not
-    parse) have no training target and are left out, as training leaves them out."""
-    from distill.distill_set import solution_text
-    from distill.scoring import rationale_samples
+    """(the rows as distill.scoring samples, `shard_size` rows per shard in row order; how many rows
+    were left out). The rows are what a training reads, so the completion scored is a row's own
+    rationale target (`[strategy]: text`) and its ids are the target ids training uses. The
+    self-teacher reads the privileged prompt with the gold answer (`answer_reference`); a separate
+    teacher the student's own rationale prompt. A row without a known strategy has no training
+    target and is left out, as training leaves it out."""
+    from distill.scoring import rationale_samples, shard_samples
     from distill.strategies import STRATEGIES
     from distill.student_format import answer_reference
 
-    problems = {p["id"]: p for p in read_artifact(job.problems_url, "problems").to_pylist()}
-    rows = read_artifact(job.samples_url, "samples").to_pylist()
+    rows = read_artifact(job.rows_url, "train_examples").to_pylist()
     reference = (lambda row: answer_reference(row["gold"])) if job.teacher == "self" else None
-    shards, start, left_out = [], 0, 0
-    for entry in read_manifest(job.samples_url)["shards"]:
-        part = rows[start:start + entry["rows"]]
-        kept = [{**row, "question": problems[row["question_id"]]["question"],
-                 "gold": problems[row["question_id"]]["answer"], "text": solution_text(row["strategy"], row["text"])}
-                for row in part if row["strategy"] in STRATEGIES]
-        shards.append(rationale_samples(kept, reference=reference))
-        left_out += len(part) - len(kept)
-        start += entry["rows"]
-    return shards, left_out
+    kept = [row for row in rows if row["strategy"] in STRATEGIES]
+    return shard_samples(rationale_samples(kept, reference=reference), job.shard_size), len(rows) - len(kept)
 
 
 def shard_count(job: ScoreJob) -> int:
-    """Scoring shards: the samples' shards."""
-    return len(read_manifest(job.samples_url)["shards"])
+    """Scoring shards: `shard_size` rows each, one (empty) for a round without rows."""
+    return max(1, -(-read_manifest(job.rows_url)["rows"] // job.shard_size))
 
 
 def check_tokenizers(job: ScoreJob, student_tokenizer: Any, scorer_path: str) -> None:
@@ -90,12 +81,15 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
     from distill.scoring import score_shards
 
     out = ShardedArtifact(job.output_url, "token_scores", config_hash=job.key,
-                          parents=with_manifests(*dict.fromkeys((job.samples_url, job.problems_url, job.model,
+                          parents=with_manifests(*dict.fromkeys((job.rows_url, job.model,
                                                                  job.student))))  # the self-teacher is the student
     student_tokenizer = AutoTokenizer.from_pretrained(engine_model_path(job.student, "transformers"))
     scorer_path = engine_model_path(job.model, job.engine.kind)
     check_tokenizers(job, student_tokenizer, scorer_path)
     shards, left_out = scoring_shards(job)
+    if not shards:  # a round without training rows (no sample was correct): an empty, finished output
+        out.write_shard(0, [])
+        shards = [[]]
     done = out.completed_shards()
     if len(done) == len(shards):  # every shard written by a killed attempt: no engine needed
         stats: dict[str, Any] = {"shards_scored": 0, "reused_shards": len(done), "samples": 0, "tokens": 0}
