@@ -423,11 +423,11 @@ def _iteration_section(summary: dict) -> str:
     return "\n".join(lines)
 
 
-COMPUTE_NOTE = ("As each step recorded it when it was computed (a reused step keeps the figures of the run "
-                "that computed it; a step a run shares with others counts in each). Tokens generated: completion "
-                "tokens the engines produced (generation and evaluation); scored: completion positions the "
-                "teacher scored; trained: target tokens the optimizer saw, once per optimizer step that trained "
-                "them. Seconds: wall time of the steps' bodies.")
+COMPUTE_NOTE = ("Figures as each step recorded them when it was computed (a reused step keeps those of the run "
+                "that computed it; a step runs share counts in each run). Tokens generated: completion tokens "
+                "the engines produced (generation and evaluation); scored: completion positions the teacher "
+                "scored; trained: target tokens the optimizer saw, once per optimizer step that trained them. "
+                "Seconds: wall time of the steps' bodies.")
 
 
 def _count(value: Any) -> str | None:
