@@ -108,14 +108,12 @@ def test_training_counts_each_target_token_once_per_step_that_trained_it_across_
 
     rows, model = make_rows(8, words=2), str(tiny_model_path)
     cfg = tiny_cfg(batch_size=8, val_fraction=0.0, checkpoint_every=1, max_steps=2)
-    one = train_student(tiny_cfg(batch_size=8, val_fraction=0.0, max_steps=1), rows, model, tmp_path / "o1",
-                        tmp_path / "c1", quiet())
     two = train_student(cfg, rows, model, tmp_path / "o2", tmp_path / "c2", quiet())
-    stopped = train_student(cfg, rows, model, tmp_path / "o3", tmp_path / "c3", quiet(stop_after_step=1))
-    resumed = train_student(cfg, rows, model, tmp_path / "o3", tmp_path / "c3", quiet())
+    one = train_student(cfg, rows, model, tmp_path / "o1", tmp_path / "c1", quiet(stop_after_step=1))
+    resumed = train_student(cfg, rows, model, tmp_path / "o1", tmp_path / "c1", quiet())
     assert 0 < one.tokens_trained < one.metrics[0]["tokens"]  # targets only: the prompts are not trained
     assert two.tokens_trained == 2 * one.tokens_trained
-    assert stopped.tokens_trained == one.tokens_trained and resumed.tokens_trained == two.tokens_trained
+    assert resumed.tokens_trained == two.tokens_trained
 
 
 # --------------------------------------------------------------------------- reading and summing
