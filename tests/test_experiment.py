@@ -263,13 +263,25 @@ def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny
     assert recomputed == results["comparisons"]
     report = (folder / "report.md").read_text()
     assert "McNemar" in report and "Holm" in report and (folder / "accuracy.png").is_file()
+    # What each run cost, from what its steps recorded: real tokens, the shared training in each arm.
+    compute = {(c["arm"], c["seed"]): c for c in results["compute"]}
+    for arm in ("short", "long", "clean"):
+        run_cost = compute[(arm, 1)]
+        assert run_cost["tokens_generated"] > 0 and run_cost["tokens_trained"] > 0 and run_cost["seconds"] > 0
+        assert run_cost["unrecorded"] == [] and run_cost["by_kind"]["evaluate"]["tokens_generated"] > 0
+        assert run_cost["tokens_trained_by_stage"] == {"base": 0, "iter-00": run_cost["tokens_trained"]}
+    assert compute[("short", 1)]["by_kind"]["train"] == compute[("long", 1)]["by_kind"]["train"]  # one training
+    assert (folder / "training_tokens.png").is_file() and "## Compute" in report
+    assert "## Compute" in (Path(clean_run) / "report/report.md").read_text()
 
     # A second run of the file computes nothing and rewrites the same results.
     assert main(["experiment", str(path)]) == 0
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == folder
     states = _task_states_of_last_experiment()
     assert "train_student_step" not in states and "evaluate_model" not in states, states  # all reused
-    assert json.loads((folder / "results.json").read_text())["comparisons"] == results["comparisons"]
+    again = json.loads((folder / "results.json").read_text())
+    assert again["comparisons"] == results["comparisons"]
+    assert again["compute"] == results["compute"]  # reused steps keep the figures of the run that computed them
     # --collect runs nothing and writes the same results from the finished runs
     assert main(["experiment", str(path), "--collect"]) == 0
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == folder
