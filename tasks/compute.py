@@ -28,7 +28,6 @@ from typing import Any
 from storage.artifacts import read_manifest_or_none
 
 FIGURES = ("tokens_generated", "tokens_scored", "tokens_trained", "seconds")
-TOKENS = FIGURES[:3]
 
 
 class Stopwatch:
@@ -86,7 +85,7 @@ def run_compute(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for entry in entries:
         figures = step_figures(entry["outputs"].values())
         if entry["kind"] == "train":
-            trained[entry.get("iteration")] = figures and figures["tokens_trained"]
+            trained[entry.get("iteration")] = None if figures is None else figures["tokens_trained"]
         if figures is None:
             unrecorded.append(entry["name"])
             continue
