@@ -12,8 +12,9 @@ experiment then reports what finished and exits non-zero.
 Then, from the runs' per-question predictions, the experiment folder
 `<runs_root>/experiments/<name>-<hash>/` receives `outcomes.parquet` (OUTCOMES: one row per arm,
 seed, benchmark, mode, stage and question), `results.json` (accuracies with intervals and the paired
-comparisons, computed from exactly those outcomes by flows.reports.experiment_results), `report.md` with its
-plots, and the same tables as Prefect artifacts. The folder is the last line of standard output.
+comparisons, computed from exactly those outcomes by flows.reports.experiment_results, and each run's
+compute as its steps recorded it, tasks.compute), `report.md` with its plots, and the same tables as
+Prefect artifacts. The folder is the last line of standard output.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from storage.fs import ArtifactError, write_bytes, write_json
 from storage.manifest import code_version
 from storage.paths import ExperimentLayout
 from storage.schemas import OUTCOMES
+from tasks.compute import FIGURES, run_compute
 from tasks.pipeline import Step, pipeline_steps, prediction_kind
 
 
@@ -95,6 +97,41 @@ def collect_outcomes(experiment: Experiment) -> tuple[pd.DataFrame, list[str], l
     return outcomes, parents, missing
 
 
+# --------------------------------------------------------------------------- compute
+
+
+def compute_rows(experiment: Experiment) -> list[dict[str, Any]]:
+    """results.json's `compute`: per (arm, seed) what the steps of its run's plan recorded, shared
+    steps counted in every run that uses them (tasks.compute.run_compute); then per arm the means
+    over its seeds (`seed` None), as `accuracy` gives them."""
+    rows = [_run_compute_row(r) for r in experiment.runs]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        rows.append(_mean_over_seeds(arm, [r for r in rows if r["arm"] == arm]))
+    return rows
+
+
+def _run_compute_row(r: ArmRun) -> dict[str, Any]:
+    steps = pipeline_steps(r.cfg, run_layout(r.cfg))
+    c = run_compute(step.index_entry() for step in steps.values())
+    return {"arm": r.arm, "seed": r.seed, "run_id": run_id(r.cfg), **c["total"], "by_kind": c["by_kind"],
+            "tokens_trained_by_stage": c["tokens_trained_by_stage"], "unrecorded": c["unrecorded"]}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean, or None when a value is unknown (a mean over part of the seeds would pass for all)."""
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _mean_over_seeds(arm: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    kinds = dict.fromkeys(k for r in rows for k in r["by_kind"])
+    stages = dict.fromkeys(s for r in rows for s in r["tokens_trained_by_stage"])
+    return {"arm": arm, "seed": None, "seeds": len(rows), **{f: _mean([r[f] for r in rows]) for f in FIGURES},
+            "by_kind": {k: {f: _mean([r["by_kind"].get(k, {}).get(f, 0) for r in rows]) for f in (*FIGURES, "steps")}
+                        for k in kinds},
+            "tokens_trained_by_stage": {s: _mean([r["tokens_trained_by_stage"].get(s) for r in rows]) for s in stages},
+            "unrecorded": sorted({name for r in rows for name in r["unrecorded"]})}
+
+
 def _json_safe(value: Any) -> Any:
     """NaN (an undefined interval) as null: results.json stays standard JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -124,9 +161,13 @@ def results_document(experiment: Experiment, outcomes: pd.DataFrame, missing: li
                                         "of the test (statsmodels NormalIndPower) on the measured spread",
                    "holm_family": spec.holm_family,
                    "multiple_comparisons": f"Holm (statsmodels) over {FAMILIES[spec.holm_family]}; pooled "
-                                           "and per-seed comparisons adjusted apart"},
+                                           "and per-seed comparisons adjusted apart",
+                   "compute": "as each step of a run's plan recorded it in its outputs' manifests when it was "
+                              "computed (a step shared by runs counts in each); tokens_trained_by_stage: the "
+                              "training tokens of every round up to that stage; seed null: the mean over seeds"},
         "accuracy": accuracy_rows(outcomes) if len(outcomes) else [],
         "comparisons": comparison_rows(outcomes, spec.baseline, spec.holm_family) if len(outcomes) else [],
+        "compute": compute_rows(experiment),
         "missing": missing,
     })
 

@@ -50,14 +50,18 @@ __all__ = [
 
 def write_artifact(url: str, rows: Rows, kind: str, *, config_hash: str | None = None,
                    code_version: str | None = None,
-                   parents: Iterable[str | Mapping[str, Any]] = ()) -> dict[str, Any]:
+                   parents: Iterable[str | Mapping[str, Any]] = (),
+                   info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write `rows` (Table, DataFrame or list of dicts) as a Parquet artifact of `kind`.
 
     `parents` are URLs of the artifacts this one was made from (their manifests give the hashes)
     or ready {"path", "content_hash"} dicts. `code_version` defaults to manifest.code_version().
+    `info` is free-form JSON kept under the manifest's "info" (what making it cost, say).
     Returns the manifest written.
     """
-    return write_file(url, rows, kind, config_hash=config_hash, code_version=code_version, parents=parents)
+    extra = {"info": dict(info)} if info else {}
+    return write_file(url, rows, kind, config_hash=config_hash, code_version=code_version, parents=parents,
+                      **extra)
 
 
 def read_artifact(url: str, kind: str, *, columns: list[str] | None = None) -> pa.Table:

@@ -17,6 +17,9 @@ other code has `<folder>/_manifest.json`. Every manifest holds:
                     moved or mounted elsewhere checks its lineage against its own files
                     (parent_url reads it back)
     created         UTC time, ISO 8601
+    info            (optional) free-form JSON: a folder's own facts (a student's training result),
+                    and what making the artifact cost (tasks.compute: seconds, tokens); a sharded
+                    artifact's sums its shards' numbers (storage.shards)
 """
 
 from __future__ import annotations

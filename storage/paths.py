@@ -130,6 +130,11 @@ class RunLayout:
         """Which evaluation questions overlap the training problems (JSON), for the report."""
         return self.path("contamination.json")
 
+    @property
+    def compute(self) -> str:
+        """What the run's steps cost, summed per step kind (JSON, tasks.compute), for the report."""
+        return self.path("compute.json")
+
     def report_dir(self) -> str:
         return self.path("report")
 

@@ -83,18 +83,23 @@ class ShardedArtifact:
                             verify_hash=verify_hash) is None
         }
 
-    def write_shard(self, index: int, rows: Rows) -> dict[str, Any]:
-        """Write (or overwrite) shard `index`; returns its manifest. Unfinalizes the folder."""
+    def write_shard(self, index: int, rows: Rows, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write (or overwrite) shard `index`; returns its manifest. Unfinalizes the folder. `info`
+        is kept under the shard manifest's "info" (its numbers add up in the folder's, `finalize`)."""
         if index < 0:
             raise ValueError(f"shard index must be >= 0, got {index}")
         fs.remove(self.manifest_url)  # the folder manifest no longer describes the shards
+        extra = {"info": dict(info)} if info else {}
         return write_file(self.shard_url(index), rows, self.kind, config_hash=self.config_hash,
-                          code_version=self.code_version, parents=self.parents, shard=index)
+                          code_version=self.code_version, parents=self.parents, shard=index, **extra)
 
-    def finalize(self, expected_shards: int | Iterable[int]) -> dict[str, Any]:
+    def finalize(self, expected_shards: int | Iterable[int],
+                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write `_manifest.json` when every expected shard is complete; else raise ShardsMissing.
 
-        `expected_shards` is a count (shards 0..n-1) or the indices themselves.
+        `expected_shards` is a count (shards 0..n-1) or the indices themselves. The folder
+        manifest's "info" holds `info` and, for every number that each shard's "info" holds, its
+        sum over the shards: shards written by an earlier, killed attempt count too.
         """
         indices = list(range(expected_shards)) if isinstance(expected_shards, int) else sorted(set(expected_shards))
         done = self.completed_shards()
@@ -102,15 +107,18 @@ class ShardedArtifact:
         if missing:
             raise ShardsMissing(f"{self.url}: shards not complete: {missing}", missing)
         version, _ = schema_for(self.kind)
-        entries = []
+        entries, shard_infos = [], []
         for index in indices:
             shard = read_manifest_of(self.shard_url(index))
             entries.append({"index": index, "file": shard_name(index), "rows": shard["rows"],
                             "size": shard["size"], "content_hash": shard["content_hash"]})
+            shard_infos.append(shard.get("info") or {})
+        summed = {**summed_numbers(shard_infos), **(info or {})}
+        extra = {"info": summed} if summed else {}
         manifest = build_manifest(
             type="sharded", kind=self.kind, schema_version=version, rows=sum(e["rows"] for e in entries),
             content_hash=_shards_hash(entries), config_hash=self.config_hash, code=self.code_version,
-            parents=self.parents, at=self.url, shards=entries,
+            parents=self.parents, at=self.url, shards=entries, **extra,
         )
         fs.write_json(self.manifest_url, manifest)
         return manifest
@@ -127,6 +135,16 @@ class ShardedArtifact:
 
     def read_shard(self, index: int, *, columns: list[str] | None = None) -> pa.Table:
         return read_file(self.shard_url(index), self.kind, columns=columns)
+
+
+def summed_numbers(infos: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """{name: sum} of every number that each of `infos` holds; a name some lack is left out (a sum
+    over part of the shards would pass for the whole)."""
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    return {name: sum(i[name] for i in infos) for name in (infos[0] if infos else {})
+            if all(number(i.get(name)) for i in infos)}
 
 
 def _shards_hash(entries: list[Mapping[str, Any]]) -> str:

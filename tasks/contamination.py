@@ -8,6 +8,7 @@ from collections import Counter
 from distill.config import DecontaminationConfig
 from distill.decontamination import overlaps
 from storage.artifacts import read_artifact, write_artifact
+from tasks.compute import Stopwatch, cost
 from tasks.steps import step_task
 
 
@@ -34,6 +35,7 @@ def overlaps_result(eval_sets: dict[str, str], output: str, **_: object) -> dict
 def find_overlaps(train_url: str, eval_sets: dict[str, str], output: str, key: str,
                   cfg: DecontaminationConfig) -> dict:
     """Overlaps of every evaluation set (`{label: problems URL}`) with the training problems."""
+    watch = Stopwatch()
     sizes = _sizes(eval_sets)
     train = read_artifact(train_url, "problems", columns=["id", "question"]).to_pylist()
     pairs = [(p["id"], p["question"]) for p in train]
@@ -43,7 +45,8 @@ def find_overlaps(train_url: str, eval_sets: dict[str, str], output: str, key: s
         for o in overlaps(pairs, [(p["id"], p["question"]) for p in problems], cfg.ngram, cfg.exemplars):
             rows.append({"benchmark": label, "question_id": o.question_id, "source_id": o.source_id,
                          "shared": o.shared, "example": o.example})
-    write_artifact(output, rows, "overlaps", config_hash=key, parents=[train_url, *eval_sets.values()])
+    write_artifact(output, rows, "overlaps", config_hash=key, parents=[train_url, *eval_sets.values()],
+                   info=cost(watch))
     summary = overlap_summary(rows, sizes)
     counts = Counter({label: s["overlapping"] for label, s in summary.items()})
     print("contamination: " + ", ".join(f"{label} {n} of {sizes[label]}" for label, n in counts.items()), flush=True)

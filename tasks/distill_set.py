@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage.artifacts import artifact_ref, read_artifact, write_artifact
 from storage.fs import read_json, write_json
+from tasks.compute import Stopwatch, cost
 from tasks.steps import step_task
 
 
@@ -27,6 +28,7 @@ def build_distill_set(verified_url: str, problems_url: str, output: str, key: st
     distillation's rounds): every sample with a strategy, right or wrong (`select_all`)."""
     from distill.distill_set import bias, select_all, select_correct, select_given, summarize
 
+    watch = Stopwatch()
     problems = read_artifact(problems_url, "problems", columns=["id", "question"]).to_pydict()
     questions = dict(zip(problems["id"], problems["question"], strict=True))
     verified = read_artifact(verified_url, "verified").to_pylist()
@@ -42,5 +44,6 @@ def build_distill_set(verified_url: str, problems_url: str, output: str, key: st
     # The summary is written before the artifact: the artifact's manifest, written last, is what
     # marks the step done.
     write_json(summary_url(output), summary)
-    write_artifact(output, kept, "train_examples", config_hash=key, parents=[verified_url, problems_url])
+    write_artifact(output, kept, "train_examples", config_hash=key, parents=[verified_url, problems_url],
+                   info=cost(watch))
     return distill_set_result(output)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage.artifacts import artifact_ref, read_artifact, write_artifact
 from storage.fs import read_json, write_json
+from tasks.compute import Stopwatch, cost
 from tasks.steps import step_task
 
 
@@ -27,6 +28,7 @@ def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str,
     primed ones), else of every self-generated sample."""
     from distill.mixing import mix
 
+    watch = Stopwatch()
     self_rows = read_artifact(self_set_url, "train_examples").to_pylist()
     teacher_rows = read_artifact(teacher_set_url, "train_examples").to_pylist()
     verified = read_artifact(verified_url, "verified", columns=["question_id", "strategy", "verdict"]).to_pydict()
@@ -43,5 +45,6 @@ def mix_training_set(self_set_url: str, verified_url: str, teacher_set_url: str,
     stats["student_choices"] = len(chosen)
     write_json(stats_url(output), stats)
     write_artifact(output, result.rows, "train_examples", config_hash=key,
-                   parents=[self_set_url, verified_url, teacher_set_url, *([free_choice_url] if free_choice_url else [])])
+                   parents=[self_set_url, verified_url, teacher_set_url, *([free_choice_url] if free_choice_url else [])],
+                   info=cost(watch))
     return mix_result(output)

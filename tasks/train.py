@@ -17,6 +17,7 @@ from storage.artifacts import read_artifact, with_manifests, write_artifact
 from storage.folders import folder_manifest, unmark_folder_complete
 from storage.mirror import local_model, mirror_dir, publish_folder
 from storage.paths import models_dir
+from tasks.compute import Stopwatch, cost
 from tasks.jobs.train import TrainJob, attach_scores, fraction_done, planned_steps
 from tasks.progress import with_progress
 from tasks.steps import step_task
@@ -35,6 +36,7 @@ def train_student_step(job: TrainJob) -> dict:
     from distill.training.launch import launch_training
     from distill.training.loop import LoopOptions
 
+    watch = Stopwatch()
     rows = read_artifact(job.train_set_url, "train_examples").to_pandas()
     if rows.empty:
         raise ValueError(f"{job.train_set_url} has no training rows: nothing was verified correct")
@@ -59,7 +61,8 @@ def train_student_step(job: TrainJob) -> dict:
     parents = with_manifests(job.train_set_url, job.problems_url, job.token_scores_url, job.start_model)
     write_artifact(job.metrics_url, result.metrics, "train_metrics", config_hash=job.key, parents=parents)
     info = {"best_step": result.best_step, "best_val": result.best_val, "steps": result.steps,
-            "data": result.data_report, "start_model": job.start_model}
+            "data": result.data_report, "start_model": job.start_model,
+            **cost(watch, tokens_trained=result.tokens_trained)}
     if joined is not None:
         info["token_level"] = {**joined, "term": job.token_term}
     publish_folder(output, job.output_dir, info, config_hash=job.key, parents=parents)

@@ -12,6 +12,7 @@ from distill.config import BenchmarkRef
 from storage import fs
 from storage.artifacts import ArtifactMissing, artifact_ref, read_artifact, with_manifests, write_artifact
 from storage.manifest import manifest_url
+from tasks.compute import Stopwatch, cost
 from tasks.steps import step_task
 
 DSS_SETS = ("dss_svamp", "dss_cqa")  # the sets whose released PaLM rationales `siked train` reads
@@ -82,12 +83,13 @@ def train_set_result(output: str, **_: object) -> dict:
 def freeze_train_set(output: str, key: str, path: str | None = None, ref: BenchmarkRef | None = None,
                      data_folder: str | None = None, given_rationales: str = "all") -> dict:
     """The rows of the file at `path`, or the rationales `ref` brings, as a TRAIN_EXAMPLES artifact."""
+    watch = Stopwatch()
     if path is not None:
         table = read_train_set(path)
         parents = with_manifests(path) or [{"path": path, "content_hash": fs.sha256_file(path)}]
-        write_artifact(output, table, "train_examples", config_hash=key, parents=parents)
+        write_artifact(output, table, "train_examples", config_hash=key, parents=parents, info=cost(watch))
         return train_set_result(output)
     rows = given_rationale_rows(ref, data_folder, given_rationales)
     recorded = [{k: v for k, v in row.items() if k != "label_text"} for row in rows]  # not a set column
-    write_artifact(output, recorded, "train_examples", config_hash=key)
+    write_artifact(output, recorded, "train_examples", config_hash=key, info=cost(watch))
     return train_set_result(output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from distill import timings
 from distill.config import VerifyConfig
 from storage.artifacts import artifact_ref, read_artifact, write_artifact
+from tasks.compute import Stopwatch, cost
 from tasks.steps import step_task
 
 
@@ -20,11 +21,13 @@ def verify(samples_url: str, problems_url: str, output: str, key: str, cfg: Veri
     from distill.choices import gold_answers
     from distill.verify import sandbox_limits, verify_samples
 
+    watch = Stopwatch()
     problems = read_artifact(problems_url, "problems", columns=["id", "question", "answer", "answer_text"]).to_pylist()
     gold, choices = gold_answers(problems)
     samples = read_artifact(samples_url, "samples").to_pylist()
     with timings.span("verify", iteration=iteration):
         rows = verify_samples(samples, gold, limits=sandbox_limits(cfg), workers=cfg.workers, rel_tol=cfg.rel_tol,
                               choices=choices)
-    write_artifact(output, rows, "verified", config_hash=key, parents=[samples_url, problems_url])
+    write_artifact(output, rows, "verified", config_hash=key, parents=[samples_url, problems_url],
+                   info=cost(watch))
     return verified_result(output)

@@ -263,13 +263,25 @@ def test_two_arms_differing_in_eval_train_once_and_evaluate_twice(tmp_path, tiny
     assert recomputed == results["comparisons"]
     report = (folder / "report.md").read_text()
     assert "McNemar" in report and "Holm" in report and (folder / "accuracy.png").is_file()
+    # What each run cost, from what its steps recorded: real tokens, the shared training in each arm.
+    compute = {(c["arm"], c["seed"]): c for c in results["compute"]}
+    for arm in ("short", "long", "clean"):
+        run_cost = compute[(arm, 1)]
+        assert run_cost["tokens_generated"] > 0 and run_cost["tokens_trained"] > 0 and run_cost["seconds"] > 0
+        assert run_cost["unrecorded"] == [] and run_cost["by_kind"]["evaluate"]["tokens_generated"] > 0
+        assert run_cost["tokens_trained_by_stage"] == {"base": 0, "iter-00": run_cost["tokens_trained"]}
+    assert compute[("short", 1)]["by_kind"]["train"] == compute[("long", 1)]["by_kind"]["train"]  # one training
+    assert (folder / "training_tokens.png").is_file() and "## Compute" in report
+    assert "## Compute" in (Path(clean_run) / "report/report.md").read_text()
 
     # A second run of the file computes nothing and rewrites the same results.
     assert main(["experiment", str(path)]) == 0
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == folder
     states = _task_states_of_last_experiment()
     assert "train_student_step" not in states and "evaluate_model" not in states, states  # all reused
-    assert json.loads((folder / "results.json").read_text())["comparisons"] == results["comparisons"]
+    again = json.loads((folder / "results.json").read_text())
+    assert again["comparisons"] == results["comparisons"]
+    assert again["compute"] == results["compute"]  # reused steps keep the figures of the run that computed them
     # --collect runs nothing and writes the same results from the finished runs
     assert main(["experiment", str(path), "--collect"]) == 0
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == folder
@@ -408,3 +420,71 @@ def test_the_off_policy_arm_plans_and_shares_the_first_round_with_siked(path, tm
     assert siked.keys() == off.keys()
     assert all(siked[n].key == off[n].key for n in siked if n.startswith(("problems/", "iter-00/")))
     assert off["iter-01/mix"].job["rule"] == "teacher" and siked["iter-01/mix"].key != off["iter-01/mix"].key
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def record(step, role: str, **info) -> None:
+    """A manifest at the step's output `role` holding only what its body recorded of its cost."""
+    from storage.fs import write_json
+    from storage.manifest import dir_manifest_url, manifest_url
+
+    url = step.output(role)
+    write_json(dir_manifest_url(url) if step.outputs[role].kind is None else manifest_url(url), {"info": info})
+
+
+def test_results_give_each_runs_compute_with_shared_steps_in_every_run_and_the_mean_over_seeds(tmp_path):
+    from flows.experiment import compute_rows
+    from flows.run_setup import run_layout
+    from tasks.pipeline import pipeline_steps
+
+    path = write_experiment(tmp_path, {"one": ["siked.iterations=0"], "siked": ["siked.iterations=1"]},
+                            [f"runs_root={tmp_path / 'runs'}"], seeds=(1, 2), baseline="one")
+    experiment = read_experiment(path)
+    for r in experiment.runs:
+        steps = pipeline_steps(r.cfg, run_layout(r.cfg))
+        record(steps["iter-00/generate"], "samples", tokens_generated=1000, seconds=10.0)  # shared by all four
+        for step in steps.values():
+            if step.kind == "train":
+                record(step, "student", tokens_trained=100 * r.seed * (step.iteration + 1), seconds=5.0)
+    rows = {(row["arm"], row["seed"]): row for row in compute_rows(experiment)}
+    assert rows.keys() == {("one", 1), ("one", 2), ("one", None), ("siked", 1), ("siked", 2), ("siked", None)}
+    assert rows[("one", 2)]["tokens_generated"] == rows[("siked", 1)]["tokens_generated"] == 1000
+    assert rows[("one", 2)]["tokens_trained"] == 200 and rows[("siked", 2)]["tokens_trained"] == 200 + 400
+    assert rows[("siked", 1)]["tokens_trained_by_stage"] == {"base": 0, "iter-00": 100, "iter-01": 300}
+    assert rows[("siked", 1)]["by_kind"]["train"] == {"tokens_generated": 0, "tokens_scored": 0, "tokens_trained": 300,
+                                                      "seconds": 10.0, "steps": 2}
+    assert rows[("siked", 1)]["seconds"] == 20.0 and "iter-01/evaluate" in rows[("siked", 1)]["unrecorded"]
+    mean = rows[("siked", None)]
+    assert mean["seeds"] == 2 and mean["tokens_trained"] == (300 + 600) / 2
+    assert mean["tokens_trained_by_stage"] == {"base": 0, "iter-00": 150, "iter-01": 450}
+    assert mean["by_kind"]["generate"]["tokens_generated"] == 1000
+
+
+def compute_row(arm: str, seed: int | None, by_stage: dict) -> dict:
+    return {"arm": arm, "seed": seed, "tokens_generated": 5000, "tokens_scored": 0,
+            "tokens_trained": max(by_stage.values()), "seconds": 42.0,
+            "by_kind": {"generate": {"seconds": 30.0}, "train": {"seconds": 12.0}, "mix": {"seconds": 0.0}},
+            "tokens_trained_by_stage": by_stage, "unrecorded": []}
+
+
+def test_the_report_tabulates_compute_and_plots_accuracy_against_training_tokens(tmp_path):
+    from flows.reports.experiment_report import TOKENS_PLOT, render, tokens_plot, write_experiment_report
+    from storage.paths import ExperimentLayout
+
+    document = _document(synthetic_outcomes(), [1, 2])
+    compute = [compute_row("one", s, {"iter-00": 1000}) for s in (1, 2, None)]
+    compute += [compute_row("siked", s, {"iter-00": 1000, "iter-01": 2500}) for s in (1, 2, None)]
+    layout = ExperimentLayout(str(tmp_path), "tiny")
+    markdown = write_experiment_report(layout, {**document, "compute": compute})
+    assert "| siked | mean | 5,000 | 0 | 2,500 | 42.0 | generate 30.0, train 12.0 |" in markdown
+    assert "| one | 1 | 5,000 | 0 | 1,000 | 42.0 |" in markdown
+    assert f"![Accuracy against training tokens]({TOKENS_PLOT})" in markdown
+    assert (tmp_path / "experiments/tiny" / TOKENS_PLOT).read_bytes().startswith(b"\x89PNG")
+    # Unknown training tokens: nothing to plot. A results.json from before compute: no section.
+    unknown = [{**row, "tokens_trained_by_stage": dict.fromkeys(row["tokens_trained_by_stage"])} for row in compute]
+    assert tokens_plot({**document, "compute": unknown}) is None
+    assert "## Compute" not in render(document, None)
+    write_experiment_report(layout, document)
+    assert not (tmp_path / "experiments/tiny" / TOKENS_PLOT).exists()  # the earlier plot no longer applies

@@ -13,7 +13,7 @@ import pytest
 from distill.config import load_config, to_yaml
 from flows.cli import main
 from flows.reports.report import RunNotFound, accuracy_rows, load_run, write_report
-from storage.fs import exists, read_bytes, write_bytes, write_json
+from storage.fs import exists, read_bytes, read_json, write_bytes, write_json
 from storage.paths import RunLayout, join, layout_for_run_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -204,3 +204,42 @@ def test_layout_for_run_dir():
     assert layout_for_run_dir("/srv/runs/abc") == RunLayout(root="/srv/runs", run_id="abc")
     with pytest.raises(ValueError):
         layout_for_run_dir("memory://abc")
+
+
+def index_steps(layout: RunLayout) -> None:
+    """steps.json naming three steps: two whose outputs recorded what they cost, one made before
+    steps recorded it."""
+    from storage.artifacts import write_artifact
+    from storage.step_store import write_index
+
+    rows = [{"question_id": "q", "benchmark": "b", "source_id": "s", "shared": 1, "example": "e"}]
+    steps = []
+    for name, kind, iteration, info in (
+            ("iter-00/generate", "generate", 0, {"tokens_generated": 12345, "seconds": 2.5}),
+            ("iter-00/evaluate", "evaluate", 0, {"tokens_generated": 55, "seconds": 0.5}),
+            ("problems/train", "problems", None, None)):
+        folder = join(layout.root, "steps", kind, "k")
+        output = join(folder, "out.parquet")
+        write_artifact(output, rows, "overlaps", info=info)
+        steps.append({"name": name, "kind": kind, "iteration": iteration, "key": "k", "dir": folder, "inputs": {},
+                      "outputs": {"out": output}})
+    write_index(layout, steps)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_the_report_sums_what_the_runs_steps_recorded_per_kind(tmp_path, where):
+    root = str(tmp_path / "runs") if where == "local" else f"memory://report-{uuid.uuid4().hex[:8]}/runs"
+    layout = make_run(root)
+    index_steps(layout)
+    _, md = write_report(layout)
+    assert "| generate | 1 | 12,345 | – | – | 2.5 |" in md and "| evaluate | 1 | 55 | – | – | 0.5 |" in md
+    assert "| total | 2 | 12,400 | – | – | 3.0 |" in md
+    assert "Not counted, having no figures (not done yet, or made before steps recorded them): `problems/train`." in md
+    compute = read_json(layout.compute)
+    assert compute["total"]["tokens_generated"] == 12400 and compute["unrecorded"] == ["problems/train"]
+
+
+def test_a_run_without_a_step_index_reports_no_compute(tmp_path):
+    layout = make_run(str(tmp_path / "runs"))
+    _, md = write_report(layout)
+    assert "## Compute" not in md and not exists(layout.compute)

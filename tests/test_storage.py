@@ -400,3 +400,12 @@ def test_a_mirror_never_lies_outside_the_mirrors_folder(tmp_path, monkeypatch):
     assert mirror_dir("memory://runs/a/student") == f"{tmp_path}/mirror/memory/runs/a/student"
     with pytest.raises(PathOutsideRoot):
         mirror_dir("memory://runs/../../../../../pwned")
+
+
+def test_info_is_kept_in_the_manifest_and_leaves_the_content_hash_alone(root):
+    url = join(root, "verified.parquet")
+    plain = write_artifact(url, sample_rows("verified", 3), "verified")
+    counted = write_artifact(url, sample_rows("verified", 3), "verified", info={"seconds": 0.5})
+    assert "info" not in plain and counted["info"] == {"seconds": 0.5}
+    assert read_manifest(url)["info"] == {"seconds": 0.5}
+    assert counted["content_hash"] == plain["content_hash"]

@@ -156,3 +156,24 @@ def test_shard_urls_are_zero_padded(folder):
     assert out.shard_url(7) == join(folder, "shard-00007.parquet")
     with pytest.raises(ValueError):
         out.write_shard(-1, [])
+
+
+def test_the_folder_info_sums_what_every_shard_counted_and_keeps_its_own(folder):
+    """A killed attempt's shards count in the sum: finalize reads each shard's manifest."""
+    first = ShardedArtifact(folder, "samples", "cfg-1")
+    first.write_shard(0, shard_rows(0), info={"tokens_generated": 5, "note": "x"})
+    again = ShardedArtifact(folder, "samples", "cfg-1")  # a later attempt
+    again.write_shard(1, shard_rows(1), info={"tokens_generated": 7})
+    manifest = again.finalize(2, info={"seconds": 1.5})
+    assert manifest["info"] == {"tokens_generated": 12, "seconds": 1.5}
+    assert fs.read_json(manifest_url(again.shard_url(0)))["info"]["tokens_generated"] == 5
+    assert fs.read_json(dir_manifest_url(folder))["info"] == manifest["info"]
+
+
+def test_a_count_some_shard_lacks_is_left_out_of_the_folder_info(folder):
+    """A sum over part of the shards would pass for the whole (a shard written before counting)."""
+    out = ShardedArtifact(folder, "samples", "cfg-1")
+    out.write_shard(0, shard_rows(0), info={"tokens_generated": 5})
+    out.write_shard(1, shard_rows(1))
+    assert "info" not in out.finalize(2)
+    assert out.finalize(2, info={"seconds": 2.0})["info"] == {"seconds": 2.0}

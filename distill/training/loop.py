@@ -104,6 +104,9 @@ class TrainResult:
     steps: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
     data_report: dict[str, Any] = field(default_factory=dict)
+    tokens_trained: int = 0
+    """Target tokens of both tasks the optimizer saw, each counted once per step that trained it,
+    summed over every step (a resumed run's earlier steps included)."""
 
 
 # --------------------------------------------------------------------------- the loop
@@ -148,9 +151,12 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
 
     state.wrapped.train()
     start_step, loop_started = state.step, time.time()
+    # The steps before a resumed checkpoint trained tokens too: their count travels in its state.
+    trained = ckpt.load_state(found).get("tokens_trained", 0) if found is not None else 0
     for step in range(start_step, last_step):
         t0 = time.perf_counter()
         values = optimizer_step(state, data, step, cfg, dist_, autocast, token=options.token())
+        trained += values.target_tokens
         done = state.step
         row = _row(done, done / data.plan.steps_per_epoch, "train", values.total, values.terms, lr=values.lr,
                    grad_norm=values.grad_norm, tokens=values.tokens, seconds=time.perf_counter() - t0)
@@ -160,16 +166,16 @@ def train_student(cfg: TrainConfig, rows: Any, model_path: str, output_dir: str 
         if data.val and (done % eval_every == 0 or done == last_step):
             validate(state, data, cfg, options, dist_, autocast, metrics, checkpoint_dir)
         if done % cfg.checkpoint_every == 0 or done == last_step:
-            save_step_checkpoint(state, data, checkpoint_dir, dist_, options.keep_checkpoints)
+            save_step_checkpoint(state, data, checkpoint_dir, dist_, options.keep_checkpoints, trained)
         if options.stop_after_step is not None and done >= options.stop_after_step:
             metrics.close()
-            return TrainResult(None, None, state.best, done, metrics.rows, data.report)
+            return TrainResult(None, None, state.best, done, metrics.rows, data.report, trained)
 
     timings.record("train_loop", loop_started, time.time(), steps=state.step - start_step, rank=dist_.rank)
     metrics.close()
     out = export_final_student(cfg, model_path, output_dir, checkpoint_dir, state, data, dist_)
     best = state.best
-    return TrainResult(out, best["step"] if best else None, best, state.step, metrics.rows, data.report)
+    return TrainResult(out, best["step"] if best else None, best, state.step, metrics.rows, data.report, trained)
 
 
 # --------------------------------------------------------------------------- one optimizer step
@@ -190,6 +196,8 @@ class StepValues:
     """The learning rate the step used."""
     grad_norm: float
     """The gradient norm before clipping."""
+    target_tokens: int = 0
+    """Target positions of both tasks in the step (every process's): the tokens it trained."""
 
 
 def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainConfig, dist_: Dist,
@@ -242,7 +250,7 @@ def optimizer_step(state: TrainState, data: TrainingData, step: int, cfg: TrainC
 
     totals = dict(zip(sums, dist_.all_sum(list(sums.values())), strict=True))  # the shares add up to the step's
     return StepValues(totals["total"], {name: totals[name] for name in TERMS}, totals["mi_floor"],
-                      int(totals["tokens"]), lr, float(grad_norm))
+                      int(totals["tokens"]), lr, float(grad_norm), int(norm.label_tokens + norm.rationale_tokens))
 
 
 def _progress_line(row: dict[str, Any], values: StepValues, last_step: int, kind: str) -> str:
@@ -289,9 +297,9 @@ def validate(state: TrainState, data: TrainingData, cfg: TrainConfig, options: L
 
 
 def save_step_checkpoint(state: TrainState, data: TrainingData, checkpoint_dir: Path, dist_: Dist,
-                         keep: int) -> None:
-    """`step-<N>/`: what `prepare.build_state` restores, and the data position it stands at; only the
-    newest `keep` step checkpoints stay."""
+                         keep: int, tokens_trained: int = 0) -> None:
+    """`step-<N>/`: what `prepare.build_state` restores, the data position it stands at and the
+    target tokens trained so far; only the newest `keep` step checkpoints stay."""
     done = state.step
     files = {"trainable.pt": trainable_state(state.model, state.fsdp),
              "optimizer.pt": optimizer_state(state.model, state.optimizer, state.fsdp),
@@ -299,7 +307,7 @@ def save_step_checkpoint(state: TrainState, data: TrainingData, checkpoint_dir: 
     if state.head is not None:
         files["head.pt"] = state.head.state_dict()
     meta = {"step": done, "total_steps": data.total_steps, **data.plan.position(done), "best": state.best,
-            "data_fingerprint": data.report["fingerprint"]}
+            "data_fingerprint": data.report["fingerprint"], "tokens_trained": tokens_trained}
     ckpt.save_checkpoint(ckpt.step_dir(checkpoint_dir, done), files, meta, rank=dist_.rank, barrier=dist_.barrier)
     if dist_.rank == 0:
         ckpt.prune_checkpoints(checkpoint_dir, keep)

@@ -1,11 +1,15 @@
-"""An experiment's report: `report.md` and `accuracy.png` beside its results.json, drawn from it alone.
+"""An experiment's report: `report.md`, `accuracy.png` and `training_tokens.png` beside its
+results.json, drawn from it alone.
 
 The accuracy table gives every (arm, seed) with its Wilson interval, the strict accuracy beside it,
 and, with several seeds, the mean over seeds with its t interval; the comparison table gives each
 arm against the baseline: the difference, the interval and p-value of one test (sign flips over
 questions), the Holm adjustment over the declared family and the minimum detectable effect. The
 verdict says in words which differences are significant at the 5% level after the adjustment, and
-for the others which effects the experiment could have seen.
+for the others which effects the experiment could have seen. The compute table gives what each
+arm's runs cost (tokens generated, scored and trained, seconds per step kind), so arms can be
+compared at equal compute, and the second plot puts each stage's accuracy against the training
+tokens spent up to it.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from flows.reports.plots import png_bytes
-from flows.reports.report import markdown_table, table_cell
-from storage.fs import write_bytes
+from flows.reports.report import COMPUTE_NOTE, markdown_table, table_cell
+from storage.fs import remove, write_bytes
 from storage.paths import ExperimentLayout, join
 
 PLOT = "accuracy.png"
+TOKENS_PLOT = "training_tokens.png"
 
 
 def _pct(x: Any) -> str:
@@ -150,7 +155,94 @@ def accuracy_plot(document: dict[str, Any]) -> bytes | None:
     return png_bytes(fig)
 
 
-def render(document: dict[str, Any], plot: str | None) -> str:
+def headline_compute(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compute rows beside the headline accuracy: each arm's mean over seeds when there are
+    several, else its one seed's."""
+    several = len(document.get("seeds", [])) > 1
+    return [r for r in document.get("compute", []) if (r["seed"] is None) == several]
+
+
+def _tokens(x: Any) -> str:
+    return f"{round(x):,}" if isinstance(x, (int, float)) else "–"
+
+
+def _seconds_by_kind(row: dict[str, Any]) -> str:
+    kinds = sorted(row["by_kind"].items(), key=lambda item: -(item[1]["seconds"] or 0))
+    return ", ".join(f"{kind} {figures['seconds']:.1f}" for kind, figures in kinds if figures["seconds"]) or "–"
+
+
+def compute_table(document: dict[str, Any]) -> str:
+    """Per arm and seed (and the mean over seeds, with several): tokens and seconds."""
+    several = len(document.get("seeds", [])) > 1
+    rows = [[r["arm"], "mean" if r["seed"] is None else r["seed"], _tokens(r["tokens_generated"]),
+             _tokens(r["tokens_scored"]), _tokens(r["tokens_trained"]),
+             f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "–", _seconds_by_kind(r)]
+            for r in document.get("compute", []) if several or r["seed"] is not None]
+    return markdown_table(["Arm", "Seed", "Tokens generated", "Tokens scored", "Tokens trained", "Seconds",
+                           "Seconds by step kind"], rows)
+
+
+def _token_points(document: dict[str, Any], benchmark: str, mode: str, arm: str) -> list[tuple[float, dict]]:
+    """(training tokens spent up to the stage, accuracy row) of one arm's headline rows, in token order."""
+    spent = {(c["arm"], c["seed"]): c.get("tokens_trained_by_stage") or {} for c in headline_compute(document)}
+    points = []
+    for r in headline_rows(document):
+        tokens = spent.get((r["arm"], r["seed"]), {}).get(r["stage"])
+        if (r["arm"], r["benchmark"], r["mode"]) == (arm, benchmark, mode) and tokens is not None:
+            points.append((tokens, r))
+    return sorted(points, key=lambda p: p[0])
+
+
+def tokens_plot(document: dict[str, Any]) -> bytes | None:
+    """Accuracy against the training tokens spent up to each stage (every earlier round's
+    included), one panel per (benchmark, mode), one line per arm, with interval bars; None when no
+    run recorded its training tokens."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter, PercentFormatter
+
+    rows = headline_rows(document)
+    panels = list(dict.fromkeys((r["benchmark"], r["mode"]) for r in rows))
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    lines = {(panel, arm): _token_points(document, *panel, arm) for panel in panels for arm in arms}
+    if not any(lines.values()):
+        return None
+    cols = min(len(panels), 3)
+    fig = Figure(figsize=(4.4 * cols, 3.4 * ((len(panels) + cols - 1) // cols)), layout="constrained")
+    axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        for arm in arms:
+            points = lines[(panel, arm)]
+            if not points:
+                continue
+            xs, ys = [x for x, _ in points], [r["accuracy"] for _, r in points]
+            lows = [max(0.0, y - (r["ci_low"] if r["ci_low"] is not None else y)) for y, (_, r) in zip(ys, points)]
+            highs = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else y) - y) for y, (_, r) in zip(ys, points)]
+            ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=arm)
+        ax.set_title(f"{panel[0]} ({panel[1]})")
+        ax.set_xlabel("training tokens, every round so far")
+        ax.set_xlim(left=0)  # from no training at all, so the arms' spending compares by eye
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.set_ylim(0, 1.0)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return png_bytes(fig)
+
+
+def _compute_section(document: dict[str, Any], plot: str | None) -> str | None:
+    if not document.get("compute"):
+        return None  # a results.json written before runs recorded compute
+    unrecorded = sorted({n for r in document["compute"] for n in r["unrecorded"]})
+    note = (f" Steps without figures (not done yet, or made before steps recorded them) are not counted: "
+            f"{', '.join(f'`{n}`' for n in unrecorded)}." if unrecorded else "")
+    image = f"\n\n![Accuracy against training tokens]({plot})" if plot else ""
+    return (f"## Compute\n\n{compute_table(document)}\n\nWhat each arm's runs cost, to compare arms at equal "
+            f"compute. {COMPUTE_NOTE} `mean`: over the arm's seeds.{note}{image}")
+
+
+def render(document: dict[str, Any], plot: str | None, tokens_plot_file: str | None = None) -> str:
     method = document["method"]
     runs = markdown_table(["Arm", "Seed", "Run"], [[r["arm"], r["seed"], f"`{r['run_id']}`"] for r in document["runs"]])
     arms = markdown_table(["Arm", "Overrides"], [[arm, table_cell(" ".join(items)) or "(none)"]
@@ -174,6 +266,9 @@ def render(document: dict[str, Any], plot: str | None) -> str:
         f"{method.get('detectable_effect', 'not recorded')}. `final` compares each run's last stage. Stages where the arm "
         "and the baseline share one evaluation step are not compared.",
     ]
+    compute = _compute_section(document, tokens_plot_file)
+    if compute:
+        parts.append(compute)
     if len(document.get("seeds", [])) > 1:
         parts.append("## Per seed\n\n" + per_seed_table(document))
     parts.append("## Runs\n\n" + runs)
@@ -186,6 +281,11 @@ def write_experiment_report(layout: ExperimentLayout, document: dict[str, Any]) 
     png = accuracy_plot(document)
     if png is not None:
         write_bytes(join(layout.dir, PLOT), png)
-    markdown = render(document, PLOT if png is not None else None)
+    tokens_png = tokens_plot(document)
+    if tokens_png is not None:
+        write_bytes(join(layout.dir, TOKENS_PLOT), tokens_png)
+    else:  # a plot an earlier report drew no longer applies
+        remove(join(layout.dir, TOKENS_PLOT))
+    markdown = render(document, PLOT if png is not None else None, TOKENS_PLOT if tokens_png is not None else None)
     write_bytes(layout.report, markdown.encode("utf-8"))
     return markdown

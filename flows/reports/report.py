@@ -3,8 +3,9 @@
     siked report RUN            # RUN: a run folder, local or an fsspec URL
 
 Reads only what the flow leaves in the run folder: `config.yaml`, `base/summary.json` and
-`iter-XX/summary.json` (shapes in flows/reports/ui.py). A run killed mid-way is reported as far as it got,
-and the report says which stages are missing. Everything is written through storage, so runs on
+`iter-XX/summary.json` (shapes in flows/reports/ui.py), and what the steps that `steps.json` lists
+recorded of their cost (tasks.compute), which it also writes as `compute.json`. A run killed mid-way
+is reported as far as it got, and the report says which stages are missing. Everything is written through storage, so runs on
 memory:// or s3:// report the same way.
 """
 
@@ -20,8 +21,19 @@ from distill.significance import wilson_interval
 from distill.strict_yaml import load_yaml
 from distill.verify import VERDICTS
 from flows.reports.plots import BASE_X, accuracy_plot, strategy_mix_plot
-from storage.fs import ArtifactCorrupt, exists, read_bytes, read_json, remove, write_bytes
+from storage.fs import (
+    ArtifactCorrupt,
+    ArtifactError,
+    exists,
+    read_bytes,
+    read_json,
+    remove,
+    write_bytes,
+    write_json,
+)
 from storage.paths import RunLayout, join
+from storage.step_store import OldRunFolder, read_index
+from tasks.compute import run_compute
 
 PLOTS = {"accuracy": "accuracy.png", "mix": "strategy_mix.png"}
 SOURCES = {"p_teacher": "teacher (P_L)", "p_student_samples": "student (P_SM)", "p_train": "train (P_train)"}
@@ -45,6 +57,7 @@ class RunData:
     iterations: list[dict[str, Any]]
     missing: list[str] = field(default_factory=list)
     contamination: dict[str, Any] | None = None  # contamination.json (flows.siked.check_contamination)
+    compute: dict[str, Any] | None = None  # tasks.compute.run_compute over the steps of steps.json
 
 
 # --------------------------------------------------------------------------- reading the run
@@ -117,7 +130,16 @@ def load_run(layout: RunLayout) -> RunData:
     if not config and base is None and not iterations and not exists(layout.stage_dir("base")):
         raise RunNotFound(f"{layout.run_dir} holds no config.yaml and no stage summary")
     contamination = read_json(layout.contamination) if exists(layout.contamination) else None
-    return RunData(layout.run_id, layout.run_dir, config, base, iterations, missing, contamination)
+    return RunData(layout.run_id, layout.run_dir, config, base, iterations, missing, contamination,
+                   _read_compute(layout))
+
+
+def _read_compute(layout: RunLayout) -> dict[str, Any] | None:
+    """The run's compute from the manifests of the steps its index lists; None without an index."""
+    try:
+        return run_compute(read_index(layout))
+    except (OldRunFolder, ArtifactError):
+        return None
 
 
 # --------------------------------------------------------------------------- numbers
@@ -401,13 +423,47 @@ def _iteration_section(summary: dict) -> str:
     return "\n".join(lines)
 
 
+COMPUTE_NOTE = ("Figures as each step recorded them when it was computed (a reused step keeps those of the run "
+                "that computed it; a step runs share counts in each run). Tokens generated: completion tokens "
+                "the engines produced (generation and evaluation); scored: completion positions the teacher "
+                "scored; trained: target tokens the optimizer saw, once per optimizer step that trained them. "
+                "Seconds: wall time of the steps' bodies.")
+
+
+def _count(value: Any) -> str | None:
+    """A token count with thousands separators; none (0) as a dash, where the kind makes none."""
+    return f"{int(value):,}" if isinstance(value, (int, float)) and value else None
+
+
+def _compute_row(label: str, figures: dict[str, Any]) -> list[Any]:
+    return [label, figures.get("steps"), _count(figures.get("tokens_generated")), _count(figures.get("tokens_scored")),
+            _count(figures.get("tokens_trained")), _num(figures.get("seconds"), 1)]
+
+
+def _compute_section(data: RunData) -> str:
+    """What the run's steps cost per step kind, as each step recorded it when it was computed."""
+    c = data.compute
+    if not c:
+        return ""
+    steps = sum(k["steps"] for k in c["by_kind"].values())
+    rows = [_compute_row(kind, figures) for kind, figures in c["by_kind"].items()]
+    rows.append(_compute_row("total", {**c["total"], "steps": steps}))
+    table = markdown_table(["Step kind", "Steps", "Tokens generated", "Tokens scored", "Tokens trained", "Seconds"],
+                           rows)
+    lines = [f"## Compute\n\n{table}", COMPUTE_NOTE]
+    if c["unrecorded"]:
+        lines.append("Not counted, having no figures (not done yet, or made before steps recorded them): "
+                     + ", ".join(f"`{n}`" for n in c["unrecorded"]) + ".")
+    return "\n\n".join(lines)
+
+
 def render_markdown(data: RunData, plots: dict[str, str]) -> str:
     """The report text; `plots` maps `accuracy` / `mix` to image paths relative to the report."""
     rows = accuracy_rows(data)
     parts = [f"# SIKeD run `{data.run_id}`", f"Run folder: `{data.run_dir}`", _status_section(data),
              _config_section(data), _accuracy_section(rows, plots.get("accuracy")), _contamination_section(data),
              _protocol_section(data),
-             _mix_section(data, plots.get("mix"))]
+             _mix_section(data, plots.get("mix")), _compute_section(data)]
     if data.iterations:
         parts += ["## Iterations"] + [_iteration_section(s) for s in data.iterations]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -444,5 +500,7 @@ def write_report(layout: RunLayout) -> tuple[str, str]:
     """Write `<run>/report/report.md` and its plots; return (report path, Markdown text)."""
     data = load_run(layout)
     markdown = render_markdown(data, write_plots(layout, data))
+    if data.compute is not None:
+        write_json(layout.compute, data.compute)
     write_bytes(layout.report(), markdown.encode("utf-8"))
     return layout.report(), markdown

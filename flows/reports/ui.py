@@ -104,3 +104,9 @@ def publish_experiment(layout: ExperimentLayout, document: dict) -> None:
     if rows:
         create_table_artifact(rows, key=_key("experiment", layout.name, "comparisons"),
                               description=f"Experiment {document['experiment']}: arms against {document['baseline']}")
+    compute = [{k: c.get(k) for k in ("arm", "seed", "tokens_generated", "tokens_scored", "tokens_trained", "seconds")}
+               for c in document.get("compute", [])]
+    if compute:
+        create_table_artifact(compute, key=_key("experiment", layout.name, "compute"),
+                              description=f"Experiment {document['experiment']}: what each arm's runs cost "
+                                          "(seed empty: the mean over seeds)")

@@ -13,6 +13,7 @@ from distill import timings
 from distill.config import EngineConfig, SamplingConfig, SelfConsistencyConfig, VerifyConfig
 from storage.artifacts import is_complete, with_manifests
 from storage.fs import exists, write_json
+from tasks.compute import Stopwatch, cost
 from tasks.pipeline import prediction_kind, summary_url_of
 
 
@@ -61,6 +62,27 @@ def label_max_tokens(job: EvalJob, problems: list[dict], benchmark: str, count_t
     return budget
 
 
+class TokenCounter:
+    """An engine that counts the completion tokens it produces, for the predictions' manifests
+    (PREDICTIONS rows keep no token counts); everything else is the engine's own."""
+
+    def __init__(self, engine):
+        self.engine, self.tokens = engine, 0
+
+    def generate(self, requests, sampling, **options):
+        outputs = self.engine.generate(requests, sampling, **options)
+        self.tokens += sum(c.completion_tokens for completions in outputs for c in completions)
+        return outputs
+
+    def take(self) -> int:
+        """The tokens produced since the last take."""
+        tokens, self.tokens = self.tokens, 0
+        return tokens
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 def evaluate_into(job: EvalJob) -> None:
     """Child-process body: evaluate the pending (benchmark, mode) pairs and write each one."""
     from distill.engines import make_engine
@@ -73,10 +95,11 @@ def evaluate_into(job: EvalJob) -> None:
     from storage.mirror import local_model
     from storage.paths import models_dir
 
+    watch = Stopwatch()  # each pair's manifest gets the seconds since the previous one was written
     pending = pending_targets(job)
     model_path = resolve_model(local_model(job.model), models_dir())  # a remote student is mirrored
     count_tokens = None
-    engine = make_engine(job.engine, model_path)
+    engine = TokenCounter(make_engine(job.engine, model_path))
     limits = sandbox_limits(job.verify)
     excluded = set()
     if job.exclude_url:
@@ -97,7 +120,8 @@ def evaluate_into(job: EvalJob) -> None:
                 summary = summarize_sampled(rows, rel_tol) if mode == "sampled" else summarize_predictions(rows)
                 write_json(summary_url(output), summary)
                 parents = with_manifests(problems_url, job.exclude_url, job.model)  # the model too
-                write_artifact(output, rows, prediction_kind(mode), config_hash=job.key, parents=parents)
+                write_artifact(output, rows, prediction_kind(mode), config_hash=job.key, parents=parents,
+                               info=cost(watch, tokens_generated=engine.take()))
                 print(f"eval {job.label}: {benchmark} {mode} accuracy {summary['accuracy']:.3f} "
                       f"({len(rows)} problems)", flush=True)
     finally:

@@ -14,6 +14,7 @@ from distill import timings
 from distill.config import EngineConfig, SamplingConfig
 from storage.artifacts import read_manifest, with_manifests
 from storage.shards import ShardedArtifact
+from tasks.compute import Stopwatch, cost
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ def shard_count(job: GenerationJob) -> int:
     return -(-read_manifest(job.problems_url)["rows"] // job.shard_size)
 
 
+def write_samples_shard(out: ShardedArtifact, index: int, rows: list[dict]) -> None:
+    """Write one shard of samples, its manifest recording the completion tokens the engine produced
+    for it (the folder's manifest sums them: tasks.compute)."""
+    out.write_shard(index, rows, info={"tokens_generated": sum(int(r["completion_tokens"] or 0) for r in rows)})
+
+
 def generate_shard_by_shard(engine, prepared: PreparedJob, out: ShardedArtifact, done: set[int],
                             lora_path: str | None) -> dict:
     """`engine.deterministic`: each missing shard alone, the sampler reseeded for it
@@ -110,7 +117,7 @@ def generate_shard_by_shard(engine, prepared: PreparedJob, out: ShardedArtifact,
     for count, index in enumerate(pending, 1):
         rows, shard_stats = generate_shard(engine, prepared.shards[index], index, prepared.sampling,
                                            prepared.provenance, lora_path=lora_path, tag_of=prepared.tag_of)
-        out.write_shard(index, rows)
+        write_samples_shard(out, index, rows)
         for key in stats:
             stats[key] += shard_stats.get(key, 0)
         stats["shards_written"] += 1
@@ -124,6 +131,7 @@ def generate_into(job: GenerationJob) -> dict:
     from distill.engines import make_engine
     from distill.generation import make_replica_engine, run_generation
 
+    watch = Stopwatch()
     out = ShardedArtifact(job.output_url, "samples", config_hash=job.key,
                           parents=with_manifests(job.problems_url, job.model))  # a student is a parent
     repeatable = job.engine.deterministic and job.engine.kind in ("vllm", "transformers")
@@ -137,11 +145,12 @@ def generate_into(job: GenerationJob) -> dict:
             if repeatable:
                 stats = generate_shard_by_shard(engine, prepared, out, set(done), job.lora_path)
             else:
-                stats = run_generation(engine, shards, prepared.sampling, prepared.provenance, out.write_shard,
+                stats = run_generation(engine, shards, prepared.sampling, prepared.provenance,
+                                       lambda index, rows: write_samples_shard(out, index, rows),
                                        skip=done, lora_path=job.lora_path, tag_of=prepared.tag_of)
     finally:
         engine.close()
-    out.finalize(len(shards))
+    out.finalize(len(shards), info=cost(watch))
     stats["shards"] = len(shards)
     stats["reused_shards"] = len(done)
     return stats

@@ -46,7 +46,8 @@ from typing import Any, Protocol
 
 from storage.parquet_file import file_problem
 from storage.shards import ShardedArtifact
-from tasks.jobs.generate import GenerationJob, model_path_of, prepare_job, shard_count
+from tasks.compute import Stopwatch, cost
+from tasks.jobs.generate import GenerationJob, model_path_of, prepare_job, shard_count, write_samples_shard
 
 EXIT_HOOK_ENV = "SIKED_TEST_REPLICA_EXIT"
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # only small results travel through it
@@ -97,7 +98,7 @@ class ShardWriter:
         rows, stats = generate_shard(self.engine, prepared.shards[index], index, prepared.sampling,
                                      prepared.provenance, lora_path=self.job.lora_path, tag_of=prepared.tag_of)
         self._exit_hook(index)
-        self.out.write_shard(index, rows)
+        write_samples_shard(self.out, index, rows)
         return {"shard": index, "replica": self.replica_id, "skipped": False, **stats}
 
     def _complete(self, index: int) -> bool:
@@ -379,6 +380,7 @@ def ray_generate_into(job: GenerationJob) -> dict:
 
     if job.engine.kind not in ("vllm", "transformers"):
         raise EngineError(f"engine.replicas > 1 needs a local engine (vllm or transformers), not {job.engine.kind!r}")
+    watch = Stopwatch()
     out = ShardedArtifact(job.output_url, "samples", config_hash=job.key, parents=[job.problems_url])
     total = shard_count(job)
     done = out.completed_shards()
@@ -397,7 +399,7 @@ def ray_generate_into(job: GenerationJob) -> dict:
                 stats = drive(pool, pending, engine.replicas, total)
             finally:
                 pool.close()
-    out.finalize(total)
+    out.finalize(total, info=cost(watch))
     stats["shards"] = total
     stats["reused_shards"] = len(done)
     return stats

@@ -19,6 +19,7 @@ from distill import timings
 from distill.config import EngineConfig
 from storage.artifacts import read_artifact, read_manifest, with_manifests
 from storage.shards import ShardedArtifact
+from tasks.compute import Stopwatch, cost
 from tasks.jobs.generate import engine_model_path
 
 
@@ -73,6 +74,12 @@ def check_tokenizers(job: ScoreJob, student_tokenizer: Any, scorer_path: str) ->
     check_shared_tokenizer(AutoTokenizer.from_pretrained(scorer_path), student_tokenizer, job.model, job.student)
 
 
+def write_scored_shard(out: ShardedArtifact, index: int, rows: list[dict[str, Any]]) -> None:
+    """Write one shard of scores, its manifest recording the completion positions it scored (the
+    folder's manifest sums them: tasks.compute)."""
+    out.write_shard(index, rows, info={"tokens_scored": sum(len(r["completion_ids"]) for r in rows)})
+
+
 def score_into(job: ScoreJob) -> Mapping[str, Any]:
     """Child-process body: check the tokenizers, build the scorer, score the missing shards, finalize."""
     from transformers import AutoTokenizer
@@ -80,6 +87,7 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
     from distill.engines import make_engine
     from distill.scoring import score_shards
 
+    watch = Stopwatch()
     out = ShardedArtifact(job.output_url, "token_scores", config_hash=job.key,
                           parents=with_manifests(*dict.fromkeys((job.rows_url, job.model,
                                                                  job.student))))  # the self-teacher is the student
@@ -88,7 +96,7 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
     check_tokenizers(job, student_tokenizer, scorer_path)
     shards, left_out = scoring_shards(job)
     if not shards:  # a round without training rows (no sample was correct): an empty, finished output
-        out.write_shard(0, [])
+        write_scored_shard(out, 0, [])
         shards = [[]]
     done = out.completed_shards()
     if len(done) == len(shards):  # every shard written by a killed attempt: no engine needed
@@ -97,11 +105,12 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
         engine = make_engine(job.engine, scorer_path)
         try:
             with timings.span("score", teacher=job.teacher, iteration=job.iteration):
-                stats = score_shards(engine, shards, student_tokenizer, job.top_k, on_shard=out.write_shard,
+                stats = score_shards(engine, shards, student_tokenizer, job.top_k,
+                                     on_shard=lambda index, rows: write_scored_shard(out, index, rows),
                                      skip=done, teacher=job.model, student=job.student)
         finally:
             engine.close()
-    out.finalize(len(shards))
+    out.finalize(len(shards), info=cost(watch))
     stats["shards"] = len(shards)
     stats["left_out"] = left_out  # samples without a known strategy
     return stats
