@@ -310,13 +310,14 @@ def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str) -> None:
     student that generated them shown the gold answer (`self`). Its body encodes with the student's
     tokenizer, so the student is an input either way; with `self` it is also the scorer. Scoring is
     greedy and reads no chat template, so the engine's seed and template, and its replicas (it runs
-    as one), change nothing it writes."""
+    as one), change nothing it writes; nor do the guards (execution-only), which only stop it."""
     level = cfg.token_level
+    guards = {"guards": level.guards, "guard_samples": level.guard_samples}
     b.add(f"iter-{iteration:02d}/score", "score", iteration,
-          {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine()},
+          {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine(), **guards},
           {"samples": f"iter-{iteration:02d}/generate", "problems": "problems/train", "student": student},
           {"token_scores": Output("token_scores", "token_scores")},
-          unkeyed=("engine.seed", "engine.chat_template", "engine.replicas"))
+          unkeyed=("engine.seed", "engine.chat_template", "engine.replicas", *guards))
 
 
 def pipeline_steps(cfg: RunConfig, layout: RunLayout) -> dict[str, Step]:

@@ -88,7 +88,8 @@ def test_the_plan_has_a_score_step_per_round_only_when_asked(tmp_path, capsys):
     assert ({n: s.key for n, s in after.items() if s.kind not in ("score", "report")}
             == {n: s.key for n, s in before.items() if s.kind != "report"})
     step = after["iter-02/score"]
-    assert step.job == {"teacher": "separate", "top_k": 20, "engine": on.teacher.engine}
+    assert step.job == {"teacher": "separate", "top_k": 20, "engine": on.teacher.engine, "guards": True,
+                        "guard_samples": 4}
     assert step.inputs == {"samples": "iter-02/generate", "problems": "problems/train", "student": "iter-01/train"}
     selfish = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, "token_level.teacher=self"])
     assert pipeline_steps(selfish, run_layout(selfish))["iter-01/score"].job["engine"] == selfish.siked.engine
@@ -109,6 +110,11 @@ def test_score_keys_move_with_the_token_level_fields_and_the_scorer_only(tmp_pat
             assert {"iter-01/score", "iter-02/score", "iter-00/generate"} <= moved, change
         else:
             assert moved == {"iter-01/score", "iter-02/score", "report"}, change  # the report: the run id
+    # The guards only stop a step: they move no key.
+    for change in ("token_level.guards=false", "token_level.guard_samples=8"):
+        cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, change])
+        assert {n: s.key for n, s in pipeline_steps(cfg, run_layout(cfg)).items() if n != "report"} == {
+            n: s.key for n, s in steps.items() if n != "report"}, change
     # Greedy scoring: the scorer's seed moves no score key (the separate teacher's samples move).
     cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, "teacher.engine.seed=3"])
     after = pipeline_steps(cfg, run_layout(cfg))

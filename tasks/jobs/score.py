@@ -3,7 +3,8 @@
 `score_into(job)` runs in a spawned child (tasks.score), in the engine worker when one is waiting
 (the self-teacher is the model the round's generation just ran, so a kept vLLM engine serves it as
 it is). It reads the round's samples and the training problems, checks that the scorer shares the
-student's tokenizer before it loads the scorer, scores the shards not written yet and writes each
+student's tokenizer before it loads the scorer, checks the loaded scorer (the guards,
+distill.scoring_guards) before it scores anything, scores the shards not written yet and writes each
 one as it is done (distill.scoring.score_shards), so a killed step loses at most the shard in
 flight. Scoring shard i holds the samples of generation shard i, in their order.
 """
@@ -35,6 +36,7 @@ class ScoreJob:
     teacher: str  # separate | self
     top_k: int
     iteration: int
+    guard_samples: int = 0  # samples the guards check before anything is scored (0: no guards)
 
 
 def scoring_shards(job: ScoreJob) -> tuple[list[list], int]:
@@ -78,8 +80,22 @@ def check_tokenizers(job: ScoreJob, student_tokenizer: Any, scorer_path: str) ->
     check_shared_tokenizer(AutoTokenizer.from_pretrained(scorer_path), student_tokenizer, job.model, job.student)
 
 
+def teacher_guards(job: ScoreJob, engine: Any, shards: list[list], student_tokenizer: Any):
+    """The guards `score_shards` runs before it scores (None when the job asks for none): the
+    scorer checked on the step's first samples (distill.scoring_guards), failing with the step's
+    name and the scoring model."""
+    if job.guard_samples < 1:
+        return None
+    from distill.scoring_guards import check_teacher, guard_samples
+
+    samples = guard_samples([sample for shard in shards for sample in shard], job.guard_samples)
+    return lambda: check_teacher(engine, samples, student_tokenizer, job.top_k,
+                                 step=f"iter-{job.iteration:02d}/score", teacher=job.model)
+
+
 def score_into(job: ScoreJob) -> Mapping[str, Any]:
-    """Child-process body: check the tokenizers, build the scorer, score the missing shards, finalize."""
+    """Child-process body: check the tokenizers, build the scorer, check it (the guards), score the
+    missing shards, finalize. A teacher failing a guard stops the step before it writes a shard."""
     from transformers import AutoTokenizer
 
     from distill.engines import make_engine
@@ -100,7 +116,8 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
         try:
             with timings.span("score", teacher=job.teacher, iteration=job.iteration):
                 stats = score_shards(engine, shards, student_tokenizer, job.top_k, on_shard=out.write_shard,
-                                     skip=done, teacher=job.model, student=job.student)
+                                     skip=done, teacher=job.model, student=job.student,
+                                     guards=teacher_guards(job, engine, shards, student_tokenizer))
         finally:
             engine.close()
     out.finalize(len(shards))
