@@ -1,7 +1,8 @@
 """The scoring step (`token_level.score`): in the plan only when asked, with its job; the privileged
 self-teacher's prompt; a killed step resumed without rescoring its finished shards; a teacher with
-another tokenizer refused before any work; the transformers engine's scores; and (slow) a tiny run
-through Prefect that scores the student's samples with the self-teacher.
+another tokenizer refused before any work; the transformers engine's scores; the guards moving no
+key; and (slow) a tiny run through Prefect whose uniform self-teacher the entropy guard stops, and
+that scores the student's samples with it once the guards are off.
 
     pytest tests/test_score_step.py              # fast ones
     pytest tests/test_score_step.py -m slow      # the run through Prefect
@@ -10,6 +11,7 @@ through Prefect that scores the student's samples with the self-teacher.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -266,7 +268,14 @@ def test_a_tiny_run_scores_each_student_sample_with_the_self_teacher(tmp_path, t
     overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{
         "token_level.score": "true", "token_level.teacher": "self", "token_level.top_k": str(k),
         "eval.modes": "[rationale]", "eval.evaluate_base": "false"})
-    assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
+    # The tiny model's random weights make a uniform teacher: its entropy guard stops the run at the
+    # score step, in one line with the figures, before a score is written.
+    assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == 1
+    said = capsys.readouterr().err
+    assert re.search(r"siked: guard failed: iter-01/score teacher \S+ mean entropy 10\.\d\d nats of the uniform "
+                     r"bound 10\.80 \(log 49152\) over \d+ positions of 4 samples", said), said[-3000:]
+    # Without the guards the run goes on, reusing the steps before it.
+    assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides, "token_level.guards=false"]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     samples = read_artifact(output_of(run, "iter-01/generate", "samples"), "samples").to_pylist()
     rows = read_artifact(output_of(run, "iter-01/score", "token_scores"), "token_scores").to_pylist()
