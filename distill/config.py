@@ -522,6 +522,16 @@ class TokenLevelConfig(Section):
             return []
         return [0] if self.use == "word_level" else list(range(1, iterations + 1))
 
+    # The guards: checks on the scorer, run by the score step before it writes anything.
+    guards: bool = execution_only(True)
+    """Check the scorer before it scores (docs/method.md, "Guards"): its mean entropy against the
+    uniform bound, two scoring passes agreeing, and its top-1 tokens agreeing with its own greedy
+    samples. A failed check stops the run with the figures. Execution-only: a check decides whether
+    the step goes on, never what it writes."""
+    guard_samples: int = execution_only(4, ge=1)
+    """Samples the guards score twice, and whose prompts the scorer generates from greedily (32 tokens
+    each): the step's first samples, one per prompt while there are prompts enough."""
+
 
 class DecontaminationConfig(Section):
     ngram: int = Field(default=13, ge=1)

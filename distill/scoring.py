@@ -192,13 +192,16 @@ def score_shards(engine: Any, shards: Sequence[Sequence[ScoringSample]], student
                  on_shard: Callable[[int, list[dict[str, Any]]], Any], skip: Iterable[int] = (),
                  teacher: str | None = None, teacher_tokenizer: Any | None = None,
                  student: str = "the student", lora_path: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[str], None] | None = None,
+                 guards: Callable[[], Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Score every shard not in `skip`, calling `on_shard(index, rows)` after each.
 
     First, before anything is scored, the teacher's tokenizer (`teacher_tokenizer`, else
-    `engine.tokenizer()`) must be the student's (`check_shared_tokenizer`). `teacher` names the
-    scoring model in the rows (default `engine.model`). Returns counts: shards scored and reused,
-    samples, completion tokens, seconds.
+    `engine.tokenizer()`) must be the student's (`check_shared_tokenizer`); then, when there is a
+    shard to score, `guards()` runs (distill.scoring_guards: it raises when the teacher fails, else
+    returns its figures). `teacher` names the scoring model in the rows (default `engine.model`).
+    Returns counts: shards scored and reused, samples, completion tokens, seconds, and the guards'
+    figures (`guards`) when they ran.
     """
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     teacher = teacher or engine.model
@@ -211,6 +214,9 @@ def score_shards(engine: Any, shards: Sequence[Sequence[ScoringSample]], student
     stats = {"shards_scored": 0, "reused_shards": len(shards) - len(pending), "samples": 0, "tokens": 0}
     if skip:
         say(f"scoring: {stats['reused_shards']} of {len(shards)} shards already written, reusing them")
+    if guards is not None and pending:
+        began = time.perf_counter()
+        stats["guards"] = {**guards(), "seconds": time.perf_counter() - began}  # not in scoring's seconds
     started = time.perf_counter()
     for index in pending:
         rows = score_shard(engine, shards[index], student_tokenizer, run, lora_path=lora_path)

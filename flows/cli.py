@@ -341,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:
         from distill.models import BuiltinModelUnavailable
+        from distill.scoring_guards import GuardFailed
 
-        if not isinstance(exc, BuiltinModelUnavailable):
+        if not isinstance(exc, BuiltinModelUnavailable | GuardFailed):  # a guard's one line says it all
             raise
         print(f"siked: {exc}", file=sys.stderr)
         return 1

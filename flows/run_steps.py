@@ -105,7 +105,7 @@ def score(run: Run, iteration: int) -> dict | None:
     scoring = ScoreJob(rows_url=run.input(name, "rows"), output_url=step.output("token_scores"), key=step.key,
                        engine=job["engine"], model=student if job["teacher"] == "self" else job["engine"].model,
                        student=student, teacher=job["teacher"], top_k=job["top_k"], iteration=iteration,
-                       shard_size=job["shard_size"])
+                       shard_size=job["shard_size"], guard_samples=job["guard_samples"] if job["guards"] else 0)
     with on_gpus(engine_devices(scoring.engine)):
         return run.submit(score_samples, name, job=scoring)
 

@@ -320,10 +320,11 @@ def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) -> 
     tokenizer, so the student is an input either way (in the teacher round, `train.model`, the
     student to be); with `self` it is also the scorer. Scoring is greedy and reads no chat
     template, so the engine's seed and template, and its replicas (it runs as one), change nothing
-    it writes."""
+    it writes; nor do the guards (execution-only), which only stop it."""
     level = cfg.token_level
     job: dict[str, Any] = {"teacher": level.teacher, "top_k": level.top_k, "engine": cfg.scoring_engine(),
-                           "shard_size": cfg.teacher.shard_size}
+                           "shard_size": cfg.teacher.shard_size, "guards": level.guards,
+                           "guard_samples": level.guard_samples}
     inputs = {"rows": f"iter-{iteration:02d}/distill_set"}
     if student is None:
         job["student_model"] = cfg.train.model
@@ -331,7 +332,7 @@ def _score(b: _Builder, cfg: RunConfig, iteration: int, student: str | None) -> 
         inputs["student"] = student
     b.add(f"iter-{iteration:02d}/score", "score", iteration, job, inputs,
           {"token_scores": Output("token_scores", "token_scores")},
-          unkeyed=("engine.seed", "engine.chat_template", "engine.replicas"))
+          unkeyed=("engine.seed", "engine.chat_template", "engine.replicas", "guards", "guard_samples"))
 
 
 def _scored_training(cfg: RunConfig, iteration: int) -> tuple[dict[str, str], dict[str, Any]]:

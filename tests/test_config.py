@@ -206,10 +206,10 @@ def test_a_label_names_the_evaluation_set_and_an_unset_one_changes_no_key(tmp_pa
     sets = [{"name": "arith", "split": "test", "size": 3},
             {"name": "file", "path": "d/questions.json", "question": "q", "answer": "a"}]
     # pinned: the id moves when a config field is added (given_rationales, self_generation, schedule_across_rounds,
-    # the token_level section, its training fields)
+    # the token_level section, its training fields and guards)
     # or a default changes (eval.label_max_tokens, set here to its old value), never for an unset label
     plain = load_config({"name": "pinned", "eval": {"benchmarks": sets, "label_max_tokens": 16}})
-    assert run_id(plain) == "pinned-f6120e0589"
+    assert run_id(plain) == "pinned-1d96e7843e"
     import yaml
 
     assert "label" not in plain.eval.benchmarks[1].model_dump()

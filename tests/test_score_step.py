@@ -1,7 +1,8 @@
 """The scoring step (`token_level.use`): in the plan only when asked, with its job; the privileged
 self-teacher's prompt; a killed step resumed without rescoring its finished shards; a teacher with
-another tokenizer refused before any work; the transformers engine's scores; and (slow) a tiny run
-through Prefect that scores the student's samples with the self-teacher.
+another tokenizer refused before any work; the transformers engine's scores; the guards moving no
+key; and (slow) a tiny run through Prefect whose uniform self-teacher the entropy guard stops, and
+that scores the student's samples with it once the guards are off.
 
     pytest tests/test_score_step.py              # fast ones
     pytest tests/test_score_step.py -m slow      # the run through Prefect
@@ -10,6 +11,7 @@ through Prefect that scores the student's samples with the self-teacher.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,7 +84,8 @@ def test_the_plan_has_a_score_step_per_round_only_when_asked(tmp_path, capsys):
     assert ({n: s.key for n, s in after.items() if s.kind not in ("score", "report")}
             == {n: s.key for n, s in before.items() if s.kind != "report"})
     step = after["iter-02/score"]
-    assert step.job == {"teacher": "separate", "top_k": 20, "engine": on.teacher.engine, "shard_size": 16}
+    assert step.job == {"teacher": "separate", "top_k": 20, "engine": on.teacher.engine, "shard_size": 16,
+                        "guards": True, "guard_samples": 4}
     assert step.inputs == {"rows": "iter-02/distill_set", "student": "iter-01/train"}
     selfish = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, "token_level.teacher=self"])
     assert pipeline_steps(selfish, run_layout(selfish))["iter-01/score"].job["engine"] == selfish.siked.engine
@@ -103,6 +106,11 @@ def test_score_keys_move_with_the_token_level_fields_and_the_scorer_only(tmp_pat
             assert {"iter-01/score", "iter-02/score", "iter-00/generate"} <= moved, change
         else:
             assert moved == {"iter-01/score", "iter-02/score", "report"}, change  # the report: the run id
+    # The guards only stop a step: they move no key.
+    for change in ("token_level.guards=false", "token_level.guard_samples=8"):
+        cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, change])
+        assert {n: s.key for n, s in pipeline_steps(cfg, run_layout(cfg)).items() if n != "report"} == {
+            n: s.key for n, s in steps.items() if n != "report"}, change
     # Greedy scoring: the scorer's seed moves no score key (the separate teacher's samples move).
     cfg = load_config(QUICKSTART, [f"runs_root={tmp_path}", *SCORE, "teacher.engine.seed=3"])
     after = pipeline_steps(cfg, run_layout(cfg))
@@ -265,16 +273,25 @@ def test_each_use_of_the_scores_runs_through_prefect(tmp_path, tiny_model_path, 
 
     k = 4
 
-    def run_with(use: str, **extra: str) -> Path:
+    def run_with(use: str, expect: int = 0, **extra: str) -> Path | str:
         overrides = tiny_run_overrides(tmp_path / "runs", tiny_model_path, **{
             "name": use, "token_level.use": use, "token_level.teacher": "self", "token_level.top_k": str(k),
             "eval.modes": "[rationale]", "eval.evaluate_base": "false", **extra})
-        assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == 0
-        return Path(capsys.readouterr().out.strip().splitlines()[-1])
+        assert main(["run", str(REPO / "configs/quickstart.yaml"), *overrides]) == expect
+        said = capsys.readouterr()
+        return Path(said.out.strip().splitlines()[-1]) if expect == 0 else said.err
+
+    # The tiny model's random weights make a uniform teacher: its entropy guard stops the run at the
+    # score step, in one line with the figures, before a score is written.
+    said = run_with("on_policy", expect=1)
+    assert re.search(r"siked: guard failed: iter-01/score teacher \S+ mean entropy 10\.\d\d nats of the uniform "
+                     r"bound 10\.80 \(log 49152\) over \d+ positions of 4 samples", said), said[-3000:]
+    # Without the guards the run goes on, reusing the steps before it.
+    guards_off = {"token_level.guards": "false"}
 
     # On-policy distillation: every tagged sample, right or wrong, scored by the round's starting
     # student shown the answer, and trained on the divergence alone, no mix
-    run = run_with("on_policy")
+    run = run_with("on_policy", **guards_off)
     samples = read_artifact(output_of(run, "iter-01/generate", "samples"), "samples").to_pylist()
     tagged = [s for s in samples if s["strategy"] in ("cot", "l2m", "pot")]
     rows = read_artifact(output_of(run, "iter-01/distill_set", "distill_set"), "train_examples").to_pylist()
@@ -309,7 +326,7 @@ def test_each_use_of_the_scores_runs_through_prefect(tmp_path, tiny_model_path, 
     # SIKeD + token term: the round's distillation set scored, its rows in the mix trained with the
     # term. A tiny random student solves nothing, so both are empty here (the join is the on-policy
     # run's, above); the teacher's rows carry no scores.
-    run = run_with("siked")
+    run = run_with("siked", **guards_off)
     own = read_artifact(output_of(run, "iter-01/distill_set", "distill_set"), "train_examples").num_rows
     assert read_artifact(output_of(run, "iter-01/score", "token_scores"), "token_scores").num_rows == own
     trained = folder_manifest(output_of(run, "iter-01/train", "student"))
@@ -320,7 +337,7 @@ def test_each_use_of_the_scores_runs_through_prefect(tmp_path, tiny_model_path, 
     assert any("score/" in parent["path"] and "token_scores" in parent["path"] for parent in trained["parents"])
 
     # Word-level distillation: the teacher's rationales scored in the teacher round, forward KL there
-    run = run_with("word_level", **{"siked.iterations": "0"})
+    run = run_with("word_level", **{"siked.iterations": "0"}, **guards_off)
     rows = read_artifact(output_of(run, "iter-00/score", "token_scores"), "token_scores").to_pylist()
     assert rows and all(r["teacher"] == str(tiny_model_path) for r in rows)
     trained = folder_manifest(output_of(run, "iter-00/train", "student"))["info"]

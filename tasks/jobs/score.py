@@ -4,9 +4,10 @@
 (the self-teacher is the model the round's generation just ran, so a kept vLLM engine serves it as
 it is). It reads the round's training rows (its distillation set: the samples a training can read,
 in the text it trains on), checks that the scorer shares the student's tokenizer before it loads
-the scorer, scores the shards not written yet and writes each one as it is done
-(distill.scoring.score_shards), so a killed step loses at most the shard in flight. Shard i holds
-rows i * shard_size to (i + 1) * shard_size - 1.
+the scorer, checks the loaded scorer (the guards, distill.scoring_guards) before it scores anything,
+scores the shards not written yet and writes each one as it is done (distill.scoring.score_shards),
+so a killed step loses at most the shard in flight. Shard i holds rows i * shard_size to
+(i + 1) * shard_size - 1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ScoreJob:
     top_k: int
     iteration: int
     shard_size: int = 64
+    guard_samples: int = 0  # samples the guards check before anything is scored (0: no guards)
 
 
 def scoring_shards(job: ScoreJob) -> tuple[list[list], int]:
@@ -80,8 +82,22 @@ def write_scored_shard(out: ShardedArtifact, index: int, rows: list[dict[str, An
     out.write_shard(index, rows, info={"tokens_scored": sum(len(r["completion_ids"]) for r in rows)})
 
 
+def teacher_guards(job: ScoreJob, engine: Any, shards: list[list], student_tokenizer: Any):
+    """The guards `score_shards` runs before it scores (None when the job asks for none): the
+    scorer checked on the step's first samples (distill.scoring_guards), failing with the step's
+    name and the scoring model."""
+    if job.guard_samples < 1:
+        return None
+    from distill.scoring_guards import check_teacher, guard_samples
+
+    samples = guard_samples([sample for shard in shards for sample in shard], job.guard_samples)
+    return lambda: check_teacher(engine, samples, student_tokenizer, job.top_k,
+                                 step=f"iter-{job.iteration:02d}/score", teacher=job.model)
+
+
 def score_into(job: ScoreJob) -> Mapping[str, Any]:
-    """Child-process body: check the tokenizers, build the scorer, score the missing shards, finalize."""
+    """Child-process body: check the tokenizers, build the scorer, check it (the guards), score the
+    missing shards, finalize. A teacher failing a guard stops the step before it writes a shard."""
     from transformers import AutoTokenizer
 
     from distill.engines import make_engine
@@ -107,7 +123,8 @@ def score_into(job: ScoreJob) -> Mapping[str, Any]:
             with timings.span("score", teacher=job.teacher, iteration=job.iteration):
                 stats = score_shards(engine, shards, student_tokenizer, job.top_k,
                                      on_shard=lambda index, rows: write_scored_shard(out, index, rows),
-                                     skip=done, teacher=job.model, student=job.student)
+                                     skip=done, teacher=job.model, student=job.student,
+                                     guards=teacher_guards(job, engine, shards, student_tokenizer))
         finally:
             engine.close()
     out.finalize(len(shards), info=cost(watch))
