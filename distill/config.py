@@ -86,8 +86,10 @@ class BenchmarkRef(Section):
     name: BenchmarkName = "arith"
     """Benchmark to load (see `siked data list`), or `file`."""
     split: str = "test"
-    """Split: `train` or `test` (GSM8K, arith, dss_*); SVAMP/ASDiv/MultiArith have `test` only. For
-    `file`, the Hub split (source hub) or just a name that goes into the problem ids (local)."""
+    """Split: `train` or `test` (GSM8K, arith, dss_*); SVAMP/MultiArith have `test` only; ASDiv has
+    `test` (all 2,305 problems) and `arithmetic` (ASDiv-A, its 1,218-problem arithmetic subset, local
+    files only; ids as in `test`). For `file`, the Hub split (source hub) or just a name that goes
+    into the problem ids (local)."""
     limit: int | None = Field(default=None, ge=1)
     """Keep the first `limit` problems after a seeded shuffle (a stable subset); None keeps all."""
     source: Literal["local", "hub"] = "local"

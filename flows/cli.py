@@ -52,7 +52,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     else:
         for row in report["benchmarks"]:
             reasons = ", ".join(f"{k}: {v}" for k, v in row["excluded_reasons"].items())
-            print(f"{row['benchmark']:<12} {row['split']:<6} loaded {row['loaded']:>6}  "
+            print(f"{row['benchmark']:<12} {row['split']:<10} loaded {row['loaded']:>6}  "
                   f"excluded {row['excluded']:>4}  {reasons}")
             for detail in row.get("excluded_records", []):
                 print(f"    excluded: {detail}")

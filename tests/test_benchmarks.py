@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -12,11 +14,14 @@ from distill.benchmarks import BENCHMARK_SPLITS, load_benchmark, load_rationales
 from distill.config import BenchmarkRef
 from flows.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
+
 EXPECTED = {  # (benchmark, split): (loaded, excluded)
     ("gsm8k", "train"): (7473, 0),
     ("gsm8k", "test"): (1319, 0),
     ("svamp", "test"): (1000, 0),
     ("asdiv", "test"): (2093, 212),
+    ("asdiv", "arithmetic"): (1218, 0),
     ("multiarith", "test"): (600, 0),
     ("dss_svamp", "train"): (800, 0),
     ("dss_svamp", "test"): (200, 0),
@@ -35,7 +40,8 @@ def test_counts_and_unique_ids(data_dir, name, split):
     assert (len(problems), len(exclusions)) == EXPECTED[(name, split)]
     ids = [p.id for p in problems] + [e.id for e in exclusions]
     assert len(set(ids)) == len(ids)
-    assert all(i.startswith(f"{name}/{split}/") for i in ids)
+    id_split = "test" if (name, split) == ("asdiv", "arithmetic") else split  # ASDiv-A keeps test's ids
+    assert all(i.startswith(f"{name}/{id_split}/") for i in ids)
     assert all(p.question.strip() == p.question and p.question for p in problems)
     if name != "dss_cqa":
         assert all(math.isfinite(p.answer) for p in problems)
@@ -86,6 +92,70 @@ def test_asdiv_units_fractions_and_exclusions(data_dir):
     assert reasons["asdiv/test/nluds-0166"] == ("time_of_day", "3:30 p.m.")
     assert reasons["asdiv/test/nluds-1295"][0] == "multiple_values"
     assert reasons["asdiv/test/nluds-0030"] == ("not_a_number", "Mrs. Hilt")
+
+
+def asdiv_a_ids(data_dir) -> list[list[str]]:
+    """The ids each ASDiv-A fold file lists, read here independently of the loader."""
+    folds = [(data_dir / "asdiv" / "nfolds" / "asdiv-a" / f"fold{k}.txt").read_text().split() for k in range(5)]
+    return [[f"asdiv/test/{native_id}" for native_id in fold] for fold in folds]
+
+
+def test_asdiv_arithmetic_is_asdiv_a_picked_from_the_whole_set(data_dir):
+    folds = asdiv_a_ids(data_dir)
+    assert [len(fold) for fold in folds] == [238, 238, 238, 238, 266]
+    listed = [i for fold in folds for i in fold]
+    subset = load(data_dir, "asdiv", "arithmetic")
+    whole = load(data_dir, "asdiv", "test")
+    ids = [p.id for p in subset.problems] + [e.id for e in subset.exclusions]
+    assert len(ids) == len(set(listed)) == len(listed) == 1218
+    assert set(ids) == set(listed)
+    # The same Problems, ids and every field included, in the whole set's order.
+    assert subset.problems == [p for p in whole.problems if p.id in set(listed)]
+    assert all(p.split == "test" and p.source == "asdiv/ASDiv.xml" for p in subset.problems)
+    assert subset.source == "asdiv/ASDiv.xml, ASDiv-A ids from asdiv/nfolds/asdiv-a/fold{0..4}.txt"
+    # Exclusions: those of the whole set in ASDiv-A, with their reasons; there are none.
+    assert subset.exclusions == [e for e in whole.exclusions if e.id in set(listed)] == []
+    assert subset.excluded_reasons() == {}
+    # The 9 answers of ASDiv-A not written `<number> (<unit>)` (asdiv/README.md): bare numbers and
+    # one extra space. All parse, so none is excluded.
+    unusual = {p.id.removeprefix("asdiv/test/"): (p.answer_text, p.answer) for p in subset.problems
+               if not re.fullmatch(r"\S+ \([^()]*\)", p.answer_text)}
+    assert unusual == {"nluds-0876": ("77", 77.0), "nluds-0877": ("26", 26.0), "nluds-0962": ("35", 35.0),
+                       "nluds-1008": ("14  (seats)", 14.0), "nluds-1038": ("70", 70.0),
+                       "nluds-1039": ("47", 47.0), "nluds-1254": ("3", 3.0), "nluds-1255": ("2", 2.0),
+                       "nluds-1256": ("2", 2.0)}
+    # A limit subset of ASDiv-A is drawn from ASDiv-A, ids kept.
+    few = load(data_dir, "asdiv", "arithmetic", limit=50, seed=1).problems
+    assert len(few) == 50 and set(few) <= set(subset.problems)
+
+
+def test_asdiv_arithmetic_is_local_only(data_dir):
+    from distill.benchmarks import BenchmarkError
+
+    with pytest.raises(BenchmarkError, match=r"asdiv split 'arithmetic' loads from the local files only"):
+        load_benchmark(BenchmarkRef(name="asdiv", split="arithmetic", source="hub"), data_dir)
+
+
+def test_a_config_evaluating_asdiv_a_plans(data_dir, tmp_path, capsys, monkeypatch):
+    """`siked plan` with both ASDiv sets: each its own problems step, the subset counted in full."""
+    from distill.config import load_config
+
+    monkeypatch.setenv("SIKED_HOME", str(tmp_path))
+    quickstart = str(REPO / "configs" / "quickstart.yaml")
+    overrides = [f"runs_root={tmp_path}",
+                 "eval.benchmarks=[{name: asdiv, split: test}, {name: asdiv, split: arithmetic}]"]
+    assert main(["plan", quickstart, *overrides, "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = {r["step"]: r for r in json.loads(out)}
+    test_set, subset = rows["problems/eval-asdiv-test"], rows["problems/eval-asdiv-arithmetic"]
+    assert test_set["action"] == subset["action"] == "run" and test_set["key"] != subset["key"]
+    modes = len(load_config(Path(quickstart).read_text(), overrides).eval.modes)
+    evaluations = sum(r["kind"] == "evaluate" for r in rows.values())  # each trained student evaluates both
+    assert f"{(2093 + 1218) * modes * evaluations} evaluation questions" in err.splitlines()[-1]
+    assert main(["data", "list", "--json", quickstart, *overrides]) == 0
+    listed = json.loads(capsys.readouterr().out)["benchmarks"]
+    assert [(r["label"], r["loaded"], r["excluded"]) for r in listed if r["role"] == "eval"] == [
+        ("asdiv-test", 2093, 212), ("asdiv-arithmetic", 1218, 0)]
 
 
 def test_multiarith_ids_and_gold(data_dir):

@@ -115,6 +115,44 @@ def test_asdiv_exclusions_are_counted_with_reasons(tmp_path):
     assert loaded.excluded_reasons() == {"multiple_values": 1, "not_a_number": 1, "time_of_day": 1}
 
 
+def asdiv_a_folder(root: Path, *folds: str) -> None:
+    """An ASDiv.xml of five problems (the third excluded) and ASDiv-A folds listing `folds`."""
+    write(root, "asdiv/ASDiv.xml", asdiv_xml(*(f"<Answer>{a}</Answer>" for a in
+                                               ("9 (apples)", "4 (pens)", "4; 5", "7", "Yes"))))
+    for k, text in enumerate(folds):
+        write(root, f"asdiv/nfolds/asdiv-a/fold{k}.txt", text)
+
+
+def test_asdiv_arithmetic_keeps_the_listed_problems_and_their_exclusions(tmp_path):
+    asdiv_a_folder(tmp_path, "nluds-0004\nnluds-0001\n", "\n", "nluds-0003\n", "", " nluds-0002 \n")
+    loaded = load(tmp_path, "asdiv", "arithmetic")
+    assert [(p.id, p.answer) for p in loaded.problems] == [("asdiv/test/nluds-0001", 9.0),
+                                                           ("asdiv/test/nluds-0002", 4.0),
+                                                           ("asdiv/test/nluds-0004", 7.0)]
+    assert [(e.id, e.reason) for e in loaded.exclusions] == [("asdiv/test/nluds-0003", "multiple_values")]
+    whole = load(tmp_path, "asdiv")  # nluds-0005 (`Yes`), not listed, is excluded from the whole set only
+    assert loaded.problems == whole.problems
+    assert [e.id for e in whole.exclusions] == ["asdiv/test/nluds-0003", "asdiv/test/nluds-0005"]
+
+
+def test_asdiv_arithmetic_missing_fold_file_is_named(tmp_path):
+    asdiv_a_folder(tmp_path, "nluds-0001\n", "nluds-0002\n", "nluds-0003\n", "nluds-0004\n", "nluds-0005\n")
+    (tmp_path / "asdiv/nfolds/asdiv-a/fold3.txt").unlink()
+    with pytest.raises(BenchmarkError, match=r"asdiv/nfolds/asdiv-a/fold3\.txt: file not found"):
+        load(tmp_path, "asdiv", "arithmetic")
+    assert len(load(tmp_path, "asdiv").problems) == 3  # the whole set does not read the folds
+
+
+def test_asdiv_arithmetic_unknown_or_repeated_id_names_the_fold_and_line(tmp_path):
+    asdiv_a_folder(tmp_path, "nluds-0001\n", "nluds-0002\n", "nluds-0003\nnluds-0009\n", "", "")
+    with pytest.raises(BenchmarkError, match=r"fold2\.txt: line 2: nluds-0009 is not a problem of asdiv/ASDiv\.xml"):
+        load(tmp_path, "asdiv", "arithmetic")
+    asdiv_a_folder(tmp_path, "nluds-0001\n", "nluds-0002\n", "nluds-0003\n", "", "nluds-0004\nnluds-0002\n")
+    with pytest.raises(BenchmarkError, match=r"fold4\.txt: line 2: nluds-0002 is listed twice "
+                                             r"\(first at .*fold1\.txt: line 1\)"):
+        load(tmp_path, "asdiv", "arithmetic")
+
+
 def test_dss_svamp_label_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     label = f"__import__('pathlib').Path({str(marker)!r}).touch()"

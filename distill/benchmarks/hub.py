@@ -10,7 +10,8 @@
 Rows go through the same parsing as the local files. Ids match the local ones where the Hub copy
 keeps what they are made of: GSM8K rows are in file order (`gsm8k/train/0` is row 0), SVAMP rows keep
 `ID`. ASDiv and MultiArith rows have no id of their own, so theirs name the Hub split and row:
-`asdiv/test/validation-0`, `multiarith/test/train-17`. The dss_* sets are not on the Hub.
+`asdiv/test/validation-0`, `multiarith/test/train-17`. The dss_* sets are not on the Hub, nor is ASDiv's
+`arithmetic` split (ASDiv-A): it is picked by the ASDiv ids its fold files list, which the Hub rows lack.
 
 `name: file` benchmarks with `source: hub` read any dataset through `dataset_rows`, with the field
 mapping of `distill.benchmarks.file`.
@@ -49,6 +50,12 @@ HUB = {
     "multiarith": HubDataset("ChilleD/MultiArith", None, {"test": ("train", "test")}),
 }
 
+LOCAL_ONLY = {
+    ("asdiv", "arithmetic"): "ASDiv-A is picked by the ASDiv ids its fold files list, and the Hub copy's rows "
+                             "carry no ids",
+}
+"""Splits of a benchmark with a Hub copy that only the local files give, and why."""
+
 
 def dataset_rows(repo: str, config: str | None, hub_split: str, mirror: Path | None) -> Any:
     """The rows of one split of a Hub dataset (or of its copy under `mirror`), as `datasets` loads them."""
@@ -86,6 +93,9 @@ def load(benchmark: str, split: str, mirror: Path | None = None) -> LoadedBenchm
     if spec is None:
         raise BenchmarkError(f"{benchmark} has no Hugging Face Hub copy; use source=local "
                              f"(Hub copies: {', '.join(HUB)})")
+    if (benchmark, split) in LOCAL_ONLY:
+        raise BenchmarkError(f"{benchmark} split {split!r} loads from the local files only (source: local): "
+                             f"{LOCAL_ONLY[benchmark, split]}")
     if split not in spec.splits:
         raise BenchmarkError(f"{benchmark} has no split {split!r} (known: {', '.join(spec.splits)})")
     items, sources = [], []

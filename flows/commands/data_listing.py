@@ -45,6 +45,8 @@ def list_benchmarks(data_dir: str | None, source: str) -> dict[str, Any]:
         if folder is None and source == "local" and name != "arith":
             continue
         for split in splits:
+            if source == "hub" and name in HUB and split not in HUB[name].splits:
+                continue  # a split only the local files give (ASDiv-A)
             ref = BenchmarkRef(name=name, split=split, source=source)
             if unreachable and name != "arith":
                 errors.append(f"{name} {split}: skipped, the Hub is unreachable ({unreachable})")
