@@ -1,6 +1,7 @@
 """A training step with the token-level divergence term (top-k 20) against the same step without it.
 
     python bench/bench_divergence.py --threads 1     # BENCHMARKS.md figures (about 8 minutes on 2 busy cores)
+    python bench/bench_divergence.py --threads 1 --memory-only --mmap-threshold 65536   # RSS = live tensors
     python bench/bench_divergence.py --steps 2 --rows 8 --kinds reverse_kl
 
 The model is the quickstart's student: the embedded SmolLM2-135M-Instruct in float32, LoRA r 16 on
@@ -29,7 +30,9 @@ heap's free memory handed back first). The RSS figure that decides is the anonym
 sampled every 5 ms): file-backed pages (the weights' memory map, the libraries) come and go as other
 processes need memory; the whole RSS (VmHWM, its peak reset after loading through
 /proc/self/clear_refs) is printed beside it. Ratios are against the base in the same run; the
-memory goal counts the larger of the tensor and anonymous RSS ratios.
+memory goal counts the larger of the tensor and anonymous RSS ratios. With glibc's default
+allocator the RSS also holds freed blocks kept in the heap, which vary from run to run;
+`--mmap-threshold 65536` fixes the allocator's threshold so that RSS follows the live tensors.
 
 On a busy machine run it with `--threads 1`: with two torch threads on two shared cores each
 parallel region waits for a thread the scheduler has put aside, and a step took 40 s instead of 6 s.
@@ -141,7 +144,7 @@ def step(variant: str, inputs: dict, batch: dict) -> dict:
 
 def time_variants(variants: list[str], inputs: dict, steps: int) -> dict:
     """Wall and CPU time per step, the variants interleaved step by step (round r on batch r, the
-    order rotating); then the peak tensor bytes of one step of each."""
+    order rotating); then the peak tensor bytes of one step of each (only these with `steps` 0)."""
     batches = inputs["batches"]
     terms = {v: step(v, inputs, batches[0]) for v in variants}  # warm-up
     wall, cpu = {v: [] for v in variants}, {v: [] for v in variants}
@@ -155,8 +158,9 @@ def time_variants(variants: list[str], inputs: dict, steps: int) -> dict:
             cpu[variant].append(time.process_time() - start_cpu)
         print(f"round {r + 1}/{steps} (load {os.getloadavg()[0]:.1f}): "
               + ", ".join(f"{v} {wall[v][-1]:.2f} s" for v in variants), file=sys.stderr, flush=True)
-    return {v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
-                "steps_s": wall[v], "divergence": terms[v]["divergence"],
+    timed = {v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]), "steps_s": wall[v]}
+             if steps else {} for v in variants}
+    return {v: {**timed[v], "divergence": terms[v]["divergence"],
                 "tensor_peak_mib": tensor_peak(v, inputs, batches[0]) / 2**20} for v in variants}
 
 
@@ -255,6 +259,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"),
                         help="run config whose train section (model, LoRA, loss, max_length) the step uses")
+    parser.add_argument("--memory-only", action="store_true", help="peak memory only, no timed steps")
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ for the RSS subprocesses: a fixed threshold (e.g. "
+                             "65536) keeps freed blocks from staying in the heap, so RSS follows the live tensors")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--rss-of", help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
@@ -268,6 +276,8 @@ def main(argv=None):
     rss = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     for variant in variants:
         out = subprocess.run([sys.executable, __file__, *passthrough, "--rss-of", variant],
                              check=False, capture_output=True, text=True, env=env)
@@ -278,40 +288,44 @@ def main(argv=None):
     threads = set_threads(args)
     load = os.getloadavg()
     inputs = make_inputs(args)
-    results = time_variants(variants, inputs, args.steps)
+    results = time_variants(variants, inputs, 0 if args.memory_only else args.steps)
     for variant in variants:
         results[variant] |= rss[variant]
     base = results[BASE]
-    met = {v: {"time": results[v]["step_s"] / base["step_s"] <= TIME_GOAL,
-               "memory": max(results[v]["rss_mib"] / base["rss_mib"],
+    timed = not args.memory_only
+    met = {v: {"memory": max(results[v]["rss_mib"] / base["rss_mib"],
                              results[v]["tensor_peak_mib"] / base["tensor_peak_mib"]) <= MEMORY_GOAL}
+           | ({"time": results[v]["step_s"] / base["step_s"] <= TIME_GOAL} if timed else {})
            for v in variants if v != BASE}
     batches = inputs["batches"]
     shapes = [tuple(b["rationale_input_ids"].shape) for b in batches]
     scored = [int(b["rationale_teacher_mask"].sum()) for b in batches]
     if args.json:
         print(json.dumps({"variants": results, "met": met, "threads": threads, "load_avg": load,
+                          "mmap_threshold": args.mmap_threshold,
                           "rationale_shapes": shapes, "scored_positions": scored, "k": args.k,
                           "lora": inputs["lora"], "trainable": inputs["trainable"]}))
         return
     print(f"SmolLM2-135M float32, {inputs['lora']} ({inputs['trainable']:,} trainable), loss {inputs['loss'].kind}; "
           f"{len(batches)} batches of {args.batch} arith d{args.difficulty} rows, rationale [B, T] {shapes}, "
-          f"{scored} scored positions, k={args.k}, max_length {inputs['max_length']}; median of {args.steps} "
-          f"interleaved steps; torch threads={threads}; load average {load[0]:.1f} at the start")
+          f"{scored} scored positions, k={args.k}, max_length {inputs['max_length']}; "
+          + (f"median of {args.steps} interleaved steps; " if timed else "memory only; ")
+          + f"torch threads={threads}; MALLOC_MMAP_THRESHOLD_ {args.mmap_threshold or 'unset'} for the RSS; "
+          f"load average {load[0]:.1f} at the start")
     columns = (("step_s", "step time (s)", ".2f"), ("cpu_s", "CPU time (s)", ".2f"),
                ("rss_mib", "peak anon RSS added (MiB)", ".0f"), ("total_rss_mib", "peak RSS added (MiB)", ".0f"),
-               ("tensor_peak_mib", "peak tensors (MiB)", ".0f"))
+               ("tensor_peak_mib", "peak tensors (MiB)", ".0f"))[0 if timed else 2:]
     print("| token term | " + " | ".join(f"{title} | x base" for _, title, _ in columns) + " |")
     print("| --- " * (1 + 2 * len(columns)) + "|")
     for v in variants:
         cells = [f"{results[v][key]:{fmt}} | {results[v][key] / base[key]:.2f}" for key, _, fmt in columns]
         print(f"| {'none (dss_mi alone)' if v == BASE else v} | " + " | ".join(cells) + " |")
     for v, ok in met.items():
-        print(f"{v}: time {results[v]['step_s'] / base['step_s']:.2f}x (goal <= {TIME_GOAL}: "
-              f"{'met' if ok['time'] else 'NOT met'}), peak memory {results[v]['rss_mib'] / base['rss_mib']:.2f}x anon RSS, "
+        said = (f"time {results[v]['step_s'] / base['step_s']:.2f}x (goal <= {TIME_GOAL}: "
+                f"{'met' if ok['time'] else 'NOT met'}), " if timed else "")
+        print(f"{v}: {said}peak memory {results[v]['rss_mib'] / base['rss_mib']:.2f}x anon RSS, "
               f"{results[v]['tensor_peak_mib'] / base['tensor_peak_mib']:.2f}x tensors (goal <= {MEMORY_GOAL}: "
               f"{'met' if ok['memory'] else 'NOT met'}); divergence at the first batch {results[v]['divergence']:.4f}")
-
 
 if __name__ == "__main__":
     main()

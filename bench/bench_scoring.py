@@ -1,6 +1,7 @@
 """The scoring step against raw vLLM prompt log-probabilities on the same samples: scored tokens per second.
 
-    python bench/bench_scoring.py --repeats 3        # 64 arith rows, k=20, the quickstart's siked.engine
+    python bench/bench_scoring.py --repeats 3        # BENCHMARKS.md figures (about 10 minutes on 2 cores)
+    python bench/bench_scoring.py --same-engine 4    # both sides on one engine, alternating (8 minutes)
     python bench/bench_scoring.py --rows 16 --repeats 1 --guard-samples 0 --json
 
 Samples: `--rows` training rows of the built-in `arith` benchmark (train split, `--difficulty`),
@@ -32,7 +33,13 @@ Each side runs in a child process of its own, with no spare process importing be
 of the per-pair ratios is the result. Both sides score the same completion tokens; the first
 sample's scores of the two sides are compared (top-k ids and log-probabilities). The CPU seconds of
 each side's processes in the same window are reported beside the wall clock, as scored tokens per
-CPU second, which the load of other processes moves much less.
+CPU second.
+
+`--same-engine ROUNDS` measures the same two things without the process-to-process spread: one
+child, one engine (started as the step starts it), a small warm-up call, then ROUNDS rounds of the
+raw call and the step's scoring (`score_shards` over the step's shards, each written as `score_into`
+writes it), the order alternating. The step's part of the time (encoding, turning vLLM's
+log-probabilities into rows, writing the shards) is then what separates the two sides.
 """
 
 from __future__ import annotations
