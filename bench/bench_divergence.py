@@ -52,21 +52,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.bench_losses import set_threads  # the repository root is on the path now
+from bench.bench_scoring import arith_rows
 
 TIME_GOAL, MEMORY_GOAL = 1.3, 1.2
 BASE = "none"
-
-
-def arith_rows(count: int, difficulty: int) -> list[dict]:
-    """TRAIN_EXAMPLES rows: `count` arith training problems, each a `cot` row with its reference solution."""
-    from distill.benchmarks import load_benchmark
-    from distill.config import BenchmarkRef
-
-    problems = load_benchmark(BenchmarkRef(name="arith", split="train", difficulty=difficulty, size=count),
-                              None).problems
-    return [{"question_id": p.id, "question": p.question, "gold": p.answer, "strategy": "cot",
-             "text": p.reference, "sample_index": 0, "source": "teacher", "iteration": 0, "model": "reference"}
-            for p in problems]
 
 
 def teacher_scores(model, tokenizer, text, kept: int, k: int):
@@ -238,14 +228,6 @@ def rss_added(variant: str, args) -> dict:
     peak = _status_kib("VmHWM")["VmHWM"] if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"rss_mib": (anon.peak_kib - baseline["RssAnon"]) / 1024,
             "total_rss_mib": (peak - baseline["VmRSS"]) / 1024, "peak_reset": reset}
-
-
-def set_threads(args) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return torch.get_num_threads()
 
 
 def main(argv=None):

@@ -55,6 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.bench_teacher import tree_cpu_s  # the repository root is on the path now
 
 GOAL = 0.9
 
@@ -69,21 +70,6 @@ def arith_rows(count: int, difficulty: int) -> list[dict]:
     return [{"question_id": p.id, "question": p.question, "gold": p.answer, "strategy": "cot",
              "text": p.reference, "sample_index": 0, "source": "teacher", "iteration": 0, "model": "reference"}
             for p in problems]
-
-
-def tree_cpu_s() -> float:
-    """CPU seconds used so far by this process and its descendants."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for process in [me, *me.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def in_process_like_the_engine(cfg) -> None:

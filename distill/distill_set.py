@@ -74,22 +74,20 @@ def select_correct(verified: Iterable[Mapping[str, Any]], questions: Mapping[str
         if key not in best or int(row["sample_index"]) < int(best[key]["sample_index"]):
             best[key] = row
     rank = {name: i for i, name in enumerate(STRATEGIES)}
-    out = []
-    for (question_id, strategy), row in sorted(best.items(), key=lambda kv: (order[kv[0][0]], rank[kv[0][1]])):
-        if question_id not in questions:
-            raise KeyError(f"no question text for {question_id!r}")
-        out.append({
-            "question_id": question_id,
-            "question": questions[question_id],
-            "gold": float(row["gold"]),
-            "strategy": strategy,
-            "text": solution_text(strategy, str(row["text"])),
-            "sample_index": int(row["sample_index"]),
-            "source": row.get("source"),
-            "iteration": _optional_int(row.get("iteration")),
-            "model": row.get("model"),
-        })
-    return out
+    ordered = sorted(best.items(), key=lambda kv: (order[kv[0][0]], rank[kv[0][1]]))
+    return [_training_row(row, strategy, questions) for (_, strategy), row in ordered]
+
+
+def _training_row(sample: Mapping[str, Any], strategy: str, questions: Mapping[str, str]) -> dict[str, Any]:
+    """A TRAIN_EXAMPLES row of a verified sample: its question's text, its training text
+    (`solution_text`) and its provenance."""
+    question_id = sample["question_id"]
+    if question_id not in questions:
+        raise KeyError(f"no question text for {question_id!r}")
+    return {"question_id": question_id, "question": questions[question_id], "gold": float(sample["gold"]),
+            "strategy": strategy, "text": solution_text(strategy, str(sample["text"])),
+            "sample_index": int(sample["sample_index"]), "source": sample.get("source"),
+            "iteration": _optional_int(sample.get("iteration")), "model": sample.get("model")}
 
 
 def select_all(verified: Iterable[Mapping[str, Any]], questions: Mapping[str, str],
@@ -97,20 +95,8 @@ def select_all(verified: Iterable[Mapping[str, Any]], questions: Mapping[str, st
     """Every sample with a known strategy, right or wrong, in sample order: on-policy distillation's
     rows (its teacher judges every token, so no verdict filters them). Columns as `select_correct`."""
     exclude = set(exclude_ids)
-    out = []
-    for row in records(verified):
-        strategy = sample_strategy(row)[0]
-        if strategy is None or row["question_id"] in exclude:
-            continue
-        if row["question_id"] not in questions:
-            raise KeyError(f"no question text for {row['question_id']!r}")
-        out.append({
-            "question_id": row["question_id"], "question": questions[row["question_id"]],
-            "gold": float(row["gold"]), "strategy": strategy, "text": solution_text(strategy, str(row["text"])),
-            "sample_index": int(row["sample_index"]), "source": row.get("source"),
-            "iteration": _optional_int(row.get("iteration")), "model": row.get("model"),
-        })
-    return out
+    return [_training_row(row, strategy, questions) for row in records(verified)
+            if (strategy := sample_strategy(row)[0]) is not None and row["question_id"] not in exclude]
 
 
 def gold_statement(gold: float, question: str) -> str:

@@ -117,19 +117,47 @@ def verdict_lines(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _panel_grid(count: int) -> tuple[Any, Any]:
+    """A figure of `count` panels, three to a row, and its axes (flattened)."""
+    from matplotlib.figure import Figure
+
+    cols = min(count, 3)
+    rows = (count + cols - 1) // cols
+    fig = Figure(figsize=(4.4 * cols, 3.4 * rows), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
+
+
+def _interval_bars(ys: list[float], rows: list[dict[str, Any]]) -> list[list[float]]:
+    """Error-bar lengths [below, above] of each accuracy `ys[i]` from its row's interval. max(0, ...):
+    a Wilson bound of 0/n or n/n can sit a rounding error past the point."""
+    lows = [max(0.0, y - (r["ci_low"] if r["ci_low"] is not None else y)) for y, r in zip(ys, rows)]
+    highs = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else y) - y) for y, r in zip(ys, rows)]
+    return [lows, highs]
+
+
+def _finished(fig: Any, axes: Any, used: int) -> bytes:
+    """The accuracy axis, grid and legend on the `used` panels, the rest hidden; the figure as PNG."""
+    from matplotlib.ticker import PercentFormatter
+
+    for ax in axes[:used]:
+        ax.set_ylim(0, 1.0)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    return png_bytes(fig)
+
+
 def accuracy_plot(document: dict[str, Any]) -> bytes | None:
     """Accuracy per stage, one panel per (benchmark, mode), one line per arm, with interval bars."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
 
     rows = headline_rows(document)
     panels = list(dict.fromkeys((r["benchmark"], r["mode"]) for r in rows))
     if not panels:
         return None
     stages = list(dict.fromkeys(r["stage"] for r in sorted(rows, key=lambda r: (r["stage"] != "base", r["stage"]))))
-    cols = min(len(panels), 3)
-    fig = Figure(figsize=(4.4 * cols, 3.4 * ((len(panels) + cols - 1) // cols)), layout="constrained")
-    axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
+    fig, axes = _panel_grid(len(panels))
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     for ax, (benchmark, mode) in zip(axes, panels):
         for i, arm in enumerate(arms):
@@ -140,19 +168,10 @@ def accuracy_plot(document: dict[str, Any]) -> bytes | None:
             shift = (i - (len(arms) - 1) / 2) * 0.08  # arms side by side, so their bars stay apart
             xs = [x + shift for x, _ in points]
             ys = [r["accuracy"] for _, r in points]
-            # max(0, ...): a Wilson bound of 0/n or n/n can sit a rounding error past the point
-            lows = [max(0.0, y - (r["ci_low"] if r["ci_low"] is not None else y)) for y, (_, r) in zip(ys, points)]
-            highs = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else y) - y) for y, (_, r) in zip(ys, points)]
-            ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=arm)
+            ax.errorbar(xs, ys, yerr=_interval_bars(ys, [r for _, r in points]), marker="o", capsize=3, label=arm)
         ax.set_title(f"{benchmark} ({mode})")
         ax.set_xticks(range(len(stages)), stages)
-        ax.set_ylim(0, 1.0)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    return png_bytes(fig)
+    return _finished(fig, axes, len(panels))
 
 
 def headline_compute(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -197,8 +216,7 @@ def tokens_plot(document: dict[str, Any]) -> bytes | None:
     """Accuracy against the training tokens spent up to each stage (every earlier round's
     included), one panel per (benchmark, mode), one line per arm, with interval bars; None when no
     run recorded its training tokens."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter, PercentFormatter
+    from matplotlib.ticker import EngFormatter
 
     rows = headline_rows(document)
     panels = list(dict.fromkeys((r["benchmark"], r["mode"]) for r in rows))
@@ -206,29 +224,19 @@ def tokens_plot(document: dict[str, Any]) -> bytes | None:
     lines = {(panel, arm): _token_points(document, *panel, arm) for panel in panels for arm in arms}
     if not any(lines.values()):
         return None
-    cols = min(len(panels), 3)
-    fig = Figure(figsize=(4.4 * cols, 3.4 * ((len(panels) + cols - 1) // cols)), layout="constrained")
-    axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
+    fig, axes = _panel_grid(len(panels))
     for ax, panel in zip(axes, panels):
         for arm in arms:
             points = lines[(panel, arm)]
             if not points:
                 continue
             xs, ys = [x for x, _ in points], [r["accuracy"] for _, r in points]
-            lows = [max(0.0, y - (r["ci_low"] if r["ci_low"] is not None else y)) for y, (_, r) in zip(ys, points)]
-            highs = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else y) - y) for y, (_, r) in zip(ys, points)]
-            ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=arm)
+            ax.errorbar(xs, ys, yerr=_interval_bars(ys, [r for _, r in points]), marker="o", capsize=3, label=arm)
         ax.set_title(f"{panel[0]} ({panel[1]})")
         ax.set_xlabel("training tokens, every round so far")
         ax.set_xlim(left=0)  # from no training at all, so the arms' spending compares by eye
         ax.xaxis.set_major_formatter(EngFormatter())
-        ax.set_ylim(0, 1.0)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    return png_bytes(fig)
+    return _finished(fig, axes, len(panels))
 
 
 def _compute_section(document: dict[str, Any], plot: str | None) -> str | None:
